@@ -1,0 +1,197 @@
+"""permessage-deflate (RFC 7692) over zlib's C API.
+
+:class:`Deflater` and :class:`Inflater` turn one whole message into its compressed payload and
+back (section 7.2). :func:`negotiate` (server), :func:`build_offer` and :func:`accept_response`
+(client) run the ``Sec-WebSocket-Extensions`` handshake (section 7.1) and yield a
+:class:`DeflateParams`, which builds the right Deflater and Inflater for either side.
+"""
+
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from typing_extensions import Self, disjoint_base
+
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+else:
+    from typing_extensions import Buffer
+
+__all__ = [
+    "EXTENSION_NAME",
+    "DeflateParams",
+    "Deflater",
+    "Inflater",
+    "accept_response",
+    "build_offer",
+    "negotiate",
+    "parse_extensions",
+]
+
+EXTENSION_NAME: Final[str]
+"""``"permessage-deflate"``, the extension token."""
+
+@disjoint_base
+class Deflater:
+    """Compresses whole messages for permessage-deflate (RFC 7692 section 7.2.1).
+
+    ``window_bits`` (9..15) is the LZ77 window the peer agreed to accept; 8 raises ValueError
+    because zlib cannot compress with a 256-byte window (madler/zlib#171).
+    ``level`` is zlib's (-1 default, 0 none .. 9 best), ``mem_level`` its memory/speed trade-off
+    (1..9): the state costs about ``2**(window_bits + 2) + 2**(mem_level + 9)`` bytes.
+
+    With ``no_context_takeover`` each message is compressed on its own, so one message's output
+    is valid for every peer that agreed to the same or a larger window and to no context
+    takeover on the sending side: a broadcast can compress once.
+
+    Raises ValueError for out-of-range arguments, MemoryError if zlib cannot allocate.
+    """
+
+    @property
+    def window_bits(self) -> int:
+        """Base-2 logarithm of the LZ77 window (9..15)."""
+    @property
+    def no_context_takeover(self) -> bool:
+        """True when the stream is reset after every message."""
+    @property
+    def level(self) -> int:
+        """zlib compression level (-1..9)."""
+    @property
+    def mem_level(self) -> int:
+        """zlib memLevel (1..9)."""
+    def __new__(
+        cls,
+        window_bits: int = 15,
+        no_context_takeover: bool = False,
+        level: int = 6,
+        mem_level: int = 8,
+    ) -> Self: ...
+    def compress(self, data: Buffer) -> bytes:
+        """Compress one whole message; returns its permessage-deflate payload.
+
+        The payload is zlib's sync-flushed output with the trailing ``00 00 ff ff`` removed
+        (7.2.1); an empty message becomes ``b"\\x00"`` (7.2.3.6). ``data`` is any C-contiguous
+        bytes-like object; BufferError for a non-contiguous one, TypeError for anything else.
+        Inputs of 64 KiB or more are compressed with the GIL released; RuntimeError if another
+        thread is compressing with the same Deflater at that moment.
+        """
+
+@disjoint_base
+class Inflater:
+    """Decompresses whole messages for permessage-deflate (RFC 7692 section 7.2.2).
+
+    ``window_bits`` (8..15) is the LZ77 window the peer agreed to stay within (8 is inflated
+    with 9, which accepts every 8-bit stream and those older zlib made when asked for 8).
+    With ``no_context_takeover`` the window is dropped after each message.
+
+    After any exception the stream is reset: with context takeover a later message referring
+    to the lost window fails, so the connection should be closed.
+    """
+
+    @property
+    def window_bits(self) -> int:
+        """Base-2 logarithm of the LZ77 window the peer compresses with (8..15)."""
+    @property
+    def no_context_takeover(self) -> bool:
+        """True when the window is dropped after every message."""
+    def __new__(cls, window_bits: int = 15, no_context_takeover: bool = False) -> Self: ...
+    def decompress(self, data: Buffer, max_size: int) -> bytes:
+        """Decompress one whole message (all its frames' payloads concatenated).
+
+        ``00 00 ff ff`` is appended (7.2.2); blocks after one with BFINAL set are read too
+        (7.2.3.4), though past 8 such blocks each must come with 256 input bytes (every one
+        copies the window twice). A zero-length payload is an empty message. Raises
+        OverflowError as soon as the output would exceed ``max_size`` bytes
+        (memory stays near ``max_size`` whatever the input: a deflate bomb costs no more),
+        ValueError("invalid compressed data: ...") for corrupt data, a message that does not
+        end at a block boundary or too many final blocks, ValueError for a negative ``max_size``. Pass ``sys.maxsize``
+        for no limit. Large inputs and outputs are inflated with the GIL released.
+        """
+
+@dataclass(frozen=True)
+class DeflateParams:
+    """The agreed permessage-deflate parameters of one connection (RFC 7692 section 7.1).
+
+    ``server_*`` apply to what the server compresses, ``client_*`` to what the client
+    compresses. Window bits are 8..15, though neither side can compress with 8 (the
+    negotiation functions never agree to that). ``echo_server_max_window_bits`` records that
+    the offer carried ``server_max_window_bits``, which the response must then repeat even at
+    15 (7.1.2.1); it takes no part in ``==``. A frozen dataclass; raises ValueError on
+    out-of-range window bits.
+    """
+
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int = 15
+    client_max_window_bits: int = 15
+    echo_server_max_window_bits: bool = ...  # field(default=False, compare=False)
+    def __post_init__(self) -> None:
+        """Validate the window bits (ValueError)."""
+    def response_header(self) -> str:
+        """The ``Sec-WebSocket-Extensions`` value a server sends to accept with these values.
+
+        For example ``"permessage-deflate; server_no_context_takeover;
+        client_max_window_bits=12"``. ``client_max_window_bits`` appears only below 15,
+        ``server_max_window_bits`` below 15 or when echoed.
+        """
+    def server_deflater(self, level: int = 6, mem_level: int = 8) -> Deflater:
+        """A :class:`Deflater` for the server's outgoing messages (ValueError for window 8)."""
+    def server_inflater(self) -> Inflater:
+        """An :class:`Inflater` for the messages the server receives."""
+    def client_deflater(self, level: int = 6, mem_level: int = 8) -> Deflater:
+        """A :class:`Deflater` for the client's outgoing messages (ValueError for window 8)."""
+    def client_inflater(self) -> Inflater:
+        """An :class:`Inflater` for the messages the client receives."""
+
+def parse_extensions(
+    header_values: str | Iterable[str],
+) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    """Parse ``Sec-WebSocket-Extensions`` values (RFC 6455 section 9.1, RFC 7230 lists).
+
+    Each value (one header line; a single ``str`` is one line) is a comma-separated list of
+    ``name; param; param=value; param="quoted value"``. Returns ``[(name, [(param, value or
+    None), ...]), ...]`` in order, quoted values unescaped; empty list elements are skipped.
+    Raises ValueError on any syntax error, including a value holding no extension.
+    """
+
+def negotiate(
+    header_values: str | Iterable[str],
+    *,
+    server_no_context_takeover: bool = False,
+    client_no_context_takeover: bool = False,
+    server_max_window_bits: int = 15,
+    client_max_window_bits: int = 15,
+) -> DeflateParams | None:
+    """Server side: accept the first permessage-deflate offer that can be honoured (7.1).
+
+    The keyword arguments are the server's wishes: a ``*_no_context_takeover`` set here is
+    always sent; the server window is the smaller of this and the offer's; the client window is
+    lowered only if the offer carried ``client_max_window_bits``. Offers with unknown,
+    duplicated or invalid parameters, or demanding ``server_max_window_bits=8``, are skipped.
+    Returns None when no offer is acceptable or the header does not parse. Raises ValueError
+    for invalid settings (server window 9..15, client window 8..15).
+    """
+
+def build_offer(
+    *,
+    client_no_context_takeover: bool = False,
+    server_no_context_takeover: bool = False,
+    client_max_window_bits: int | bool | None = True,
+    server_max_window_bits: int | None = None,
+) -> str:
+    """Client side: the ``Sec-WebSocket-Extensions`` value offering permessage-deflate.
+
+    ``client_max_window_bits``: True offers the valueless parameter (the server may pick a
+    window), an int 9..15 a limit, None or False nothing. ``server_max_window_bits``: None, or
+    an int 8..15 the server must stay within. Raises ValueError otherwise.
+    """
+
+def accept_response(header_value: str | Iterable[str], *, offered: str) -> DeflateParams:
+    """Client side: check the server's response against ``offered`` (what build_offer returned).
+
+    Returns the agreed :class:`DeflateParams`. Raises ValueError when the response is
+    malformed, holds anything but one permessage-deflate, or grants what was not offered (the
+    client must then fail the connection, RFC 7692 section 5); also for
+    ``client_max_window_bits=8``, which zlib cannot honour.
+    """

@@ -1,0 +1,7 @@
+# Masking (RFC 6455 section 5.3) shared by the frame codec and the connection.
+
+cdef void mask_inplace(unsigned char* data, Py_ssize_t length,
+                       const unsigned char* key, Py_ssize_t offset) noexcept nogil
+# XOR ``length`` bytes at ``data`` with the 4-byte ``key``, starting at byte ``offset`` of the
+# mask cycle (``offset`` is how many payload bytes before ``data`` were already masked, so a
+# payload unmasked in pieces as it arrives gives the same result as unmasking it whole).

@@ -1,0 +1,22 @@
+"""Masking (RFC 6455 section 5.3): XOR a payload with a 4-byte key."""
+
+import sys
+
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+else:
+    from typing_extensions import Buffer
+
+def mask(data: Buffer, key: Buffer) -> bytes:
+    """Return ``data`` XOR-ed with the repeating 4-byte ``key`` as new ``bytes``.
+
+    Raises ``ValueError`` if ``key`` is not 4 bytes, ``TypeError`` if an argument is not
+    bytes-like, ``BufferError`` if ``data`` is not contiguous.
+    """
+
+def mask_into(buffer: Buffer, key: Buffer, offset: int = 0) -> None:
+    """XOR the writable ``buffer`` in place, ``offset`` bytes into the mask cycle.
+
+    Raises ``TypeError`` if ``buffer`` is read-only or not bytes-like, ``ValueError`` for a
+    key that is not 4 bytes or a negative ``offset``, ``BufferError`` if not contiguous.
+    """

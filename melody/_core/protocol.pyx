@@ -1,0 +1,356 @@
+# cython: language_level=3
+"""The server connection over an asyncio (or uvloop) transport.
+
+``ProtocolCore`` is the sans-I/O ``Connection`` plus a transport: it reads the HTTP upgrade
+request, hands it to the hub (``Dispatch.on_request``), and after ``accept`` parses frames and
+calls the hub's handlers directly. ``WebSocketProtocol`` adds ``asyncio.BufferedProtocol`` as a
+base so that both event loops take the buffered read path (read into our buffer, no bytes object
+per read).
+
+Writes go straight to the transport while it is below its high-water mark. Above it (the peer
+is not reading) frames wait in a queue bounded by ``Dispatch.queue_limit``; a data frame over the
+bound is dropped and reported, never a close frame. If the peer reads nothing for ``write_wait``
+the connection is aborted as a slow reader.
+"""
+
+import asyncio
+from collections import deque
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memchr
+
+from melody._core.connection cimport (
+    Connection, STATE_HANDSHAKE, STATE_OPEN, STATE_CLOSING, STATE_CLOSED, STATE_UPGRADING,
+    SEND_OK, SEND_QUEUED, SEND_DROPPED, SEND_CLOSED,
+)
+from melody._core.frames cimport build_frame, FIN_BIT, OP_PING
+
+
+cdef class Dispatch:
+    """What a server's connections call into: the hub's handlers and limits, shared by all."""
+
+    def __init__(self):
+        self.write_wait = 10.0
+        self.close_timeout = 5.0
+        self.handshake_timeout = 10.0
+        self.max_header_size = 16384
+        self.max_message_size = 1 << 20
+        self.queue_limit = 256
+        self.write_buffer_high = 65536
+        self.read_buffer_size = 16384
+
+
+cdef bytes _REQUEST_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n")
+
+
+cdef class ProtocolCore(Connection):
+    """One server connection. Created by the server's protocol factory, one per socket."""
+
+    def __init__(self, Dispatch dispatch):
+        Connection.__init__(self, True, dispatch.max_message_size, dispatch.read_buffer_size)
+        self.dispatch = dispatch
+        self.state = STATE_HANDSHAKE
+
+    # -- asyncio.BaseProtocol ------------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.dispatch.write_buffer_high)
+        self._timer = self.dispatch.loop.call_later(
+            self.dispatch.handshake_timeout, self._handshake_timeout)
+
+    def connection_lost(self, exc):
+        self.state = STATE_CLOSED
+        self._cancel_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._queue = None
+        self.transport = None
+        if self.close_code == 0:
+            self.close_code = 1006
+        if self._opened:
+            self._opened = False
+            self.dispatch.on_disconnect(self)
+
+    def eof_received(self):
+        # The peer half-closed without a close frame: nothing more will come, close our side.
+        return False
+
+    def pause_writing(self):
+        self._writing_paused = True
+        if self._queue is None:
+            self._queue = deque()
+        if self._write_timer is None and self.dispatch.loop is not None:
+            self._write_timer = self.dispatch.loop.call_later(
+                self.dispatch.write_wait, self._write_timeout)
+
+    def resume_writing(self):
+        self._writing_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        queue = self._queue
+        while queue and not self._writing_paused and self.transport is not None:
+            self.transport.write(queue.popleft())
+        if not queue and self._close_after_flush and self.transport is not None:
+            self.transport.close()
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    cdef int _cancel_timer(self) except -1:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return 0
+
+    def _handshake_timeout(self):
+        self._timer = None
+        if self.state == STATE_HANDSHAKE or self.state == STATE_UPGRADING:
+            self.state = STATE_CLOSED
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _write_timeout(self):
+        self._write_timer = None
+        if self.transport is not None and self._writing_paused:
+            if self._opened and self.dispatch.on_timeout is not None:
+                self.dispatch.on_timeout(self.session, "write")
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _close_timeout(self):
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    cdef int _process(self) except -1:
+        self.reads += 1
+        if self.state == STATE_OPEN or self.state == STATE_CLOSING:
+            return self._parse()
+        if self.state == STATE_HANDSHAKE:
+            return self._handshake()
+        if self.state == STATE_CLOSED:
+            self._start = self._end
+        # STATE_UPGRADING: the hub is deciding; keep the bytes until it has.
+        return 0
+
+    cdef int _handshake(self) except -1:
+        cdef unsigned char* p = self._cur + self._start
+        cdef Py_ssize_t live = self._end - self._start
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t head = -1
+        cdef void* hit
+        while i + 3 < live:
+            hit = memchr(p + i, b'\r', live - i - 3)
+            if hit == NULL:
+                break
+            i = <unsigned char*>hit - p
+            if p[i + 1] == b'\n' and p[i + 2] == b'\r' and p[i + 3] == b'\n':
+                head = i + 4
+                break
+            i += 1
+        if head < 0:
+            if live > self.dispatch.max_header_size:
+                self._reject_now(_REQUEST_TOO_LARGE)
+            return 0
+        if head > self.dispatch.max_header_size:
+            self._reject_now(_REQUEST_TOO_LARGE)
+            return 0
+        block = PyBytes_FromStringAndSize(<char*>p, head)
+        self._start += head
+        self.state = STATE_UPGRADING
+        self._in_handshake = True
+        try:
+            self.dispatch.on_request(self, block)
+        finally:
+            self._in_handshake = False
+        if self.state == STATE_OPEN:
+            return self._parse()
+        if self.state == STATE_UPGRADING and self.transport is not None:
+            # An async upgrade hook is running: stop reading until it decides.
+            self.transport.pause_reading()
+        return 0
+
+    cdef _reject_now(self, bytes response):
+        self.state = STATE_CLOSED
+        self._start = self._end
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.write(response)
+            self.transport.close()
+
+    def accept(self, bytes response, object session, object inflater=None,
+               object deflater=None, Py_ssize_t compress_min_size=0):
+        """Finish the upgrade: send the 101 ``response`` and start the session."""
+        if self.state != STATE_UPGRADING or self.transport is None:
+            return False
+        self._cancel_timer()
+        self.session = session
+        self.inflater = inflater
+        self.deflater = deflater
+        self.compress_min_size = compress_min_size
+        self.transport.write(response)
+        self.state = STATE_OPEN
+        self._opened = True
+        self.reads_seen = self.reads
+        now = self.dispatch.loop.time()
+        self.last_active = now
+        self.last_ping = now
+        return True
+
+    def start(self):
+        """Begin delivering frames, once the hub has registered the session.
+
+        When the upgrade was decided inside the read callback the frames that followed the
+        request are parsed right after it returns; when an async hook decided later, reading
+        was paused meanwhile: resume it and parse what was buffered.
+        """
+        if self._in_handshake or self.state != STATE_OPEN or self.transport is None:
+            return
+        self.transport.resume_reading()
+        try:
+            self._parse()
+        finally:
+            self._settle()
+
+    def reject(self, bytes response):
+        """Refuse the upgrade with ``response`` (an HTTP error) and close the connection."""
+        if self.state != STATE_UPGRADING:
+            return
+        self._reject_now(response)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    cdef int send_frame(self, bytes frame, bint control) except -1:
+        if self.transport is None:
+            return SEND_CLOSED
+        if not self._writing_paused:
+            self.transport.write(frame)
+            return SEND_OK
+        if not control and len(self._queue) >= self.dispatch.queue_limit:
+            self.dropped += 1
+            return SEND_DROPPED
+        self._queue.append(frame)
+        return SEND_QUEUED
+
+    cdef int _close_transport(self) except -1:
+        self._cancel_timer()
+        if self.transport is None:
+            return 0
+        if self._writing_paused and self._queue:
+            # The close frame is queued behind data: close once it is flushed (write_wait bounds it).
+            self._close_after_flush = True
+        else:
+            self.transport.close()
+        return 0
+
+    def close(self, int code=1000, object reason=""):
+        """Start the closing handshake; drop TCP if the peer does not answer in close_timeout."""
+        if self.state == STATE_UPGRADING or self.state == STATE_HANDSHAKE:
+            self.state = STATE_CLOSED
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.send_close_frame(code, reason) == SEND_CLOSED:
+            return
+        self._cancel_timer()
+        if self.transport is not None:
+            self._timer = self.dispatch.loop.call_later(
+                self.dispatch.close_timeout, self._close_timeout)
+
+    def abort(self):
+        """Drop the TCP connection at once, without a close handshake."""
+        self.state = STATE_CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def queued(self):
+        """Frames waiting for the peer to read (beyond the transport's own buffer)."""
+        return len(self._queue) if self._queue is not None else 0
+
+    @property
+    def writing_paused(self):
+        return self._writing_paused
+
+    # -- events to the hub -----------------------------------------------------------------------
+
+    # A handler's exception must not unwind into the event loop's read callback (it would kill
+    # the connection with a bare traceback): it goes to the hub, which reports it.
+
+    cdef int _on_text(self, object text) except -1:
+        try:
+            self.dispatch.on_text(self.session, text)
+        except Exception as exc:
+            self.dispatch.on_handler_error(self.session, exc)
+        return 0
+
+    cdef int _on_binary(self, object data) except -1:
+        try:
+            self.dispatch.on_binary(self.session, data)
+        except Exception as exc:
+            self.dispatch.on_handler_error(self.session, exc)
+        return 0
+
+    cdef int _on_ping(self, object payload) except -1:
+        return 0
+
+    cdef int _on_pong(self, object payload) except -1:
+        if self.dispatch.on_pong is not None:
+            try:
+                self.dispatch.on_pong(self.session)
+            except Exception as exc:
+                self.dispatch.on_handler_error(self.session, exc)
+        return 0
+
+    cdef int _on_close(self, int code, object reason) except -1:
+        # Section 7.1.1: the server closes TCP first, once its close reply is written.
+        self._close_transport()
+        if self.dispatch.on_close is not None:
+            try:
+                self.dispatch.on_close(self.session, code, reason)
+            except Exception as exc:
+                self.dispatch.on_handler_error(self.session, exc)
+        return 0
+
+    cdef int _on_fail(self, int code, object reason) except -1:
+        self._close_transport()
+        if self.dispatch.on_protocol_error is not None:
+            self.dispatch.on_protocol_error(self.session, code, reason)
+        return 0
+
+
+class WebSocketProtocol(ProtocolCore, asyncio.BufferedProtocol):
+    """``ProtocolCore`` seen by asyncio and uvloop as a BufferedProtocol (no ``__dict__``)."""
+
+    __slots__ = ()
+
+
+def heartbeat(list protocols, double now, double ping_period, double pong_wait):
+    """Ping the connections due for it; return the ones silent for longer than ``pong_wait``.
+
+    Any inbound bytes count as a sign of life (a pong, a message), read from the per-connection
+    read counter, so the read path pays one increment and no clock call.
+    """
+    cdef ProtocolCore p
+    cdef list dead = []
+    cdef bytes ping = build_frame(FIN_BIT | OP_PING, NULL, 0, False)
+    for obj in protocols:
+        p = <ProtocolCore>obj
+        if p.state != STATE_OPEN:
+            continue
+        if p.reads != p.reads_seen:
+            p.reads_seen = p.reads
+            p.last_active = now
+        elif now - p.last_active > pong_wait:
+            dead.append(p)
+            continue
+        if now - p.last_ping >= ping_period:
+            p.last_ping = now
+            p.send_frame(ping, True)
+    return dead

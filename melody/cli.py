@@ -1,0 +1,106 @@
+"""The ``melody`` command (also ``python -m melody``), in the style of uvicorn.
+
+    melody serve myapp.chat:hub --host 0.0.0.0 --port 5000
+    melody demo --port 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import ssl as _ssl
+import sys
+from typing import Any, Sequence
+
+__all__ = ["main", "load_hub"]
+
+
+def load_hub(spec: str, *, factory: bool = False) -> Any:
+    """Import ``module:attr`` (``attr`` may be dotted) and return the hub it names.
+
+    With ``factory`` the attribute is called with no arguments and must return the hub.
+    Raises ``SystemExit`` with a clear message when the module or attribute is missing.
+    """
+    from melody.hub import Melody
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"melody: expected MODULE:ATTRIBUTE, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"melody: cannot import {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SystemExit(f"melody: {module_name!r} has no attribute {attr!r}") from None
+    if factory:
+        obj = obj()
+    if not isinstance(obj, Melody):
+        raise SystemExit(f"melody: {spec} is {type(obj).__name__}, not a melody.Melody"
+                         " (use --factory if it is a function returning one)")
+    return obj
+
+
+def _ssl_context(certfile: str | None, keyfile: str | None) -> _ssl.SSLContext | None:
+    if not certfile:
+        if keyfile:
+            raise SystemExit("melody: --keyfile needs --certfile")
+        return None
+    context = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+def _parser() -> argparse.ArgumentParser:
+    from melody import __version__
+
+    parser = argparse.ArgumentParser(prog="melody", description="melody WebSocket hub")
+    parser.add_argument("--version", action="version", version=f"melody {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser, port: int) -> None:
+        sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+        sub.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+        sub.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
+        sub.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
+        sub.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
+        sub.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
+        sub.add_argument("--log-level", default="info",
+                         choices=["debug", "info", "warning", "error"])
+
+    serve = commands.add_parser("serve", help="serve a hub: melody serve module:attr")
+    serve.add_argument("app", help="the hub, as MODULE:ATTRIBUTE (e.g. myapp.chat:hub)")
+    serve.add_argument("--factory", action="store_true",
+                       help="ATTRIBUTE is a function returning the hub")
+    common(serve, 8000)
+
+    demo = commands.add_parser("demo", help="serve the demo chat hub and its page")
+    common(demo, 5000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``melody`` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from melody.server import run
+
+    if args.command == "demo":
+        from melody.demo import hub
+    else:
+        hub = load_hub(args.app, factory=args.factory)
+    context = _ssl_context(args.certfile, args.keyfile)
+    run(hub, args.host, args.port, ssl=context, reuse_port=args.reuse_port,
+        use_uvloop=not args.no_uvloop)
+
+
+if __name__ == "__main__":
+    main()

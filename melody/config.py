@@ -1,0 +1,131 @@
+"""Hub configuration: one dataclass, validated when it is made.
+
+Field names and meanings follow Go melody's ``Config`` (``WriteWait``, ``PongWait``, ``PingPeriod``,
+``MaxMessageSize``, ``MessageBufferSize``, ``ConcurrentMessageHandling``); durations are seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+__all__ = ["Config", "Compression"]
+
+
+@dataclass(frozen=True)
+class Compression:
+    """permessage-deflate (RFC 7692) settings, used when ``Config.compression`` enables it.
+
+    ``server_no_context_takeover`` defaults to True: the server then compresses every message on
+    its own, so a broadcast compresses a message *once* and writes the same frame to every
+    recipient (with context takeover each connection's compressor has its own history and a
+    broadcast would cost one compression per recipient). Set it to False to trade CPU for ratio.
+    """
+
+    server_no_context_takeover: bool = True
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int = 15
+    client_max_window_bits: int = 15
+    level: int = 6
+    #: Messages shorter than this are sent uncompressed (deflate's framing costs more than it saves).
+    min_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 9 <= self.server_max_window_bits <= 15:
+            raise ValueError("server_max_window_bits must be 9..15 (zlib cannot deflate with 8)")
+        if not 8 <= self.client_max_window_bits <= 15:
+            raise ValueError("client_max_window_bits must be 8..15")
+        if not 0 <= self.level <= 9:
+            raise ValueError("level must be 0..9")
+        if self.min_size < 0:
+            raise ValueError("min_size must be >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """How a :class:`melody.Melody` hub treats its sessions. Every field has a working default.
+
+    Raises ``ValueError`` at construction when a value is out of range or the timing fields
+    contradict each other (``ping_period`` must be shorter than ``pong_wait``).
+    """
+
+    #: Seconds a write may stay blocked on a peer that reads nothing before the session is closed
+    #: as a slow reader (Go: ``WriteWait``, 10 s).
+    write_wait: float = 10.0
+    #: Seconds without anything from the peer (a pong or any other frame) before the session is
+    #: closed as dead (Go: ``PongWait``, 60 s; Go only counts pongs, melody counts any traffic).
+    pong_wait: float = 60.0
+    #: Seconds between server pings; must be less than ``pong_wait`` (Go: ``PingPeriod``, 54 s).
+    ping_period: float = 54.0
+    #: Largest message accepted, in bytes, after reassembly and decompression; a larger one closes
+    #: the session with 1009. Go's default is 512 B, which real chat and JSON payloads trip over
+    #: constantly (its most reported surprise); 1 MiB matches the websockets library and still
+    #: bounds memory per connection.
+    max_message_size: int = 1 << 20
+    #: Outbound messages queued per session while the peer is not reading; one more is dropped and
+    #: reported as ``MessageBufferFull`` (Go: ``MessageBufferSize``, 256).
+    message_buffer_size: int = 256
+    #: Run async message handlers of one session concurrently instead of one after the other.
+    concurrent_message_handling: bool = False
+    #: permessage-deflate: False (off), True (the :class:`Compression` defaults) or a
+    #: :class:`Compression`.
+    compression: bool | Compression = False
+    #: Largest HTTP upgrade request head (request line plus headers) accepted, in bytes; a larger
+    #: one gets 431 and is closed.
+    max_header_size: int = 16 * 1024
+    #: Seconds a client has to send its complete upgrade request; then it is disconnected.
+    handshake_timeout: float = 10.0
+    #: Seconds to wait for the peer's close frame after sending ours before dropping TCP.
+    close_timeout: float = 5.0
+    #: Subprotocols the server speaks, in its order of preference.
+    subprotocols: Sequence[str] = ()
+    #: Origins allowed to connect. ``None`` (the default, as in Go melody) allows any origin;
+    #: browsers send cookies cross-site, so a hub that authenticates by cookie should list its
+    #: origins (entries like ``"https://app.example.com"``, ``"https://*.example.com"``, ``"*"``,
+    #: or ``"same-origin"``). Refused upgrades get 403.
+    allowed_origins: Sequence[str] | None = None
+    #: Request paths on which an upgrade is accepted; ``None`` accepts any path (the session's
+    #: ``request.path`` tells which). Others get 404.
+    paths: Sequence[str] | None = None
+    #: Transport write-buffer size (bytes) above which a session counts as not reading and its
+    #: messages go to the bounded queue instead of the socket.
+    write_buffer_high: int = 64 * 1024
+    #: Size of each connection's first read buffer; it grows for larger frames and shrinks back.
+    read_buffer_size: int = 16 * 1024
+    _compression: Compression | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("write_wait", "pong_wait", "ping_period", "handshake_timeout", "close_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.ping_period >= self.pong_wait:
+            raise ValueError(
+                f"ping_period ({self.ping_period}) must be less than pong_wait ({self.pong_wait}):"
+                " otherwise a healthy peer is dropped before it is pinged"
+            )
+        if self.max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1")
+        if self.message_buffer_size < 1:
+            raise ValueError("message_buffer_size must be >= 1")
+        if self.max_header_size < 256:
+            raise ValueError("max_header_size must be >= 256")
+        if self.write_buffer_high < 1024:
+            raise ValueError("write_buffer_high must be >= 1024")
+        if self.read_buffer_size < 1024:
+            raise ValueError("read_buffer_size must be >= 1024")
+        if isinstance(self.subprotocols, str):
+            raise ValueError("subprotocols must be a sequence of names, not one string")
+        if isinstance(self.allowed_origins, str):
+            raise ValueError("allowed_origins must be a sequence of origins, not one string")
+        if self.compression is True:
+            object.__setattr__(self, "_compression", Compression())
+        elif isinstance(self.compression, Compression):
+            object.__setattr__(self, "_compression", self.compression)
+        elif self.compression is not False:
+            raise ValueError("compression must be True, False or a melody.Compression")
+
+    @property
+    def compression_settings(self) -> Compression | None:
+        """The permessage-deflate settings in force, or None when compression is off."""
+        return self._compression

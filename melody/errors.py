@@ -1,0 +1,139 @@
+"""Named errors and the RFC 6455 close codes.
+
+Go melody exposes ``ErrClosed``, ``ErrSessionClosed``, ``ErrMessageBufferFull`` ... as sentinel
+values; Python spells them as exception classes so that they can be raised *and* compared
+(``isinstance(err, MessageBufferFull)``). Every error that concerns a connection carries the close
+code the hub sent or would send for it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLOSE_NORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_UNSUPPORTED_DATA",
+    "CLOSE_NO_STATUS",
+    "CLOSE_ABNORMAL",
+    "CLOSE_INVALID_PAYLOAD",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_MANDATORY_EXTENSION",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_SERVICE_RESTART",
+    "CLOSE_TRY_AGAIN_LATER",
+    "CLOSE_TLS_HANDSHAKE",
+    "MelodyError",
+    "HubClosed",
+    "SessionClosed",
+    "MessageBufferFull",
+    "KeyNotFound",
+    "ProtocolError",
+    "InvalidPayload",
+    "MessageTooBig",
+    "PongTimeout",
+    "WriteTimeout",
+    "HandshakeError",
+    "ConnectionClosed",
+]
+
+# RFC 6455 section 7.4.1, and the IANA registry for 1012-1014.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_NO_STATUS = 1005  # never sent on the wire: "the close frame carried no code"
+CLOSE_ABNORMAL = 1006  # never sent on the wire: "the TCP connection dropped without a close"
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_MANDATORY_EXTENSION = 1010
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TLS_HANDSHAKE = 1015  # never sent on the wire
+
+
+class MelodyError(Exception):
+    """Base class of every error melody raises or reports to ``handle_error``."""
+
+
+class HubClosed(MelodyError):
+    """The hub was closed (``Melody.close``); it accepts no sessions and sends nothing."""
+
+
+class SessionClosed(MelodyError):
+    """A write or close was attempted on a session that is already closed."""
+
+
+class MessageBufferFull(MelodyError):
+    """A session's outbound queue held ``Config.message_buffer_size`` messages: one was dropped.
+
+    Reported to ``handle_error`` (Go melody's ``ErrMessageBufferFull``); the session stays open.
+    """
+
+
+class KeyNotFound(MelodyError, KeyError):
+    """``Session.must_get`` was asked for a key the session does not hold."""
+
+
+class ProtocolError(MelodyError):
+    """The peer broke RFC 6455; the connection was closed with :attr:`code` (1002 by default)."""
+
+    code: int = CLOSE_PROTOCOL_ERROR
+
+    def __init__(self, reason: str = "", code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.reason} (close code {self.code})" if self.reason else f"close code {self.code}"
+
+
+class InvalidPayload(ProtocolError):
+    """A text message or close reason was not valid UTF-8 (close code 1007)."""
+
+    code = CLOSE_INVALID_PAYLOAD
+
+
+class MessageTooBig(ProtocolError):
+    """A message exceeded ``Config.max_message_size`` (close code 1009)."""
+
+    code = CLOSE_MESSAGE_TOO_BIG
+
+
+class PongTimeout(MelodyError):
+    """Nothing (no pong, no message) came from the peer within ``Config.pong_wait``: it is dead."""
+
+
+class WriteTimeout(MelodyError):
+    """The peer read nothing for ``Config.write_wait`` while writes were pending: a slow reader."""
+
+
+class HandshakeError(MelodyError):
+    """An upgrade request was refused with an HTTP status (400, 403, 426, ...).
+
+    ``headers`` are sent with the refusal (for example ``Sec-WebSocket-Version: 13`` with 426).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
+class ConnectionClosed(MelodyError):
+    """The connection ended; ``code`` and ``reason`` are what the close handshake carried."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed: {code} {reason}".rstrip())
+        self.code = code
+        self.reason = reason

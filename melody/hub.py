@@ -1,0 +1,510 @@
+"""The hub: handlers, the set of sessions, and broadcast (Go melody's ``Melody``)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar, Union
+
+from melody._core.fanout import broadcast_binary as _fanout_binary
+from melody._core.fanout import broadcast_text as _fanout_text
+from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
+from melody.config import Config
+from melody.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    HubClosed,
+    InvalidPayload,
+    MessageBufferFull,
+    MessageTooBig,
+    PongTimeout,
+    ProtocolError,
+    WriteTimeout,
+)
+from melody.session import Session
+
+if TYPE_CHECKING:
+    import ssl as _ssl
+
+    from melody.handshake import Request
+
+__all__ = ["Melody"]
+
+logger = logging.getLogger("melody")
+
+F = TypeVar("F", bound=Callable[..., Any])
+MaybeAwaitable = Union[None, Awaitable[None]]
+UpgradeResult = Union[None, bool, "dict[str, Any]"]
+HttpResult = Union[None, bytes, str, "tuple[int, list[tuple[str, str]], bytes]"]
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+class Melody:
+    """A WebSocket hub: register handlers, serve, broadcast.
+
+    ::
+
+        hub = melody.Melody()
+
+        @hub.handle_message
+        def echo(session, msg):
+            hub.broadcast(msg)
+
+        melody.run(hub, port=5000)
+
+    Handlers are plain functions (called inline on the event loop: the fast path) or ``async
+    def`` functions (run as tasks; one session's calls run one after another, in arrival
+    order, unless ``Config.concurrent_message_handling``). Every registration method returns
+    its argument, so each works as a decorator.
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        #: The hub's configuration (immutable).
+        self.config = config if config is not None else Config()
+        self._conns: dict[WebSocketProtocol, None] = {}
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+        self._on_connect: Callable[..., Any] | None = None
+        self._on_disconnect: Callable[..., Any] | None = None
+        self._on_text: Callable[..., Any] | None = None
+        self._on_binary: Callable[..., Any] | None = None
+        self._on_sent_text: Callable[..., Any] | None = None
+        self._on_sent_binary: Callable[..., Any] | None = None
+        self._on_error: Callable[..., Any] | None = None
+        self._on_close: Callable[..., Any] | None = None
+        self._on_pong: Callable[..., Any] | None = None
+        self._upgrade_hook: Callable[..., Any] | None = None
+        self._any_async = False
+        self._http_hook: Callable[..., Any] | None = None
+
+        cfg = self.config
+        d = Dispatch()
+        d.write_wait = cfg.write_wait
+        d.close_timeout = cfg.close_timeout
+        d.handshake_timeout = cfg.handshake_timeout
+        d.max_header_size = cfg.max_header_size
+        d.max_message_size = cfg.max_message_size
+        d.queue_limit = cfg.message_buffer_size
+        d.write_buffer_high = cfg.write_buffer_high
+        d.read_buffer_size = cfg.read_buffer_size
+        d.on_disconnect = self._disconnected
+        d.on_protocol_error = self._protocol_error
+        d.on_timeout = self._timeout
+        d.on_handler_error = self._report
+        self._dispatch = d
+        from melody.server import Upgrader
+
+        d.on_request = Upgrader(self)
+        self._rebuild_dispatch()
+
+    # -- handler registration (Go: HandleConnect, HandleMessage, ...) ----------------------------
+
+    def handle_connect(self, fn: F) -> F:
+        """``fn(session)``: a session was upgraded and registered."""
+        self._on_connect = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_disconnect(self, fn: F) -> F:
+        """``fn(session)``: a session ended (after its close handshake, or when TCP dropped)."""
+        self._on_disconnect = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_message(self, fn: F) -> F:
+        """``fn(session, msg: str)``: a text message arrived."""
+        self._on_text = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_message_binary(self, fn: F) -> F:
+        """``fn(session, msg: bytes)``: a binary message arrived."""
+        self._on_binary = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_sent_message(self, fn: F) -> F:
+        """``fn(session, msg: str)``: a text message was handed to the session's socket.
+
+        Costs one Python call per recipient of every broadcast: register it only when needed.
+        """
+        self._on_sent_text = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_sent_message_binary(self, fn: F) -> F:
+        """``fn(session, msg: bytes)``: a binary message was handed to the session's socket."""
+        self._on_sent_binary = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_error(self, fn: F) -> F:
+        """``fn(session, error)``: something went wrong for a session.
+
+        Receives ``MessageBufferFull``, ``ProtocolError`` (and its ``InvalidPayload`` and
+        ``MessageTooBig``), ``PongTimeout``, ``WriteTimeout`` and exceptions raised by the
+        other handlers. Without an error handler they are logged on the ``melody`` logger.
+        """
+        self._on_error = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_close(self, fn: F) -> F:
+        """``fn(session, code, reason)``: the peer sent a close frame (the reply is automatic)."""
+        self._on_close = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_pong(self, fn: F) -> F:
+        """``fn(session)``: a pong arrived (an answer to the hub's heartbeat ping)."""
+        self._on_pong = fn
+        self._rebuild_dispatch()
+        return fn
+
+    def handle_upgrade(self, fn: F) -> F:
+        """``fn(request) -> keys | None``: decide an upgrade before the session exists.
+
+        Go's ``HandleRequestWithKeys``: return a dict to accept with those keys on the session,
+        None or True to accept with none; raise ``melody.errors.HandshakeError(status, reason,
+        headers)`` to refuse (e.g. 401 for a bad token). May be ``async def``; reading from the
+        client pauses while it runs.
+        """
+        self._upgrade_hook = fn
+        return fn
+
+    def handle_http(self, fn: F) -> F:
+        """``fn(request) -> response | None`` answers plain GETs that are not upgrades.
+
+        Return ``bytes``/``str`` (a 200 body), ``(status, headers, body)``, or None for 404.
+        Useful for a health check or a small page; may be ``async def``.
+        """
+        self._http_hook = fn
+        return fn
+
+    def _rebuild_dispatch(self) -> None:
+        # The compiled connection calls these directly: a sync handler is called with no
+        # wrapper at all; an async one goes through the per-session queue.
+        d = self._dispatch
+        handlers = (self._on_connect, self._on_disconnect, self._on_text, self._on_binary,
+                    self._on_sent_text, self._on_sent_binary, self._on_close, self._on_pong)
+        # With no async handler no session ever has pending calls: hand the compiled
+        # connection the user's functions themselves, no wrapper in between.
+        self._any_async = any(inspect.iscoroutinefunction(h) for h in handlers if h is not None)
+        d.on_text = self._wrap_event(self._on_text)
+        d.on_binary = self._wrap_event(self._on_binary)
+        d.on_close = self._wrap_event(self._on_close) if self._on_close else None
+        d.on_pong = self._wrap_event(self._on_pong) if self._on_pong else None
+
+    def _wrap_event(self, fn: Callable[..., Any] | None) -> Callable[..., Any]:
+        if fn is None:
+            return _noop
+        if not self._any_async:
+            return fn
+        if inspect.iscoroutinefunction(fn):
+            def schedule(session: Session, *args: Any) -> None:
+                self._enqueue(session, fn, args)
+
+            return schedule
+
+        def ordered(session: Session, *args: Any) -> None:
+            # A sync handler after pending async ones keeps the session's order.
+            if session._inbox:
+                self._enqueue(session, fn, args)
+            else:
+                fn(session, *args)
+
+        return ordered
+
+    # -- running handlers ------------------------------------------------------------------------
+
+    def _call(self, session: Session, fn: Callable[..., Any] | None, *args: Any) -> None:
+        """Run a handler: inline when sync and nothing is pending, else queued/scheduled."""
+        if fn is None:
+            return
+        if inspect.iscoroutinefunction(fn) or session._inbox:
+            self._enqueue(session, fn, args)
+            return
+        try:
+            fn(session, *args)
+        except Exception as exc:
+            self._report(session, exc)
+
+    def _enqueue(self, session: Session, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        if self.config.concurrent_message_handling and inspect.iscoroutinefunction(fn):
+            self._spawn(loop, self._run_one(session, fn, args))
+            return
+        if session._inbox is None:
+            session._inbox = deque()
+        session._inbox.append((fn, args))
+        if len(session._inbox) >= self.config.message_buffer_size:
+            # Async handlers lag behind the socket: stop reading this peer until they catch up.
+            transport = session._proto.transport
+            if transport is not None:
+                transport.pause_reading()
+        if not session._draining:
+            session._draining = True
+            self._spawn(loop, self._drain(session))
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_one(self, session: Session, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            result = fn(session, *args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self._report(session, exc)
+
+    async def _drain(self, session: Session) -> None:
+        inbox = session._inbox
+        assert inbox is not None
+        limit = self.config.message_buffer_size
+        try:
+            while inbox:
+                fn, args = inbox.popleft()
+                await self._run_one(session, fn, args)
+                if len(inbox) == limit // 2:
+                    transport = session._proto.transport
+                    if transport is not None and session._proto.state == 1:
+                        transport.resume_reading()
+        finally:
+            session._draining = False
+
+    def _report(self, session: Session | None, error: BaseException) -> None:
+        handler = self._on_error
+        if handler is None:
+            if isinstance(error, (ProtocolError, MessageBufferFull, PongTimeout, WriteTimeout)):
+                logger.info("session %r: %s", session, error)
+            else:
+                logger.error("session %r: handler raised", session, exc_info=error)
+            return
+        try:
+            result = handler(session, error)
+            if inspect.isawaitable(result):
+                loop = self._loop or asyncio.get_running_loop()
+                self._spawn(loop, self._await_error_handler(session, result))
+        except Exception:
+            logger.exception("handle_error raised while handling %r", error)
+
+    async def _await_error_handler(self, session: Session | None, result: Awaitable[Any]) -> None:
+        try:
+            await result
+        except Exception:
+            logger.exception("async handle_error raised")
+
+    def _sent(self, session: Session, msg: Any, binary: bool) -> None:
+        fn = self._on_sent_binary if binary else self._on_sent_text
+        self._call(session, fn, msg)
+
+    # -- the session registry --------------------------------------------------------------------
+
+    def _register(self, proto: WebSocketProtocol, session: Session) -> None:
+        self._conns[proto] = None
+        self._call(session, self._on_connect)
+
+    def _disconnected(self, proto: WebSocketProtocol) -> None:
+        self._conns.pop(proto, None)
+        session = proto.session
+        if session is not None:
+            self._call(session, self._on_disconnect)
+
+    def _protocol_error(self, session: Session, code: int, reason: str) -> None:
+        if code == 1007:
+            error: ProtocolError = InvalidPayload(reason)
+        elif code == 1009:
+            error = MessageTooBig(reason)
+        else:
+            error = ProtocolError(reason, code)
+        self._report(session, error)
+
+    def _timeout(self, session: Session, kind: str) -> None:
+        if kind == "write":
+            self._report(session, WriteTimeout(
+                f"peer read nothing for {self.config.write_wait}s: dropped as a slow reader"))
+
+    def sessions(self) -> list[Session]:
+        """A snapshot of the open sessions (Go: ``Sessions()``)."""
+        return [p.session for p in self._conns if p.state == 1]
+
+    def __len__(self) -> int:
+        """The number of connected sessions (Go: ``Len()``)."""
+        return len(self._conns)
+
+    def is_closed(self) -> bool:
+        """True after :meth:`close` (Go: ``IsClosed()``)."""
+        return self._closed
+
+    # -- broadcast (Go: Broadcast, BroadcastFilter, BroadcastOthers, BroadcastMultiple, ...) -----
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise HubClosed("hub is closed")
+
+    def _after_broadcast(self, result: tuple[int, list[WebSocketProtocol] | None],
+                         msg: Any, binary: bool, targets: Iterable[WebSocketProtocol]) -> int:
+        sent, dropped = result
+        if dropped:
+            for proto in dropped:
+                self._report(proto.session, MessageBufferFull("message buffer full: message dropped"))
+        if (self._on_sent_binary if binary else self._on_sent_text) is not None:
+            skip = set(dropped or ())
+            for proto in targets:
+                if proto not in skip and proto.state == 1:
+                    self._sent(proto.session, msg, binary)
+        return int(sent)
+
+    def broadcast(self, msg: str) -> int:
+        """Send a text message to every session; the frame is built once for all.
+
+        Returns how many sessions it was handed to. Raises ``HubClosed`` after :meth:`close`.
+        Never waits for a slow reader (see ``Config.message_buffer_size``).
+        """
+        self._check_open()
+        targets = list(self._conns)
+        return self._after_broadcast(_fanout_text(targets, msg), msg, False, targets)
+
+    def broadcast_filter(self, msg: str, fn: Callable[[Session], bool]) -> int:
+        """Send ``msg`` to the sessions for which ``fn(session)`` is true."""
+        self._check_open()
+        targets = list(self._conns)
+        return self._after_broadcast(_fanout_text(targets, msg, None, fn), msg, False, targets)
+
+    def broadcast_others(self, msg: str, session: Session) -> int:
+        """Send ``msg`` to every session except ``session`` (typically the sender)."""
+        self._check_open()
+        targets = list(self._conns)
+        return self._after_broadcast(_fanout_text(targets, msg, session._proto), msg, False,
+                                     targets)
+
+    def broadcast_multiple(self, msg: str, sessions: Iterable[Session]) -> int:
+        """Send ``msg`` to each of ``sessions`` (framed once, as every broadcast)."""
+        self._check_open()
+        targets = [s._proto for s in sessions]
+        return self._after_broadcast(_fanout_text(targets, msg), msg, False, targets)
+
+    def broadcast_binary(self, msg: bytes | bytearray | memoryview) -> int:
+        """Binary :meth:`broadcast`."""
+        self._check_open()
+        targets = list(self._conns)
+        return self._after_broadcast(_fanout_binary(targets, msg), msg, True, targets)
+
+    def broadcast_binary_filter(self, msg: bytes | bytearray | memoryview,
+                                fn: Callable[[Session], bool]) -> int:
+        """Binary :meth:`broadcast_filter`."""
+        self._check_open()
+        targets = list(self._conns)
+        return self._after_broadcast(_fanout_binary(targets, msg, None, fn), msg, True, targets)
+
+    def broadcast_binary_others(self, msg: bytes | bytearray | memoryview,
+                                session: Session) -> int:
+        """Binary :meth:`broadcast_others`."""
+        self._check_open()
+        targets = list(self._conns)
+        return self._after_broadcast(_fanout_binary(targets, msg, session._proto), msg, True,
+                                     targets)
+
+    def broadcast_binary_multiple(self, msg: bytes | bytearray | memoryview,
+                                  sessions: Iterable[Session]) -> int:
+        """Binary :meth:`broadcast_multiple`."""
+        self._check_open()
+        targets = [s._proto for s in sessions]
+        return self._after_broadcast(_fanout_binary(targets, msg), msg, True, targets)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every session with 1000 and refuse new ones (Go: ``Close()``).
+
+        Raises ``HubClosed`` if already closed.
+        """
+        self.close_with_msg(CLOSE_NORMAL, "")
+
+    def close_with_msg(self, code: int = CLOSE_GOING_AWAY, reason: str = "") -> None:
+        """Close every session with ``code``/``reason`` and refuse new ones (Go: ``CloseWithMsg``)."""
+        if self._closed:
+            raise HubClosed("hub is already closed")
+        self._closed = True
+        for proto in list(self._conns):
+            proto.close(code, reason)
+        for server in self._servers:
+            server.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    async def wait_closed(self, timeout: float | None = None) -> None:
+        """Wait until every session has ended (after :meth:`close`), at most ``timeout`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._conns and (deadline is None or loop.time() < deadline):
+            await asyncio.sleep(0.01)
+        for proto in list(self._conns):
+            proto.abort()
+        for server in self._servers:
+            await server.wait_closed()
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None and self._loop is not loop:
+            raise RuntimeError("a hub serves on one event loop")
+        self._loop = loop
+        self._dispatch.loop = loop
+        if self._heartbeat is None:
+            self._schedule_heartbeat()
+
+    def _schedule_heartbeat(self) -> None:
+        cfg = self.config
+        # Pings may run up to one tick late; a tick under (pong_wait - ping_period) keeps a peer
+        # that answers every ping from ever being taken for dead.
+        tick = min(cfg.ping_period, (cfg.pong_wait - cfg.ping_period) / 2)
+        assert self._loop is not None
+        self._heartbeat = self._loop.call_later(max(tick, 0.005), self._beat)
+
+    def _beat(self) -> None:
+        self._heartbeat = None
+        if self._closed:
+            return
+        assert self._loop is not None
+        cfg = self.config
+        dead = heartbeat(list(self._conns), self._loop.time(), cfg.ping_period, cfg.pong_wait)
+        for proto in dead:
+            self._report(proto.session, PongTimeout(
+                f"nothing received for {cfg.pong_wait}s: peer considered dead"))
+            proto.abort()
+        self._schedule_heartbeat()
+
+    async def serve(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 8000,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+        sock: Any = None,
+    ) -> asyncio.AbstractServer:
+        """Start listening inside the running loop; return the started ``asyncio.Server``.
+
+        ``await hub.serve(...)`` returns at once; keep the loop running (for example with
+        ``await server.serve_forever()``). Port 0 picks a free port: read it from
+        ``server.sockets[0].getsockname()``.
+        """
+        from melody.server import serve
+
+        return await serve(self, host, port, ssl=ssl, reuse_port=reuse_port, backlog=backlog,
+                           sock=sock)
+
+    def __repr__(self) -> str:
+        return f"<Melody sessions={len(self._conns)} closed={self._closed}>"

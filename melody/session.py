@@ -1,0 +1,199 @@
+"""One WebSocket connection as the application sees it (Go melody's ``Session``)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Iterator
+
+from melody._core.connection import SEND_CLOSED, SEND_DROPPED, STATE_OPEN
+from melody.errors import CLOSE_NORMAL, KeyNotFound, MessageBufferFull, SessionClosed
+
+if TYPE_CHECKING:
+    from melody._core.protocol import WebSocketProtocol
+    from melody.handshake import Request
+    from melody.hub import Melody
+
+__all__ = ["Session"]
+
+_Address = Any  # (host, port) for TCP, (host, port, flow, scope) for IPv6, or None
+
+
+class Session:
+    """A connected client: write to it, close it, keep per-connection data in its keys.
+
+    Sessions are made by the hub when an upgrade is accepted; applications receive them in their
+    handlers and never construct one. Writing never blocks: a message goes to the socket at once
+    or waits in a queue bounded by ``Config.message_buffer_size`` (then it is dropped and
+    ``MessageBufferFull`` is reported to ``handle_error``).
+    """
+
+    __slots__ = (
+        "_proto",
+        "_hub",
+        "request",
+        "subprotocol",
+        "remote_addr",
+        "local_addr",
+        "_keys",
+        "_inbox",
+        "_draining",
+        "__weakref__",
+    )
+
+    request: Request
+    subprotocol: str | None
+    remote_addr: _Address
+    local_addr: _Address
+
+    def __init__(
+        self,
+        hub: Melody,
+        proto: WebSocketProtocol,
+        request: Request,
+        keys: dict[str, Any] | None = None,
+        subprotocol: str | None = None,
+    ) -> None:
+        self._proto = proto
+        self._hub = hub
+        #: The upgrade request: ``path``, ``query``, ``query_params``, ``headers``.
+        self.request = request
+        #: The subprotocol agreed in the handshake, or None.
+        self.subprotocol = subprotocol
+        transport = proto.transport
+        #: The peer's address as the socket reports it (``(host, port)`` for TCP).
+        self.remote_addr = transport.get_extra_info("peername") if transport else None
+        #: This end's address.
+        self.local_addr = transport.get_extra_info("sockname") if transport else None
+        self._keys: dict[str, Any] | None = dict(keys) if keys else None
+        # Pending async handler calls, run one after another (None until first needed).
+        self._inbox: deque[Any] | None = None
+        self._draining = False
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, msg: str) -> None:
+        """Send a text message.
+
+        Raises ``SessionClosed`` if the session is closed or closing. If the peer is not reading
+        and the queue is full the message is dropped and ``MessageBufferFull`` goes to
+        ``handle_error`` (Go semantics: the write itself does not fail).
+        """
+        status = self._proto.send_text(msg)
+        if status >= SEND_DROPPED:
+            self._failed_write(status)
+        elif self._hub._on_sent_text is not None:
+            self._hub._sent(self, msg, False)
+
+    def write_binary(self, msg: bytes | bytearray | memoryview) -> None:
+        """Send a binary message; errors as for :meth:`write`."""
+        status = self._proto.send_binary(msg)
+        if status >= SEND_DROPPED:
+            self._failed_write(status)
+        elif self._hub._on_sent_binary is not None:
+            self._hub._sent(self, bytes(msg), True)
+
+    def _failed_write(self, status: int) -> None:
+        if status == SEND_CLOSED:
+            raise SessionClosed("session is closed")
+        self._hub._report(self, MessageBufferFull("message buffer full: message dropped"))
+
+    def ping(self, payload: bytes = b"") -> None:
+        """Send a ping now (the hub also pings every ``ping_period``). Raises ``SessionClosed``."""
+        if self._proto.send_ping(payload) == SEND_CLOSED:
+            raise SessionClosed("session is closed")
+
+    def close(self) -> None:
+        """Close with 1000 (normal closure). Raises ``SessionClosed`` if already closed."""
+        self.close_with_msg(CLOSE_NORMAL, "")
+
+    def close_with_msg(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Start the closing handshake with ``code`` and ``reason`` (at most 123 UTF-8 bytes).
+
+        The session stays in ``sessions()`` until the peer answers (or ``close_timeout``
+        passes); ``handle_disconnect`` runs then. Raises ``SessionClosed`` if already closed,
+        ``ValueError`` for a code that may not be sent (RFC 6455 7.4).
+        """
+        if not (code == 1000 or 1001 <= code <= 1003 or 1007 <= code <= 1014
+                or 3000 <= code <= 4999):
+            raise ValueError(f"close code {code} may not be sent")
+        if self.is_closed:
+            raise SessionClosed("session is closed")
+        self._proto.close(code, reason)
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        self._proto.abort()
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the session is closing or closed: writes then raise ``SessionClosed``."""
+        return self._proto.state != STATE_OPEN
+
+    @property
+    def close_code(self) -> int:
+        """The close code of the connection once it is closed (1006 if TCP dropped), else 0."""
+        return int(self._proto.close_code)
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason once the session is closed."""
+        return str(self._proto.close_reason)
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting because the peer is not reading (0 for a healthy peer)."""
+        return int(self._proto.queued)
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped for this session because its queue was full."""
+        return int(self._proto.dropped)
+
+    # -- keys (Go: Set, Get, MustGet, UnSet; plus mapping access) --------------------------------
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        """The session's key-value store (created on first use)."""
+        if self._keys is None:
+            self._keys = {}
+        return self._keys
+
+    def set(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key``."""
+        self.keys[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default``."""
+        return self._keys.get(key, default) if self._keys else default
+
+    def must_get(self, key: str) -> Any:
+        """The value under ``key``; raises ``KeyNotFound`` (a ``KeyError``) if absent."""
+        if self._keys is None or key not in self._keys:
+            raise KeyNotFound(key)
+        return self._keys[key]
+
+    def unset(self, key: str) -> None:
+        """Remove ``key`` if present."""
+        if self._keys:
+            self._keys.pop(key, None)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.must_get(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.keys[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if self._keys is None or key not in self._keys:
+            raise KeyNotFound(key)
+        del self._keys[key]
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self._keys) and key in self._keys  # type: ignore[operator]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys or ())
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else "open"
+        return f"<Session {self.remote_addr} {self.request.path!r} {state}>"
