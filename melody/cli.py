@@ -12,7 +12,8 @@ import logging
 import os
 import ssl as _ssl
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main", "load_hub"]
 

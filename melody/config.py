@@ -6,8 +6,8 @@ Field names and meanings follow Go melody's ``Config`` (``WriteWait``, ``PongWai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 __all__ = ["Config", "Compression"]
 
@@ -27,7 +27,8 @@ class Compression:
     server_max_window_bits: int = 15
     client_max_window_bits: int = 15
     level: int = 6
-    #: Messages shorter than this are sent uncompressed (deflate's framing costs more than it saves).
+    #: Messages shorter than this are sent uncompressed (deflate's framing costs more than it
+    #: saves on them).
     min_size: int = 64
 
     def __post_init__(self) -> None:
@@ -95,7 +96,8 @@ class Config:
     _compression: Compression | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        for name in ("write_wait", "pong_wait", "ping_period", "handshake_timeout", "close_timeout"):
+        timings = ("write_wait", "pong_wait", "ping_period", "handshake_timeout", "close_timeout")
+        for name in timings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")

@@ -18,7 +18,8 @@ PAGE = b"""<!doctype html>
 <style>body{font:16px sans-serif;margin:2em}#log{border:1px solid #ccc;height:20em;overflow:auto;
 padding:.5em;white-space:pre-wrap}#msg{width:30em}</style></head>
 <body><h1>melody chat</h1><div id="log"></div>
-<form id="form"><input id="msg" autocomplete="off" placeholder="say something"><button>send</button></form>
+<form id="form"><input id="msg" autocomplete="off" placeholder="say something">
+<button>send</button></form>
 <p id="status">connecting...</p>
 <script>
 const log = document.getElementById("log");
@@ -30,7 +31,8 @@ ws.onclose = (e) => { status.textContent = "closed (" + e.code + ")"; };
 ws.onmessage = (e) => { const line = document.createElement("div"); line.className = "line";
   line.textContent = e.data; log.appendChild(line); log.scrollTop = log.scrollHeight; };
 document.getElementById("form").onsubmit = (e) => { e.preventDefault();
-  const input = document.getElementById("msg"); if (input.value) { ws.send(input.value); input.value = ""; } };
+  const input = document.getElementById("msg");
+  if (input.value) { ws.send(input.value); input.value = ""; } };
 </script></body></html>
 """
 

@@ -89,7 +89,9 @@ class ProtocolError(MelodyError):
             self.code = code
 
     def __str__(self) -> str:
-        return f"{self.reason} (close code {self.code})" if self.reason else f"close code {self.code}"
+        if self.reason:
+            return f"{self.reason} (close code {self.code})"
+        return f"close code {self.code}"
 
 
 class InvalidPayload(ProtocolError):

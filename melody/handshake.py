@@ -182,7 +182,9 @@ class Headers:
             return False
         return all(
             a_name.lower() == b_name.lower() and a_value == b_value
-            for (a_name, a_value), (b_name, b_value) in zip(self._fields, other._fields)
+            for (a_name, a_value), (b_name, b_value) in zip(
+                self._fields, other._fields, strict=False
+            )
         )
 
     def __repr__(self) -> str:
@@ -431,7 +433,8 @@ def validate_upgrade(request: Request) -> str:
     if versions != ["13"]:
         raise HandshakeError(
             426,
-            f"Sec-WebSocket-Version header is {_shown(versions)}; this server speaks version 13 only",
+            f"Sec-WebSocket-Version header is {_shown(versions)};"
+            " this server speaks version 13 only",
             [("Sec-WebSocket-Version", "13")],
         )
     keys = headers.get_all("Sec-WebSocket-Key")

@@ -6,7 +6,8 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar, Union
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from melody._core.fanout import broadcast_binary as _fanout_binary
 from melody._core.fanout import broadcast_text as _fanout_text
@@ -28,16 +29,12 @@ from melody.session import Session
 if TYPE_CHECKING:
     import ssl as _ssl
 
-    from melody.handshake import Request
 
 __all__ = ["Melody"]
 
 logger = logging.getLogger("melody")
 
 F = TypeVar("F", bound=Callable[..., Any])
-MaybeAwaitable = Union[None, Awaitable[None]]
-UpgradeResult = Union[None, bool, "dict[str, Any]"]
-HttpResult = Union[None, bytes, str, "tuple[int, list[tuple[str, str]], bytes]"]
 
 
 def _noop(*_: Any) -> None:
@@ -260,7 +257,9 @@ class Melody:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_one(self, session: Session, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    async def _run_one(
+        self, session: Session, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
         try:
             result = fn(session, *args)
             if inspect.isawaitable(result):
@@ -358,7 +357,7 @@ class Melody:
         sent, dropped = result
         if dropped:
             for proto in dropped:
-                self._report(proto.session, MessageBufferFull("message buffer full: message dropped"))
+                self._report(proto.session, MessageBufferFull("message buffer full: dropped"))
         if (self._on_sent_binary if binary else self._on_sent_text) is not None:
             skip = set(dropped or ())
             for proto in targets:
@@ -433,7 +432,7 @@ class Melody:
         self.close_with_msg(CLOSE_NORMAL, "")
 
     def close_with_msg(self, code: int = CLOSE_GOING_AWAY, reason: str = "") -> None:
-        """Close every session with ``code``/``reason`` and refuse new ones (Go: ``CloseWithMsg``)."""
+        """Close every session with ``code``/``reason``; refuse new ones (Go: ``CloseWithMsg``)."""
         if self._closed:
             raise HubClosed("hub is already closed")
         self._closed = True

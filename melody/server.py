@@ -141,7 +141,7 @@ class Upgrader:
             return proto.reject(build_response(404, (), b"not found\n"))
         try:
             result = hook(request)
-        except Exception as exc:
+        except Exception:
             logger.exception("handle_http raised")
             return proto.reject(build_response(500, (), b"internal error\n"))
         if inspect.isawaitable(result):
@@ -233,7 +233,7 @@ async def serve_until_stopped(
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # Windows: Ctrl-C arrives as KeyboardInterrupt instead.
-    for s in server.sockets or ():
+    for s in getattr(server, "sockets", None) or ():
         name = s.getsockname()
         scheme = "wss" if ssl else "ws"
         logger.info("melody serving on %s://%s:%s", scheme, name[0], name[1])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from melody._core.connection import SEND_CLOSED, SEND_DROPPED, STATE_OPEN
 from melody.errors import CLOSE_NORMAL, KeyNotFound, MessageBufferFull, SessionClosed
@@ -28,16 +29,16 @@ class Session:
     """
 
     __slots__ = (
-        "_proto",
+        "__weakref__",
+        "_draining",
         "_hub",
+        "_inbox",
+        "_keys",
+        "_proto",
+        "local_addr",
+        "remote_addr",
         "request",
         "subprotocol",
-        "remote_addr",
-        "local_addr",
-        "_keys",
-        "_inbox",
-        "_draining",
-        "__weakref__",
     )
 
     request: Request

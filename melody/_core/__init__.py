@@ -6,7 +6,7 @@ import fails loudly, with the command that builds them.
 """
 
 try:
-    from melody._core import connection as _connection  # noqa: F401
+    from melody._core import connection as _connection
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "melody's compiled core is not built: run `pip install .` (or "

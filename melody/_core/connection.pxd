@@ -60,6 +60,8 @@ cdef class Connection:
     cdef int _parse(self) except -1
     cdef int _settle(self) except -1
     cdef int _reserve(self, Py_ssize_t extra) except -1
+    cdef Utf8Validator _validator(self)
+    cdef int _event(self, tuple event) except -1
     cdef int _msg_append(self, const unsigned char* data, Py_ssize_t length) except -1
     cdef void _msg_reset(self) noexcept
     cdef int _fail(self, int code, object reason) except -1

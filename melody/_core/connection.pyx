@@ -55,9 +55,12 @@ cdef class Connection:
         self._cur = NULL
         self._priv = NULL
         self._msg = NULL
-        self._events = []
-        self._outgoing = []
-        self._utf8 = Utf8Validator()
+        # Per-connection objects are made on first use: a server connection never needs the
+        # event and output lists (its subclass dispatches directly), and only text that arrives
+        # in pieces needs the incremental validator. Idle connections stay small.
+        self._events = None
+        self._outgoing = None
+        self._utf8 = None
         self.close_code = 0
         self.close_reason = ""
         self.compress_min_size = 0
@@ -212,13 +215,15 @@ cdef class Connection:
         finally:
             self._settle()
         events = self._events
-        self._events = []
-        return events
+        self._events = None
+        return events if events is not None else []
 
     def data_to_send(self):
         """The frames produced since the last call, joined."""
+        if self._outgoing is None:
+            return b""
         out = b"".join(self._outgoing)
-        self._outgoing = []
+        self._outgoing = None
         return out
 
     @property
@@ -318,7 +323,7 @@ cdef class Connection:
                         if masked:
                             mask_inplace(p + hlen + done, got - done, p + hlen - 4, done)
                         self._frame_done = got
-                        if self._utf8.feed_ptr(p + hlen + done, got - done) < 0:
+                        if self._validator().feed_ptr(p + hlen + done, got - done) < 0:
                             return self._fail(1007, "invalid UTF-8 in a text message")
                 return 0
 
@@ -357,7 +362,7 @@ cdef class Connection:
                     length = PyBytes_GET_SIZE(data)
                 if opcode == OP_TEXT:
                     if done:
-                        self._utf8.reset_state()
+                        self._validator().reset_state()
                     try:
                         data = PyUnicode_DecodeUTF8(<char*>payload, <Py_ssize_t>length, NULL)
                     except UnicodeDecodeError:
@@ -373,7 +378,7 @@ cdef class Connection:
                 self._msg_compressed = compressed
             self._msg_append(payload, <Py_ssize_t>length)
             if self._msg_opcode == OP_TEXT and not self._msg_compressed and <Py_ssize_t>length > done:
-                if self._utf8.feed_ptr(payload + done, <Py_ssize_t>length - done) < 0:
+                if self._validator().feed_ptr(payload + done, <Py_ssize_t>length - done) < 0:
                     return self._fail(1007, "invalid UTF-8 in a text message")
             if not fin:
                 continue
@@ -394,7 +399,7 @@ cdef class Connection:
                         except UnicodeDecodeError:
                             return self._fail(1007, "invalid UTF-8 in a text message")
                 elif opcode == OP_TEXT:
-                    if not self._utf8.is_complete():
+                    if not self._validator().is_complete():
                         return self._fail(1007, "text message ends inside a UTF-8 sequence")
                     data = PyUnicode_DecodeUTF8(<char*>self._msg, self._msg_len, NULL)
                 else:
@@ -402,6 +407,17 @@ cdef class Connection:
             finally:
                 self._msg_reset()
             self._deliver(opcode, data)
+        return 0
+
+    cdef Utf8Validator _validator(self):
+        if self._utf8 is None:
+            self._utf8 = Utf8Validator()
+        return self._utf8
+
+    cdef int _event(self, tuple event) except -1:
+        if self._events is None:
+            self._events = []
+        self._events.append(event)
         return 0
 
     cdef int _msg_append(self, const unsigned char* data, Py_ssize_t length) except -1:
@@ -429,7 +445,8 @@ cdef class Connection:
         self._msg_cap = 0
         self._msg_opcode = 0
         self._msg_compressed = False
-        self._utf8.reset_state()
+        if self._utf8 is not None:
+            self._utf8.reset_state()
 
     cdef int _deliver(self, int opcode, object data) except -1:
         # After our close frame went out, data is no longer delivered (section 1.4).
@@ -550,29 +567,31 @@ cdef class Connection:
     # -- hooks: a subclass sends and dispatches for real ---------------------------------------
 
     cdef int send_frame(self, bytes frame, bint control) except -1:
+        if self._outgoing is None:
+            self._outgoing = []
         self._outgoing.append(frame)
         return SEND_OK
 
     cdef int _on_text(self, object text) except -1:
-        self._events.append(("text", text))
+        self._event(("text", text))
         return 0
 
     cdef int _on_binary(self, object data) except -1:
-        self._events.append(("binary", data))
+        self._event(("binary", data))
         return 0
 
     cdef int _on_ping(self, object payload) except -1:
-        self._events.append(("ping", payload))
+        self._event(("ping", payload))
         return 0
 
     cdef int _on_pong(self, object payload) except -1:
-        self._events.append(("pong", payload))
+        self._event(("pong", payload))
         return 0
 
     cdef int _on_close(self, int code, object reason) except -1:
-        self._events.append(("close", code, reason))
+        self._event(("close", code, reason))
         return 0
 
     cdef int _on_fail(self, int code, object reason) except -1:
-        self._events.append(("fail", code, reason))
+        self._event(("fail", code, reason))
         return 0

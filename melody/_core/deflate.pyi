@@ -105,8 +105,9 @@ class Inflater:
         OverflowError as soon as the output would exceed ``max_size`` bytes
         (memory stays near ``max_size`` whatever the input: a deflate bomb costs no more),
         ValueError("invalid compressed data: ...") for corrupt data, a message that does not
-        end at a block boundary or too many final blocks, ValueError for a negative ``max_size``. Pass ``sys.maxsize``
-        for no limit. Large inputs and outputs are inflated with the GIL released.
+        end at a block boundary or too many final blocks, ValueError for a negative
+        ``max_size``. Pass ``sys.maxsize`` for no limit. Large inputs and outputs are inflated
+        with the GIL released.
         """
 
 @dataclass(frozen=True)
