@@ -335,8 +335,11 @@ class Melody:
                 f"peer read nothing for {self.config.write_wait}s: dropped as a slow reader"))
 
     def sessions(self) -> list[Session]:
-        """A snapshot of the open sessions (Go: ``Sessions()``)."""
-        return [p.session for p in self._conns if p.state == 1]
+        """A snapshot of the registered sessions, closing ones included (Go: ``Sessions()``).
+
+        A session leaves the list when its connection ends, when ``handle_disconnect`` runs.
+        """
+        return [p.session for p in self._conns]
 
     def __len__(self) -> int:
         """The number of connected sessions (Go: ``Len()``)."""
@@ -348,21 +351,28 @@ class Melody:
 
     # -- broadcast (Go: Broadcast, BroadcastFilter, BroadcastOthers, BroadcastMultiple, ...) -----
 
-    def _check_open(self) -> None:
+    def _fan_out(
+        self,
+        msg: Any,
+        binary: bool,
+        targets: list[WebSocketProtocol],
+        exclude: WebSocketProtocol | None = None,
+        predicate: Callable[[Session], bool] | None = None,
+    ) -> int:
+        # The one broadcast primitive under every public variant (as Go's broadcastFilter).
         if self._closed:
             raise HubClosed("hub is closed")
-
-    def _after_broadcast(self, result: tuple[int, list[WebSocketProtocol] | None],
-                         msg: Any, binary: bool, targets: Iterable[WebSocketProtocol]) -> int:
-        sent, dropped = result
+        sent_handler = self._on_sent_binary if binary else self._on_sent_text
+        recipients: list[WebSocketProtocol] | None = [] if sent_handler is not None else None
+        fan_out = _fanout_binary if binary else _fanout_text
+        sent, dropped = fan_out(targets, msg, exclude, predicate, recipients)
         if dropped:
             for proto in dropped:
                 self._report(proto.session, MessageBufferFull("message buffer full: dropped"))
-        if (self._on_sent_binary if binary else self._on_sent_text) is not None:
-            skip = set(dropped or ())
-            for proto in targets:
-                if proto not in skip and proto.state == 1:
-                    self._sent(proto.session, msg, binary)
+        if recipients:
+            payload = bytes(msg) if binary else msg
+            for proto in recipients:
+                self._call(proto.session, sent_handler, payload)
         return int(sent)
 
     def broadcast(self, msg: str) -> int:
@@ -371,56 +381,41 @@ class Melody:
         Returns how many sessions it was handed to. Raises ``HubClosed`` after :meth:`close`.
         Never waits for a slow reader (see ``Config.message_buffer_size``).
         """
-        self._check_open()
-        targets = list(self._conns)
-        return self._after_broadcast(_fanout_text(targets, msg), msg, False, targets)
+        return self._fan_out(msg, False, list(self._conns))
 
     def broadcast_filter(self, msg: str, fn: Callable[[Session], bool]) -> int:
-        """Send ``msg`` to the sessions for which ``fn(session)`` is true."""
-        self._check_open()
-        targets = list(self._conns)
-        return self._after_broadcast(_fanout_text(targets, msg, None, fn), msg, False, targets)
+        """Send ``msg`` to the sessions for which ``fn(session)`` is true (one call each)."""
+        return self._fan_out(msg, False, list(self._conns), None, fn)
 
     def broadcast_others(self, msg: str, session: Session) -> int:
         """Send ``msg`` to every session except ``session`` (typically the sender)."""
-        self._check_open()
-        targets = list(self._conns)
-        return self._after_broadcast(_fanout_text(targets, msg, session._proto), msg, False,
-                                     targets)
+        return self._fan_out(msg, False, list(self._conns), session._proto)
 
     def broadcast_multiple(self, msg: str, sessions: Iterable[Session]) -> int:
         """Send ``msg`` to each of ``sessions`` (framed once, as every broadcast)."""
-        self._check_open()
-        targets = [s._proto for s in sessions]
-        return self._after_broadcast(_fanout_text(targets, msg), msg, False, targets)
+        return self._fan_out(msg, False, [s._proto for s in sessions])
 
     def broadcast_binary(self, msg: bytes | bytearray | memoryview) -> int:
         """Binary :meth:`broadcast`."""
-        self._check_open()
-        targets = list(self._conns)
-        return self._after_broadcast(_fanout_binary(targets, msg), msg, True, targets)
+        return self._fan_out(msg, True, list(self._conns))
 
-    def broadcast_binary_filter(self, msg: bytes | bytearray | memoryview,
-                                fn: Callable[[Session], bool]) -> int:
+    def broadcast_binary_filter(
+        self, msg: bytes | bytearray | memoryview, fn: Callable[[Session], bool]
+    ) -> int:
         """Binary :meth:`broadcast_filter`."""
-        self._check_open()
-        targets = list(self._conns)
-        return self._after_broadcast(_fanout_binary(targets, msg, None, fn), msg, True, targets)
+        return self._fan_out(msg, True, list(self._conns), None, fn)
 
-    def broadcast_binary_others(self, msg: bytes | bytearray | memoryview,
-                                session: Session) -> int:
+    def broadcast_binary_others(
+        self, msg: bytes | bytearray | memoryview, session: Session
+    ) -> int:
         """Binary :meth:`broadcast_others`."""
-        self._check_open()
-        targets = list(self._conns)
-        return self._after_broadcast(_fanout_binary(targets, msg, session._proto), msg, True,
-                                     targets)
+        return self._fan_out(msg, True, list(self._conns), session._proto)
 
-    def broadcast_binary_multiple(self, msg: bytes | bytearray | memoryview,
-                                  sessions: Iterable[Session]) -> int:
+    def broadcast_binary_multiple(
+        self, msg: bytes | bytearray | memoryview, sessions: Iterable[Session]
+    ) -> int:
         """Binary :meth:`broadcast_multiple`."""
-        self._check_open()
-        targets = [s._proto for s in sessions]
-        return self._after_broadcast(_fanout_binary(targets, msg), msg, True, targets)
+        return self._fan_out(msg, True, [s._proto for s in sessions])
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -94,6 +94,9 @@ class Upgrader:
             logger.exception("handle_upgrade raised")
             self.hub._report(None, exc)
             return self._refuse(proto, HandshakeError(500, "internal error"))
+        if self.hub.is_closed():
+            # The hub closed while the hook ran: a session accepted now would never be closed.
+            return self._refuse(proto, HandshakeError(503, "hub is closed"))
         self._accept(proto, request, key, decision)
         proto.start()
         return None

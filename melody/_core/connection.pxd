@@ -75,5 +75,6 @@ cdef class Connection:
     cdef int _on_pong(self, object payload) except -1
     cdef int _on_close(self, int code, object reason) except -1
     cdef int _on_fail(self, int code, object reason) except -1
+    cdef bint admit(self) except -1
     cdef int send_frame(self, bytes frame, bint control) except -1
     cdef int send_close_frame(self, int code, object reason) except -1

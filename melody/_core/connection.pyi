@@ -111,7 +111,9 @@ class Connection:
     def send_text(self, text: str) -> int:
         """Send ``text`` as one text frame (compressed if a deflater is set).
 
-        Returns a ``SEND_*`` status: ``SEND_CLOSED`` once the closing handshake started.
+        Returns a ``SEND_*`` status: ``SEND_CLOSED`` once the closing handshake started,
+        ``SEND_DROPPED`` when a subclass's queue refused the message (never on a bare
+        Connection; checked before compressing, so a dropped message costs no compression).
         Raises UnicodeEncodeError for a string with lone surrogates.
         """
     def send_binary(self, data: Buffer) -> int:

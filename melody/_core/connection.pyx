@@ -20,7 +20,7 @@ from libc.stdlib cimport malloc, free, realloc
 from libc.string cimport memcpy, memmove
 
 from melody._core.frames cimport (
-    OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FIN_BIT, RSV1_BIT,
+    OP_CONT, OP_TEXT, OP_BINARY, OP_PING, OP_PONG, FIN_BIT, RSV1_BIT,
     build_frame, build_close_frame,
 )
 from melody._core.mask cimport mask_inplace
@@ -377,7 +377,8 @@ cdef class Connection:
                 self._msg_opcode = opcode
                 self._msg_compressed = compressed
             self._msg_append(payload, <Py_ssize_t>length)
-            if self._msg_opcode == OP_TEXT and not self._msg_compressed and <Py_ssize_t>length > done:
+            if (self._msg_opcode == OP_TEXT and not self._msg_compressed
+                    and <Py_ssize_t>length > done):
                 if self._validator().feed_ptr(payload + done, <Py_ssize_t>length - done) < 0:
                     return self._fail(1007, "invalid UTF-8 in a text message")
             if not fin:
@@ -515,6 +516,8 @@ cdef class Connection:
         cdef const char* utf8
         if self.state != STATE_OPEN:
             return SEND_CLOSED
+        if not self.admit():
+            return SEND_DROPPED
         utf8 = PyUnicode_AsUTF8AndSize(text, &n)
         return self.send_frame(self.frame_message(OP_TEXT, <const unsigned char*>utf8, n), False)
 
@@ -523,6 +526,8 @@ cdef class Connection:
         cdef Py_buffer view
         if self.state != STATE_OPEN:
             return SEND_CLOSED
+        if not self.admit():
+            return SEND_DROPPED
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             frame = self.frame_message(OP_BINARY, <const unsigned char*>view.buf, view.len)
@@ -565,6 +570,14 @@ cdef class Connection:
         return self.send_frame(build_close_frame(code, reason, not self.is_server), True)
 
     # -- hooks: a subclass sends and dispatches for real ---------------------------------------
+
+    cdef bint admit(self) except -1:
+        """Whether one more data message may be queued; False counts it as dropped.
+
+        Asked *before* a message is compressed: with context takeover a compressed message
+        that is then dropped would leave the peer's decompressor out of step.
+        """
+        return True
 
     cdef int send_frame(self, bytes frame, bint control) except -1:
         if self._outgoing is None:

@@ -23,15 +23,17 @@ def broadcast_text(
     text: str,
     exclude: ProtocolCore | None = None,
     predicate: Callable[[Any], object] | None = None,
+    recipients: list[_P] | None = None,
 ) -> tuple[int, list[_P] | None]:
     """Send ``text`` to every open protocol in ``protocols``.
 
     Pass a snapshot (a list), not a collection a handler may change meanwhile. ``exclude`` is
     one protocol to skip; ``predicate(session)`` picks the recipients. Returns ``(sent,
     dropped)``: how many took the frame (written or queued), and None or the protocols whose
-    queue was full (the message was dropped for them). Costs one frame build in all (one
-    compression per window size, or one per recipient with context takeover).
-    Every element must be a ProtocolCore: anything else is undefined behaviour.
+    queue was full (the message was dropped for them, and counted in their ``dropped``).
+    When ``recipients`` is a list, the protocols that took the frame are appended to it.
+    Costs one frame build in all (one compression per window size, or one per recipient
+    with context takeover). Raises TypeError for an element that is not a ProtocolCore.
     """
 
 def broadcast_binary(
@@ -39,5 +41,6 @@ def broadcast_binary(
     data: Buffer,
     exclude: ProtocolCore | None = None,
     predicate: Callable[[Any], object] | None = None,
+    recipients: list[_P] | None = None,
 ) -> tuple[int, list[_P] | None]:
     """:func:`broadcast_text` for a binary message (any C-contiguous bytes-like object)."""

@@ -21,7 +21,7 @@ from melody._core.protocol cimport ProtocolCore
 
 
 cdef object _send_all(object protocols, int opcode, const unsigned char* data,
-                      Py_ssize_t length, object exclude, object predicate):
+                      Py_ssize_t length, object exclude, object predicate, list recipients):
     cdef ProtocolCore p
     cdef Deflater deflater
     cdef bytes plain = None
@@ -31,10 +31,15 @@ cdef object _send_all(object protocols, int opcode, const unsigned char* data,
     cdef Py_ssize_t sent = 0
     cdef int status
     for obj in protocols:
-        p = <ProtocolCore>obj
+        p = <ProtocolCore?>obj
         if p.state != STATE_OPEN or obj is exclude:
             continue
         if predicate is not None and not predicate(p.session):
+            continue
+        if not p.admit():
+            if dropped is None:
+                dropped = []
+            dropped.append(p)
             continue
         deflater = p.deflater
         if deflater is None or length < p.compress_min_size:
@@ -57,26 +62,32 @@ cdef object _send_all(object protocols, int opcode, const unsigned char* data,
             dropped.append(p)
         elif status != SEND_CLOSED:
             sent += 1
+            if recipients is not None:
+                recipients.append(p)
     return sent, dropped
 
 
-def broadcast_text(object protocols, str text, object exclude=None, object predicate=None):
+def broadcast_text(object protocols, str text, object exclude=None, object predicate=None,
+                   list recipients=None):
     """Send ``text`` to every open protocol in ``protocols`` (an iterable, snapshot it first).
 
     ``exclude`` is one protocol to skip; ``predicate(session)`` filters. Returns
     ``(sent, dropped)`` where dropped is None or the list of protocols whose queue was full.
+    When ``recipients`` is a list, the protocols the message was handed to are appended to it.
     """
     cdef Py_ssize_t n
     cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &n)
-    return _send_all(protocols, OP_TEXT, <const unsigned char*>utf8, n, exclude, predicate)
+    return _send_all(protocols, OP_TEXT, <const unsigned char*>utf8, n, exclude, predicate,
+                     recipients)
 
 
-def broadcast_binary(object protocols, object data, object exclude=None, object predicate=None):
+def broadcast_binary(object protocols, object data, object exclude=None, object predicate=None,
+                     list recipients=None):
     """``broadcast_text`` for a binary message (any bytes-like object)."""
     cdef Py_buffer view
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         return _send_all(protocols, OP_BINARY, <const unsigned char*>view.buf, view.len,
-                         exclude, predicate)
+                         exclude, predicate, recipients)
     finally:
         PyBuffer_Release(&view)

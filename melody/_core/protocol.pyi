@@ -22,8 +22,10 @@ class Dispatch:
     """What a server's connections call into: the hub's handlers and limits, shared by all.
 
     The handlers receive the ``session`` given to :meth:`ProtocolCore.accept` (None before it),
-    except ``on_request`` and ``on_disconnect``, which receive the protocol. A handler that is
-    None is not called (``on_text`` and ``on_binary`` must be set before a connection opens).
+    except ``on_request`` and ``on_disconnect``, which receive the protocol. ``on_pong``,
+    ``on_close``, ``on_protocol_error`` and ``on_timeout`` may be None (not called); the others
+    are always called and must be set before the first connection arrives (a missing
+    ``on_text``/``on_binary`` is reported to ``on_handler_error`` as a TypeError).
     """
 
     loop: asyncio.AbstractEventLoop | None
@@ -144,5 +146,5 @@ def heartbeat(protocols: list[_P], now: float, ping_period: float, pong_wait: fl
 
     Any read counts as a sign of life. A connection is due a ping ``ping_period`` seconds after
     the last; ``now`` is the loop's time. The dead ones are not pinged, only returned.
-    Raises TypeError if ``protocols`` is not a list.
+    Raises TypeError if ``protocols`` is not a list or holds anything but ProtocolCore objects.
     """

@@ -226,6 +226,12 @@ cdef class ProtocolCore(Connection):
 
     # -- writing -------------------------------------------------------------------------------
 
+    cdef bint admit(self) except -1:
+        if self._writing_paused and len(self._queue) >= self.dispatch.queue_limit:
+            self.dropped += 1
+            return False
+        return True
+
     cdef int send_frame(self, bytes frame, bint control) except -1:
         if self.transport is None:
             return SEND_CLOSED
@@ -243,7 +249,8 @@ cdef class ProtocolCore(Connection):
         if self.transport is None:
             return 0
         if self._writing_paused and self._queue:
-            # The close frame is queued behind data: close once it is flushed (write_wait bounds it).
+            # The close frame is queued behind data: close once it is flushed (write_wait
+            # bounds how long that may take).
             self._close_after_flush = True
         else:
             self.transport.close()
@@ -341,7 +348,7 @@ def heartbeat(list protocols, double now, double ping_period, double pong_wait):
     cdef list dead = []
     cdef bytes ping = build_frame(FIN_BIT | OP_PING, NULL, 0, False)
     for obj in protocols:
-        p = <ProtocolCore>obj
+        p = <ProtocolCore?>obj
         if p.state != STATE_OPEN:
             continue
         if p.reads != p.reads_seen:

@@ -146,8 +146,8 @@ cdef inline unsigned int _run(unsigned int state, const unsigned char* data, Py_
             # Whole 2- and 3-byte code points whose lead byte alone rules out overlongs and
             # surrogates are checked with plain range tests: their loads do not wait on one
             # another, as a chain of table transitions does (measured: Cyrillic and CJK text
-            # validate about 2.5 times faster). Anything else, including every invalid or cut-off sequence, takes
-            # the table one byte at a time, which is what finds the exact failing byte.
+            # validate about 2.5 times faster). Anything else, including every invalid or cut-off
+            # sequence, takes the table one byte at a time, which finds the exact failing byte.
             if 0xC2 <= b <= 0xDF:
                 if length - i >= 2 and (data[i + 1] & 0xC0) == 0x80:
                     i += 2
