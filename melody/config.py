@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Config", "Compression"]
+__all__ = ["Config", "Compression", "OVERFLOW_POLICIES"]
+
+#: The values of ``Config.overflow_policy``, in the order the compiled core numbers them.
+OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "close")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,15 @@ class Config:
     #: Outbound messages queued per session while the peer is not reading; one more is dropped and
     #: reported as ``MessageBufferFull`` (Go: ``MessageBufferSize``, 256).
     message_buffer_size: int = 256
+    #: Bytes that may wait in one session's queue; past this a message overflows as above.
+    message_buffer_bytes: int = 16 << 20
+    #: What an overflowing queue does: ``"drop_newest"`` (Go melody: the new message is
+    #: dropped), ``"drop_oldest"`` (the oldest queued message makes room; sessions compressing
+    #: with context takeover drop the newest instead, as dropping a sent-order frame would
+    #: corrupt their stream) or ``"close"`` (the session is closed with 1008, as the gorilla
+    #: chat hub does with slow consumers). Every drop is counted and reported to
+    #: ``handle_error`` as ``MessageBufferFull``.
+    overflow_policy: str = "drop_newest"
     #: Run async message handlers of one session concurrently instead of one after the other.
     concurrent_message_handling: bool = False
     #: permessage-deflate: False (off), True (the :class:`Compression` defaults) or a
@@ -110,6 +122,12 @@ class Config:
             raise ValueError("max_message_size must be >= 1")
         if self.message_buffer_size < 1:
             raise ValueError("message_buffer_size must be >= 1")
+        if self.message_buffer_bytes < 1:
+            raise ValueError("message_buffer_bytes must be >= 1")
+        if self.overflow_policy not in OVERFLOW_POLICIES:
+            raise ValueError(
+                f"overflow_policy must be one of {', '.join(OVERFLOW_POLICIES)},"
+                f" got {self.overflow_policy!r}")
         if self.max_header_size < 256:
             raise ValueError("max_header_size must be >= 256")
         if self.write_buffer_high < 1024:

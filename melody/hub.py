@@ -9,12 +9,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from melody._core.fanout import Group
 from melody._core.fanout import broadcast_binary as _fanout_binary
 from melody._core.fanout import broadcast_text as _fanout_text
 from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
-from melody.config import Config
+from melody.config import OVERFLOW_POLICIES, Config
 from melody.errors import (
     CLOSE_GOING_AWAY,
+    SessionClosed,
     CLOSE_NORMAL,
     HubClosed,
     InvalidPayload,
@@ -63,7 +65,9 @@ class Melody:
     def __init__(self, config: Config | None = None) -> None:
         #: The hub's configuration (immutable).
         self.config = config if config is not None else Config()
-        self._conns: dict[WebSocketProtocol, None] = {}
+        # Every registered connection, and one group per topic: what broadcasts walk.
+        self._all = Group()
+        self._topics: dict[str, Group] = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -93,6 +97,8 @@ class Melody:
         d.queue_limit = cfg.message_buffer_size
         d.write_buffer_high = cfg.write_buffer_high
         d.read_buffer_size = cfg.read_buffer_size
+        d.queue_bytes_limit = cfg.message_buffer_bytes
+        d.overflow_policy = OVERFLOW_POLICIES.index(cfg.overflow_policy)
         d.on_disconnect = self._disconnected
         d.on_protocol_error = self._protocol_error
         d.on_timeout = self._timeout
@@ -311,13 +317,20 @@ class Melody:
     # -- the session registry --------------------------------------------------------------------
 
     def _register(self, proto: WebSocketProtocol, session: Session) -> None:
-        self._conns[proto] = None
+        self._all.add(proto)
+        self._dispatch.connects += 1
         self._call(session, self._on_connect)
 
     def _disconnected(self, proto: WebSocketProtocol) -> None:
-        self._conns.pop(proto, None)
-        session = proto.session
+        if not self._all.discard(proto):
+            return
+        self._dispatch.disconnects += 1
+        session: Session | None = proto.session
         if session is not None:
+            if session._topics:
+                for topic in session._topics:
+                    self._leave(proto, topic)
+                session._topics = None
             self._call(session, self._on_disconnect)
 
     def _protocol_error(self, session: Session, code: int, reason: str) -> None:
@@ -339,11 +352,11 @@ class Melody:
 
         A session leaves the list when its connection ends, when ``handle_disconnect`` runs.
         """
-        return [p.session for p in self._conns]
+        return [p.session for p in self._all]
 
     def __len__(self) -> int:
         """The number of connected sessions (Go: ``Len()``)."""
-        return len(self._conns)
+        return len(self._all)
 
     def is_closed(self) -> bool:
         """True after :meth:`close` (Go: ``IsClosed()``)."""
@@ -355,7 +368,7 @@ class Melody:
         self,
         msg: Any,
         binary: bool,
-        targets: list[WebSocketProtocol],
+        targets: Group | list[WebSocketProtocol],
         exclude: WebSocketProtocol | None = None,
         predicate: Callable[[Session], bool] | None = None,
     ) -> int:
@@ -364,8 +377,14 @@ class Melody:
             raise HubClosed("hub is closed")
         sent_handler = self._on_sent_binary if binary else self._on_sent_text
         recipients: list[WebSocketProtocol] | None = [] if sent_handler is not None else None
-        fan_out = _fanout_binary if binary else _fanout_text
-        sent, dropped = fan_out(targets, msg, exclude, predicate, recipients)
+        d = self._dispatch
+        d.broadcasts += 1
+        if isinstance(targets, Group):
+            fan_out = targets.broadcast_binary if binary else targets.broadcast_text
+            sent, dropped = fan_out(msg, exclude, predicate, recipients)
+        else:
+            fan = _fanout_binary if binary else _fanout_text
+            sent, dropped = fan(targets, msg, exclude, predicate, recipients)
         if dropped:
             for proto in dropped:
                 self._report(proto.session, MessageBufferFull("message buffer full: dropped"))
@@ -381,15 +400,15 @@ class Melody:
         Returns how many sessions it was handed to. Raises ``HubClosed`` after :meth:`close`.
         Never waits for a slow reader (see ``Config.message_buffer_size``).
         """
-        return self._fan_out(msg, False, list(self._conns))
+        return self._fan_out(msg, False, self._all)
 
     def broadcast_filter(self, msg: str, fn: Callable[[Session], bool]) -> int:
         """Send ``msg`` to the sessions for which ``fn(session)`` is true (one call each)."""
-        return self._fan_out(msg, False, list(self._conns), None, fn)
+        return self._fan_out(msg, False, self._all, None, fn)
 
     def broadcast_others(self, msg: str, session: Session) -> int:
         """Send ``msg`` to every session except ``session`` (typically the sender)."""
-        return self._fan_out(msg, False, list(self._conns), session._proto)
+        return self._fan_out(msg, False, self._all, session._proto)
 
     def broadcast_multiple(self, msg: str, sessions: Iterable[Session]) -> int:
         """Send ``msg`` to each of ``sessions`` (framed once, as every broadcast)."""
@@ -397,25 +416,130 @@ class Melody:
 
     def broadcast_binary(self, msg: bytes | bytearray | memoryview) -> int:
         """Binary :meth:`broadcast`."""
-        return self._fan_out(msg, True, list(self._conns))
+        return self._fan_out(msg, True, self._all)
 
     def broadcast_binary_filter(
         self, msg: bytes | bytearray | memoryview, fn: Callable[[Session], bool]
     ) -> int:
         """Binary :meth:`broadcast_filter`."""
-        return self._fan_out(msg, True, list(self._conns), None, fn)
+        return self._fan_out(msg, True, self._all, None, fn)
 
     def broadcast_binary_others(
         self, msg: bytes | bytearray | memoryview, session: Session
     ) -> int:
         """Binary :meth:`broadcast_others`."""
-        return self._fan_out(msg, True, list(self._conns), session._proto)
+        return self._fan_out(msg, True, self._all, session._proto)
 
     def broadcast_binary_multiple(
         self, msg: bytes | bytearray | memoryview, sessions: Iterable[Session]
     ) -> int:
         """Binary :meth:`broadcast_multiple`."""
         return self._fan_out(msg, True, [s._proto for s in sessions])
+
+    # -- topics (rooms) ---------------------------------------------------------------------
+
+    def subscribe(self, session: Session, topic: str) -> bool:
+        """Add ``session`` to ``topic``; False if it was subscribed already. O(1).
+
+        Subscriptions end with the session. Raises ``SessionClosed`` for a closed session.
+        """
+        if session.is_closed:
+            raise SessionClosed("session is closed")
+        group = self._topics.get(topic)
+        if group is None:
+            group = self._topics[topic] = Group()
+        if not group.add(session._proto):
+            return False
+        if session._topics is None:
+            session._topics = set()
+        session._topics.add(topic)
+        return True
+
+    def unsubscribe(self, session: Session, topic: str) -> bool:
+        """Remove ``session`` from ``topic``; False if it was not subscribed. O(1)."""
+        if not session._topics or topic not in session._topics:
+            return False
+        session._topics.discard(topic)
+        self._leave(session._proto, topic)
+        return True
+
+    def _leave(self, proto: WebSocketProtocol, topic: str) -> None:
+        group = self._topics.get(topic)
+        if group is not None:
+            group.discard(proto)
+            if not len(group):
+                del self._topics[topic]
+
+    def publish(self, topic: str, msg: str) -> int:
+        """Send a text message to the subscribers of ``topic``; returns how many took it.
+
+        Costs in proportion to the topic's subscribers (not to all sessions); framed once.
+        """
+        group = self._topics.get(topic)
+        if group is None:
+            if self._closed:
+                raise HubClosed("hub is closed")
+            return 0
+        return self._fan_out(msg, False, group)
+
+    def publish_binary(self, topic: str, msg: bytes | bytearray | memoryview) -> int:
+        """Binary :meth:`publish`."""
+        group = self._topics.get(topic)
+        if group is None:
+            if self._closed:
+                raise HubClosed("hub is closed")
+            return 0
+        return self._fan_out(msg, True, group)
+
+    def publish_others(self, topic: str, msg: str, session: Session) -> int:
+        """:meth:`publish` to every subscriber but ``session`` (the sender)."""
+        group = self._topics.get(topic)
+        if group is None:
+            if self._closed:
+                raise HubClosed("hub is closed")
+            return 0
+        return self._fan_out(msg, False, group, session._proto)
+
+    def publish_binary_others(
+        self, topic: str, msg: bytes | bytearray | memoryview, session: Session
+    ) -> int:
+        """Binary :meth:`publish_others`."""
+        group = self._topics.get(topic)
+        if group is None:
+            if self._closed:
+                raise HubClosed("hub is closed")
+            return 0
+        return self._fan_out(msg, True, group, session._proto)
+
+    def topic_len(self, topic: str) -> int:
+        """How many sessions of this hub are subscribed to ``topic``."""
+        group = self._topics.get(topic)
+        return len(group) if group is not None else 0
+
+    def topics(self) -> list[str]:
+        """The topics with at least one subscriber here."""
+        return list(self._topics)
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters from the compiled core, cheap to read: sessions, topics, connects and
+        disconnects, messages and bytes in and out, broadcasts, frames dropped, writes (system
+        calls handed to the transports), and the queue depths (total and deepest) of sessions
+        whose peers are not keeping up. Costs one pass over the sessions for the queues.
+        """
+        stats: dict[str, int] = self._dispatch.stats()
+        total = deepest = 0
+        for proto in self._all.members():
+            depth = proto.queued
+            if depth:
+                total += depth
+                deepest = max(deepest, depth)
+        stats["sessions"] = len(self._all)
+        stats["topics"] = len(self._topics)
+        stats["queued_frames"] = total
+        stats["max_queue_depth"] = deepest
+        return stats
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -431,7 +555,7 @@ class Melody:
         if self._closed:
             raise HubClosed("hub is already closed")
         self._closed = True
-        for proto in list(self._conns):
+        for proto in self._all.members():
             proto.close(code, reason)
         for server in self._servers:
             server.close()
@@ -443,9 +567,9 @@ class Melody:
         """Wait until every session has ended (after :meth:`close`), at most ``timeout`` s."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while self._conns and (deadline is None or loop.time() < deadline):
+        while len(self._all) and (deadline is None or loop.time() < deadline):
             await asyncio.sleep(0.01)
-        for proto in list(self._conns):
+        for proto in self._all.members():
             proto.abort()
         for server in self._servers:
             await server.wait_closed()
@@ -472,7 +596,7 @@ class Melody:
             return
         assert self._loop is not None
         cfg = self.config
-        dead = heartbeat(list(self._conns), self._loop.time(), cfg.ping_period, cfg.pong_wait)
+        dead = heartbeat(self._all.members(), self._loop.time(), cfg.ping_period, cfg.pong_wait)
         for proto in dead:
             self._report(proto.session, PongTimeout(
                 f"nothing received for {cfg.pong_wait}s: peer considered dead"))
@@ -501,4 +625,4 @@ class Melody:
                            sock=sock)
 
     def __repr__(self) -> str:
-        return f"<Melody sessions={len(self._conns)} closed={self._closed}>"
+        return f"<Melody sessions={len(self._all)} closed={self._closed}>"

@@ -35,6 +35,7 @@ class Session:
         "_inbox",
         "_keys",
         "_proto",
+        "_topics",
         "local_addr",
         "remote_addr",
         "request",
@@ -66,6 +67,8 @@ class Session:
         #: This end's address.
         self.local_addr = transport.get_extra_info("sockname") if transport else None
         self._keys: dict[str, Any] | None = dict(keys) if keys else None
+        # Topics this session is subscribed to (None until the first subscribe).
+        self._topics: set[str] | None = None
         # Pending async handler calls, run one after another (None until first needed).
         self._inbox: deque[Any] | None = None
         self._draining = False
@@ -82,7 +85,7 @@ class Session:
         status = self._proto.send_text(msg)
         if status >= SEND_DROPPED:
             self._failed_write(status)
-        elif self._hub._on_sent_text is not None:
+        if status != SEND_DROPPED and self._hub._on_sent_text is not None:
             self._hub._sent(self, msg, False)
 
     def write_binary(self, msg: bytes | bytearray | memoryview) -> None:
@@ -90,13 +93,17 @@ class Session:
         status = self._proto.send_binary(msg)
         if status >= SEND_DROPPED:
             self._failed_write(status)
-        elif self._hub._on_sent_binary is not None:
+        if status != SEND_DROPPED and self._hub._on_sent_binary is not None:
             self._hub._sent(self, bytes(msg), True)
 
     def _failed_write(self, status: int) -> None:
         if status == SEND_CLOSED:
             raise SessionClosed("session is closed")
-        self._hub._report(self, MessageBufferFull("message buffer full: message dropped"))
+        if status == SEND_DROPPED:
+            self._hub._report(self, MessageBufferFull("message buffer full: message dropped"))
+        else:  # SEND_DROPPED_OLDEST: this message was queued, the oldest queued one dropped
+            self._hub._report(self, MessageBufferFull(
+                "message buffer full: oldest queued message dropped"))
 
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping now (the hub also pings every ``ping_period``). Raises ``SessionClosed``."""
@@ -151,6 +158,11 @@ class Session:
         return int(self._proto.dropped)
 
     # -- keys (Go: Set, Get, MustGet, UnSet; plus mapping access) --------------------------------
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics this session is subscribed to (``hub.subscribe``)."""
+        return frozenset(self._topics or ())
 
     @property
     def keys(self) -> dict[str, Any]:

@@ -15,6 +15,12 @@ cpdef enum:
     SEND_QUEUED = 1
     SEND_DROPPED = 2
     SEND_CLOSED = 3
+    SEND_DROPPED_OLDEST = 4
+
+cpdef enum:
+    ADMIT_REFUSED = 0
+    ADMIT_OK = 1
+    ADMIT_DROPPED_OLDEST = 2
 
 
 cdef class Connection:
@@ -56,7 +62,7 @@ cdef class Connection:
     cdef public int close_code
     cdef public object close_reason
 
-    cdef int _process(self) except -1
+    cdef int _process(self, Py_ssize_t nbytes) except -1
     cdef int _parse(self) except -1
     cdef int _settle(self) except -1
     cdef int _reserve(self, Py_ssize_t extra) except -1
@@ -75,6 +81,6 @@ cdef class Connection:
     cdef int _on_pong(self, object payload) except -1
     cdef int _on_close(self, int code, object reason) except -1
     cdef int _on_fail(self, int code, object reason) except -1
-    cdef bint admit(self) except -1
+    cdef int admit(self) except -1
     cdef int send_frame(self, bytes frame, bint control) except -1
     cdef int send_close_frame(self, int code, object reason) except -1

@@ -132,7 +132,7 @@ cdef class Connection:
             self._end += nbytes
         self._read_ptr = NULL
         try:
-            self._process()
+            self._process(nbytes)
         finally:
             self._settle()
 
@@ -202,16 +202,18 @@ cdef class Connection:
         and ``("fail", code, reason)`` (a protocol violation; a close with ``code`` is queued).
         """
         cdef Py_buffer view
+        cdef Py_ssize_t nbytes
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            if view.len:
-                self._reserve(view.len)
-                memcpy(self._cur + self._end, view.buf, view.len)
-                self._end += view.len
+            nbytes = view.len
+            if nbytes:
+                self._reserve(nbytes)
+                memcpy(self._cur + self._end, view.buf, nbytes)
+                self._end += nbytes
         finally:
             PyBuffer_Release(&view)
         try:
-            self._process()
+            self._process(nbytes)
         finally:
             self._settle()
         events = self._events
@@ -233,7 +235,12 @@ cdef class Connection:
 
     # -- parsing -------------------------------------------------------------------------------
 
-    cdef int _process(self) except -1:
+    cdef int _process(self, Py_ssize_t nbytes) except -1:
+        if self.state == STATE_CLOSED:
+            # Nothing after a failure or a finished close handshake is ever parsed: drop it
+            # rather than let a peer that keeps sending grow our memory.
+            self._start = self._end
+            return 0
         return self._parse()
 
     cdef int _parse(self) except -1:
@@ -514,26 +521,33 @@ cdef class Connection:
         """Send a text message; returns a SEND_* status (SEND_CLOSED once closing)."""
         cdef Py_ssize_t n
         cdef const char* utf8
+        cdef int admitted
         if self.state != STATE_OPEN:
             return SEND_CLOSED
-        if not self.admit():
+        admitted = self.admit()
+        if admitted == ADMIT_REFUSED:
             return SEND_DROPPED
         utf8 = PyUnicode_AsUTF8AndSize(text, &n)
-        return self.send_frame(self.frame_message(OP_TEXT, <const unsigned char*>utf8, n), False)
+        status = self.send_frame(self.frame_message(OP_TEXT, <const unsigned char*>utf8, n),
+                                 False)
+        return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
 
     def send_binary(self, object data):
         """Send a binary message (any bytes-like object); returns a SEND_* status."""
         cdef Py_buffer view
+        cdef int admitted
         if self.state != STATE_OPEN:
             return SEND_CLOSED
-        if not self.admit():
+        admitted = self.admit()
+        if admitted == ADMIT_REFUSED:
             return SEND_DROPPED
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             frame = self.frame_message(OP_BINARY, <const unsigned char*>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
-        return self.send_frame(frame, False)
+        status = self.send_frame(frame, False)
+        return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
 
     def send_ping(self, object data=b""):
         """Send a ping with up to 125 bytes of payload."""
@@ -562,6 +576,10 @@ cdef class Connection:
         return self.send_close_frame(code, reason)
 
     cdef int send_close_frame(self, int code, object reason) except -1:
+        # 7.4.1: 1005, 1006 and 1015 must never be sent; 0 means "no status" (empty payload).
+        if code != 0 and not (1000 <= code <= 4999 and code != 1005 and code != 1006
+                              and code != 1015):
+            raise ValueError(f"close code {code} may not be sent")
         if self.state != STATE_OPEN:
             return SEND_CLOSED
         self.state = STATE_CLOSING
@@ -571,13 +589,13 @@ cdef class Connection:
 
     # -- hooks: a subclass sends and dispatches for real ---------------------------------------
 
-    cdef bint admit(self) except -1:
-        """Whether one more data message may be queued; False counts it as dropped.
+    cdef int admit(self) except -1:
+        """Whether one more data message may be queued (an ADMIT_* value).
 
         Asked *before* a message is compressed: with context takeover a compressed message
         that is then dropped would leave the peer's decompressor out of step.
         """
-        return True
+        return ADMIT_OK
 
     cdef int send_frame(self, bytes frame, bint control) except -1:
         if self._outgoing is None:

@@ -22,6 +22,24 @@ cdef class Dispatch:
     cdef public Py_ssize_t queue_limit
     cdef public Py_ssize_t write_buffer_high
     cdef public Py_ssize_t read_buffer_size
+    cdef public Py_ssize_t queue_bytes_limit
+    # 0: drop the newest message (Go melody), 1: drop the oldest, 2: close the session (1008).
+    cdef public int overflow_policy
+
+    # Connections with frames waiting for the end of this loop iteration (see send_frame).
+    cdef list _dirty
+    cdef bint _flush_scheduled
+
+    # Counters, kept here so that the hot paths pay one C increment each.
+    cdef public unsigned long long messages_in
+    cdef public unsigned long long bytes_in
+    cdef public unsigned long long messages_out
+    cdef public unsigned long long bytes_out
+    cdef public unsigned long long frames_dropped
+    cdef public unsigned long long broadcasts
+    cdef public unsigned long long connects
+    cdef public unsigned long long disconnects
+    cdef public unsigned long long writes
 
 
 cdef class ProtocolCore(Connection):
@@ -29,6 +47,9 @@ cdef class ProtocolCore(Connection):
     cdef public Dispatch dispatch
     cdef public object session
     cdef object _queue
+    cdef Py_ssize_t _queued_bytes
+    cdef object _pending
+    cdef Py_ssize_t _pending_bytes
     cdef bint _writing_paused
     cdef bint _close_after_flush
     cdef bint _in_handshake
@@ -43,5 +64,9 @@ cdef class ProtocolCore(Connection):
 
     cdef int _handshake(self) except -1
     cdef int _close_transport(self) except -1
+    cdef int _flush(self) except -1
+    cdef int _drain_queue(self) except -1
+    cdef int _drop_oldest(self) except -1
     cdef int _cancel_timer(self) except -1
     cdef _reject_now(self, bytes response)
+    cdef _discard_queued_data(self)

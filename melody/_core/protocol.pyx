@@ -21,7 +21,8 @@ from libc.string cimport memchr
 
 from melody._core.connection cimport (
     Connection, STATE_HANDSHAKE, STATE_OPEN, STATE_CLOSING, STATE_CLOSED, STATE_UPGRADING,
-    SEND_OK, SEND_QUEUED, SEND_DROPPED, SEND_CLOSED,
+    SEND_OK, SEND_QUEUED, SEND_CLOSED,
+    ADMIT_REFUSED, ADMIT_OK, ADMIT_DROPPED_OLDEST,
 )
 from melody._core.frames cimport build_frame, FIN_BIT, OP_PING
 
@@ -38,6 +39,39 @@ cdef class Dispatch:
         self.queue_limit = 256
         self.write_buffer_high = 65536
         self.read_buffer_size = 16384
+        self.queue_bytes_limit = 16 << 20
+        self.overflow_policy = 0
+        self._dirty = []
+
+    def flush(self):
+        """Write what every connection gathered during this loop iteration (one write each).
+
+        Scheduled with call_soon by the first frame of an iteration: a burst of broadcasts
+        then costs one system call per connection instead of one per frame.
+        """
+        cdef ProtocolCore p
+        cdef list dirty = self._dirty
+        self._dirty = []
+        self._flush_scheduled = False
+        for obj in dirty:
+            p = <ProtocolCore>obj
+            try:
+                p._flush()
+            except Exception as exc:
+                self.loop.call_exception_handler({
+                    "message": "melody: writing to a connection failed",
+                    "exception": exc, "protocol": p})
+                p.abort()
+
+    def stats(self):
+        """The hub-wide counters, as a dict."""
+        return {
+            "messages_in": self.messages_in, "bytes_in": self.bytes_in,
+            "messages_out": self.messages_out, "bytes_out": self.bytes_out,
+            "frames_dropped": self.frames_dropped, "broadcasts": self.broadcasts,
+            "connects": self.connects, "disconnects": self.disconnects,
+            "writes": self.writes,
+        }
 
 
 cdef bytes _REQUEST_TOO_LARGE = (
@@ -68,6 +102,9 @@ cdef class ProtocolCore(Connection):
             self._write_timer.cancel()
             self._write_timer = None
         self._queue = None
+        self._queued_bytes = 0
+        self._pending = None
+        self._pending_bytes = 0
         self.transport = None
         if self.close_code == 0:
             self.close_code = 1006
@@ -92,11 +129,22 @@ cdef class ProtocolCore(Connection):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+        self._drain_queue()
+
+    cdef int _drain_queue(self) except -1:
+        # Hand the whole queue to the transport in one call: the peer reads again.
+        cdef list frames
         queue = self._queue
-        while queue and not self._writing_paused and self.transport is not None:
-            self.transport.write(queue.popleft())
-        if not queue and self._close_after_flush and self.transport is not None:
+        if queue:
+            frames = [item if type(item) is bytes else item[0] for item in queue]
+            queue.clear()
+            self._queued_bytes = 0
+            if self.transport is not None:
+                self.dispatch.writes += 1
+                self.transport.writelines(frames)
+        if self._close_after_flush and not self._queue and self.transport is not None:
             self.transport.close()
+        return 0
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -128,8 +176,9 @@ cdef class ProtocolCore(Connection):
 
     # -- reading -------------------------------------------------------------------------------
 
-    cdef int _process(self) except -1:
+    cdef int _process(self, Py_ssize_t nbytes) except -1:
         self.reads += 1
+        self.dispatch.bytes_in += nbytes
         if self.state == STATE_OPEN or self.state == STATE_CLOSING:
             return self._parse()
         if self.state == STATE_HANDSHAKE:
@@ -226,28 +275,104 @@ cdef class ProtocolCore(Connection):
 
     # -- writing -------------------------------------------------------------------------------
 
-    cdef bint admit(self) except -1:
-        if self._writing_paused and len(self._queue) >= self.dispatch.queue_limit:
-            self.dropped += 1
-            return False
-        return True
+    cdef int admit(self) except -1:
+        # Only a peer that stopped reading has a queue; a reading peer takes everything.
+        if not self._writing_paused:
+            return ADMIT_OK
+        if (len(self._queue) < self.dispatch.queue_limit
+                and self._queued_bytes < self.dispatch.queue_bytes_limit):
+            return ADMIT_OK
+        self.dropped += 1
+        self.dispatch.frames_dropped += 1
+        if self.dispatch.overflow_policy == 1 and (
+                self.deflater is None or self.deflater.no_context_takeover):
+            # Dropping a frame compressed with context takeover would desynchronise the peer's
+            # inflater: such sessions fall through to the newest-dropping policy.
+            if self._drop_oldest():
+                return ADMIT_DROPPED_OLDEST
+        elif self.dispatch.overflow_policy == 2:
+            # The gorilla chat hub's answer to a slow consumer: give up on it. Its queued data
+            # is discarded so that the close frame is next in line.
+            self._discard_queued_data()
+            self.close(1008, "message buffer full: reading too slowly")
+        return ADMIT_REFUSED
+
+    cdef int _drop_oldest(self) except -1:
+        cdef Py_ssize_t i = 0
+        queue = self._queue
+        for item in queue:
+            if type(item) is bytes:
+                del queue[i]
+                self._queued_bytes -= len(<bytes>item)
+                return 1
+            i += 1
+        return 0
+
+    cdef _discard_queued_data(self):
+        cdef Py_ssize_t kept_bytes = 0
+        queue = self._queue
+        kept = [item for item in queue if type(item) is not bytes]
+        dropped = len(queue) - len(kept)
+        self.dropped += dropped
+        self.dispatch.frames_dropped += dropped
+        queue.clear()
+        for item in kept:
+            queue.append(item)
+            kept_bytes += len(<bytes>item[0])
+        self._queued_bytes = kept_bytes
 
     cdef int send_frame(self, bytes frame, bint control) except -1:
+        # Frames gather in _pending during a loop iteration and leave in one write at its end
+        # (Dispatch.flush), or at once when they pass the write-buffer mark. A peer that has
+        # stopped reading (pause_writing) gets a bounded queue instead; control frames are
+        # marked in it (a 1-tuple) so that no overflow policy ever drops them.
+        cdef Dispatch d = self.dispatch
+        cdef Py_ssize_t n = len(frame)
         if self.transport is None:
             return SEND_CLOSED
-        if not self._writing_paused:
-            self.transport.write(frame)
-            return SEND_OK
-        if not control and len(self._queue) >= self.dispatch.queue_limit:
-            self.dropped += 1
-            return SEND_DROPPED
-        self._queue.append(frame)
-        return SEND_QUEUED
+        if not control:
+            d.messages_out += 1
+        d.bytes_out += n
+        if self._writing_paused:
+            self._queue.append((frame,) if control else frame)
+            self._queued_bytes += n
+            return SEND_QUEUED
+        pending = self._pending
+        if pending is None:
+            self._pending = frame
+            d._dirty.append(self)
+            if not d._flush_scheduled:
+                d._flush_scheduled = True
+                d.loop.call_soon(d.flush)
+        elif type(pending) is list:
+            (<list>pending).append(frame)
+        else:
+            self._pending = [pending, frame]
+        self._pending_bytes += n
+        if self._pending_bytes >= d.write_buffer_high:
+            self._flush()
+        return SEND_OK
+
+    cdef int _flush(self) except -1:
+        pending = self._pending
+        if pending is None:
+            return 0
+        self._pending = None
+        self._pending_bytes = 0
+        if self.transport is None:
+            return 0
+        self.dispatch.writes += 1
+        if type(pending) is list:
+            self.transport.writelines(pending)
+        else:
+            self.transport.write(pending)
+        return 0
 
     cdef int _close_transport(self) except -1:
         self._cancel_timer()
         if self.transport is None:
             return 0
+        self._flush()
         if self._writing_paused and self._queue:
             # The close frame is queued behind data: close once it is flushed (write_wait
             # bounds how long that may take).
@@ -282,6 +407,11 @@ cdef class ProtocolCore(Connection):
         return len(self._queue) if self._queue is not None else 0
 
     @property
+    def queued_bytes(self):
+        """Bytes of the frames in :attr:`queued`."""
+        return self._queued_bytes
+
+    @property
     def writing_paused(self):
         return self._writing_paused
 
@@ -291,6 +421,7 @@ cdef class ProtocolCore(Connection):
     # the connection with a bare traceback): it goes to the hub, which reports it.
 
     cdef int _on_text(self, object text) except -1:
+        self.dispatch.messages_in += 1
         try:
             self.dispatch.on_text(self.session, text)
         except Exception as exc:
@@ -298,6 +429,7 @@ cdef class ProtocolCore(Connection):
         return 0
 
     cdef int _on_binary(self, object data) except -1:
+        self.dispatch.messages_in += 1
         try:
             self.dispatch.on_binary(self.session, data)
         except Exception as exc:
