@@ -16,7 +16,6 @@ from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
 from melody.config import OVERFLOW_POLICIES, Config
 from melody.errors import (
     CLOSE_GOING_AWAY,
-    SessionClosed,
     CLOSE_NORMAL,
     HubClosed,
     InvalidPayload,
@@ -24,6 +23,7 @@ from melody.errors import (
     MessageTooBig,
     PongTimeout,
     ProtocolError,
+    SessionClosed,
     WriteTimeout,
 )
 from melody.session import Session

@@ -65,6 +65,7 @@ cdef class Connection:
     cdef int _process(self, Py_ssize_t nbytes) except -1
     cdef int _parse(self) except -1
     cdef int _settle(self) except -1
+    cdef Py_ssize_t _growth(self) noexcept
     cdef int _reserve(self, Py_ssize_t extra) except -1
     cdef Utf8Validator _validator(self)
     cdef int _event(self, tuple event) except -1

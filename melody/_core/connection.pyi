@@ -36,6 +36,15 @@ SEND_DROPPED: Final = 2
 """The queue was full: the data frame was dropped."""
 SEND_CLOSED: Final = 3
 """The connection is closing or closed: nothing was sent."""
+SEND_DROPPED_OLDEST: Final = 4
+"""The queue was full: this frame was queued and the oldest queued data frame dropped."""
+
+ADMIT_REFUSED: Final = 0
+"""``admit``: the queue is full and the message must not be sent (it counts as dropped)."""
+ADMIT_OK: Final = 1
+"""``admit``: the message may be sent."""
+ADMIT_DROPPED_OLDEST: Final = 2
+"""``admit``: the message may be sent; the oldest queued one was dropped to make room."""
 
 _Event: TypeAlias = (
     tuple[Literal["text"], str]

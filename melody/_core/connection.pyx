@@ -116,8 +116,8 @@ cdef class Connection:
         else:
             # An incomplete frame is pending in the private buffer: read straight after it,
             # with room for at least the rest of the frame when its size is known.
-            if self._priv_cap - self._end < 4096 or self._priv_cap - self._start < self._need:
-                self._reserve(max(4096, self._need - live))
+            if self._priv_cap - self._end < 4096:
+                self._reserve(max(4096, self._growth()))
             self._read_ptr = self._priv + self._end
             self._read_len = self._priv_cap - self._end
         return PyMemoryView_FromObject(self)
@@ -175,6 +175,16 @@ cdef class Connection:
         self._end = live
         return 0
 
+    cdef Py_ssize_t _growth(self) noexcept:
+        # Room to make for the rest of the frame: never more than has arrived so far (the
+        # buffer doubles) nor less than 64 KiB, so that memory follows the bytes a peer really
+        # sent, not the length its header claims.
+        cdef Py_ssize_t live = self._end - self._start
+        cdef Py_ssize_t missing = self._need - live
+        if missing <= 0:
+            return 0
+        return min(missing, max(live, 65536))
+
     cdef int _settle(self) except -1:
         # After processing: nothing left -> hold no memory; leftovers -> keep them privately.
         cdef Py_ssize_t live = self._end - self._start
@@ -187,9 +197,9 @@ cdef class Connection:
                 self._priv = NULL
                 self._priv_cap = 0
         elif self._cur != self._priv:
-            self._reserve(max(self._need - live, 0))
+            self._reserve(self._growth())
         elif self._need > self._priv_cap - self._start:
-            self._reserve(self._need - live)
+            self._reserve(self._growth())
         return 0
 
     # -- sans-I/O entry points ---------------------------------------------------------------
@@ -313,7 +323,8 @@ cdef class Connection:
             if masked:
                 hlen += 4
             # Refuse an oversize message from its header, before buffering its payload.
-            if opcode < 8 and length > <unsigned long long>(self.max_message_size - self._msg_len):
+            if opcode < 8 and length > <unsigned long long>max(
+                    self.max_message_size - self._msg_len, 0):
                 return self._fail(
                     1009, f"message over max_message_size ({self.max_message_size} bytes)")
             total = hlen + <Py_ssize_t>length

@@ -64,8 +64,26 @@ class Dispatch:
     """The transport's high-water mark in bytes, above which frames queue (default 65536)."""
     read_buffer_size: int
     """The smallest private read buffer of a connection (default 16384)."""
+    queue_bytes_limit: int
+    """Bytes queued for a peer that is not reading before messages overflow (default 16 MiB)."""
+    overflow_policy: int
+    """0: drop the newest message, 1: drop the oldest queued one, 2: close the session (1008)."""
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    frames_dropped: int
+    broadcasts: int
+    connects: int
+    disconnects: int
+    writes: int
+    """Counters kept by the compiled core (``writes``: transport write calls made)."""
 
     def __init__(self) -> None: ...
+    def flush(self) -> None:
+        """Write what every connection gathered during this loop iteration, one write each."""
+    def stats(self) -> dict[str, int]:
+        """The counters as a dict."""
 
 @disjoint_base
 class ProtocolCore(Connection):
@@ -132,6 +150,9 @@ class ProtocolCore(Connection):
     @property
     def queued(self) -> int:
         """Frames waiting for the peer to read (beyond the transport's own buffer)."""
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the frames in :attr:`queued`."""
     @property
     def writing_paused(self) -> bool:
         """True while the transport is over its high-water mark."""
