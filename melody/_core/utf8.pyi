@@ -7,6 +7,9 @@ if sys.version_info >= (3, 12):
 else:
     from typing_extensions import Buffer
 
+from typing_extensions import disjoint_base
+
+@disjoint_base
 class Utf8Validator:
     """Validate one text message fed in pieces; ``reset`` before the next message."""
 
