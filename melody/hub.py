@@ -31,6 +31,8 @@ from melody.session import Session
 if TYPE_CHECKING:
     import ssl as _ssl
 
+    from melody.backplane import Backplane
+
 
 __all__ = ["Melody"]
 
@@ -62,9 +64,12 @@ class Melody:
     its argument, so each works as a decorator.
     """
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, *,
+                 backplane: Backplane | None = None) -> None:
         #: The hub's configuration (immutable).
         self.config = config if config is not None else Config()
+        #: Shares broadcasts and publishes with other hub processes (e.g. RedisBackplane).
+        self.backplane = backplane
         # Every registered connection, and one group per topic: what broadcasts walk.
         self._all = Group()
         self._topics: dict[str, Group] = {}
@@ -375,6 +380,16 @@ class Melody:
         # The one broadcast primitive under every public variant (as Go's broadcastFilter).
         if self._closed:
             raise HubClosed("hub is closed")
+        return self._deliver(msg, binary, targets, exclude, predicate)
+
+    def _deliver(
+        self,
+        msg: Any,
+        binary: bool,
+        targets: Group | list[WebSocketProtocol],
+        exclude: WebSocketProtocol | None = None,
+        predicate: Callable[[Session], bool] | None = None,
+    ) -> int:
         sent_handler = self._on_sent_binary if binary else self._on_sent_text
         recipients: list[WebSocketProtocol] | None = [] if sent_handler is not None else None
         d = self._dispatch
@@ -400,7 +415,24 @@ class Melody:
         Returns how many sessions it was handed to. Raises ``HubClosed`` after :meth:`close`.
         Never waits for a slow reader (see ``Config.message_buffer_size``).
         """
+        self._share(None, msg, False)
         return self._fan_out(msg, False, self._all)
+
+    def _share(self, topic: str | None, msg: Any, binary: bool) -> None:
+        # Hand the message to the other nodes once (not once per node); they frame it once.
+        if self.backplane is not None and not self._closed:
+            payload = bytes(msg) if binary else msg.encode("utf-8")
+            self.backplane.publish(topic, binary, payload)
+
+    def _deliver_remote(self, topic: str | None, binary: bool, payload: bytes) -> int:
+        """Deliver a message that another node published (called by the backplane)."""
+        if self._closed:
+            return 0
+        msg: Any = payload if binary else payload.decode("utf-8")
+        if topic is None:
+            return self._deliver(msg, binary, self._all)
+        group = self._topics.get(topic)
+        return self._deliver(msg, binary, group) if group is not None else 0
 
     def broadcast_filter(self, msg: str, fn: Callable[[Session], bool]) -> int:
         """Send ``msg`` to the sessions for which ``fn(session)`` is true (one call each)."""
@@ -408,6 +440,7 @@ class Melody:
 
     def broadcast_others(self, msg: str, session: Session) -> int:
         """Send ``msg`` to every session except ``session`` (typically the sender)."""
+        self._share(None, msg, False)
         return self._fan_out(msg, False, self._all, session._proto)
 
     def broadcast_multiple(self, msg: str, sessions: Iterable[Session]) -> int:
@@ -416,6 +449,7 @@ class Melody:
 
     def broadcast_binary(self, msg: bytes | bytearray | memoryview) -> int:
         """Binary :meth:`broadcast`."""
+        self._share(None, msg, True)
         return self._fan_out(msg, True, self._all)
 
     def broadcast_binary_filter(
@@ -428,6 +462,7 @@ class Melody:
         self, msg: bytes | bytearray | memoryview, session: Session
     ) -> int:
         """Binary :meth:`broadcast_others`."""
+        self._share(None, msg, True)
         return self._fan_out(msg, True, self._all, session._proto)
 
     def broadcast_binary_multiple(
@@ -448,6 +483,8 @@ class Melody:
         group = self._topics.get(topic)
         if group is None:
             group = self._topics[topic] = Group()
+            if self.backplane is not None:
+                self.backplane.subscribe(topic)
         if not group.add(session._proto):
             return False
         if session._topics is None:
@@ -469,52 +506,51 @@ class Melody:
             group.discard(proto)
             if not len(group):
                 del self._topics[topic]
+                if self.backplane is not None:
+                    self.backplane.unsubscribe(topic)
 
     def publish(self, topic: str, msg: str) -> int:
         """Send a text message to the subscribers of ``topic``; returns how many took it.
 
         Costs in proportion to the topic's subscribers (not to all sessions); framed once.
         """
-        group = self._topics.get(topic)
-        if group is None:
-            if self._closed:
-                raise HubClosed("hub is closed")
-            return 0
-        return self._fan_out(msg, False, group)
+        return self._publish(topic, msg, False, None)
 
     def publish_binary(self, topic: str, msg: bytes | bytearray | memoryview) -> int:
         """Binary :meth:`publish`."""
-        group = self._topics.get(topic)
-        if group is None:
-            if self._closed:
-                raise HubClosed("hub is closed")
-            return 0
-        return self._fan_out(msg, True, group)
+        return self._publish(topic, msg, True, None)
 
     def publish_others(self, topic: str, msg: str, session: Session) -> int:
         """:meth:`publish` to every subscriber but ``session`` (the sender)."""
-        group = self._topics.get(topic)
-        if group is None:
-            if self._closed:
-                raise HubClosed("hub is closed")
-            return 0
-        return self._fan_out(msg, False, group, session._proto)
+        return self._publish(topic, msg, False, session._proto)
 
     def publish_binary_others(
         self, topic: str, msg: bytes | bytearray | memoryview, session: Session
     ) -> int:
         """Binary :meth:`publish_others`."""
+        return self._publish(topic, msg, True, session._proto)
+
+    def _publish(self, topic: str, msg: Any, binary: bool,
+                 exclude: WebSocketProtocol | None) -> int:
+        if self._closed:
+            raise HubClosed("hub is closed")
+        self._share(topic, msg, binary)
         group = self._topics.get(topic)
-        if group is None:
-            if self._closed:
-                raise HubClosed("hub is closed")
-            return 0
-        return self._fan_out(msg, True, group, session._proto)
+        return self._fan_out(msg, binary, group, exclude) if group is not None else 0
 
     def topic_len(self, topic: str) -> int:
-        """How many sessions of this hub are subscribed to ``topic``."""
+        """How many sessions of this hub are subscribed to ``topic`` (see cluster_topic_len)."""
         group = self._topics.get(topic)
         return len(group) if group is not None else 0
+
+    async def cluster_topic_len(self, topic: str) -> int:
+        """Subscribers of ``topic`` on every node sharing this hub's backplane (this one too).
+
+        Without a backplane, the same as :meth:`topic_len`.
+        """
+        if self.backplane is None:
+            return self.topic_len(topic)
+        return await self.backplane.cluster_topic_len(topic)
 
     def topics(self) -> list[str]:
         """The topics with at least one subscriber here."""
@@ -539,6 +575,9 @@ class Melody:
         stats["topics"] = len(self._topics)
         stats["queued_frames"] = total
         stats["max_queue_depth"] = deepest
+        if self.backplane is not None:
+            for key, value in self.backplane.stats().items():
+                stats[f"backplane_{key}"] = value
         return stats
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -562,6 +601,8 @@ class Melody:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
+        if self.backplane is not None and self._loop is not None:
+            self._spawn(self._loop, self.backplane.stop())
 
     async def wait_closed(self, timeout: float | None = None) -> None:
         """Wait until every session has ended (after :meth:`close`), at most ``timeout`` s."""
@@ -577,10 +618,21 @@ class Melody:
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not None and self._loop is not loop:
             raise RuntimeError("a hub serves on one event loop")
+        first = self._loop is None
         self._loop = loop
         self._dispatch.loop = loop
         if self._heartbeat is None:
             self._schedule_heartbeat()
+        if first and self.backplane is not None:
+            self._spawn(loop, self._start_backplane())
+
+    async def _start_backplane(self) -> None:
+        assert self.backplane is not None
+        try:
+            await self.backplane.start(self)
+        except Exception as exc:
+            logger.exception("backplane failed to start")
+            self._report(None, exc)
 
     def _schedule_heartbeat(self) -> None:
         cfg = self.config
