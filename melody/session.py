@@ -85,7 +85,9 @@ class Session:
         status = self._proto.send_text(msg)
         if status >= SEND_DROPPED:
             self._failed_write(status)
-        if status != SEND_DROPPED and self._hub._on_sent_text is not None:
+            if status == SEND_DROPPED:
+                return
+        if self._hub._on_sent_text is not None:
             self._hub._sent(self, msg, False)
 
     def write_binary(self, msg: bytes | bytearray | memoryview) -> None:
@@ -93,7 +95,9 @@ class Session:
         status = self._proto.send_binary(msg)
         if status >= SEND_DROPPED:
             self._failed_write(status)
-        if status != SEND_DROPPED and self._hub._on_sent_binary is not None:
+            if status == SEND_DROPPED:
+                return
+        if self._hub._on_sent_binary is not None:
             self._hub._sent(self, bytes(msg), True)
 
     def _failed_write(self, status: int) -> None:
