@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Config", "Compression", "OVERFLOW_POLICIES"]
+__all__ = ["Config", "Compression", "RateLimit", "OVERFLOW_POLICIES"]
 
 #: The values of ``Config.overflow_policy``, in the order the compiled core numbers them.
 OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "close")
@@ -43,6 +43,37 @@ class Compression:
             raise ValueError("level must be 0..9")
         if self.min_size < 0:
             raise ValueError("min_size must be >= 0")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Per-session inbound rate limit: token buckets for messages and for bytes.
+
+    A session may send ``burst_messages`` messages (``burst_bytes`` bytes) at once, refilled at
+    ``messages_per_second`` (``bytes_per_second``). A message over the limit is dropped
+    (``policy="drop"``: not delivered, reported to ``handle_error`` as ``RateLimited``) or
+    closes the session with 1008 (``policy="close"``). Counted in ``hub.stats()`` as
+    ``messages_rate_limited``. The check is a few C operations per message.
+    """
+
+    messages_per_second: float = 100.0
+    burst_messages: float = 200.0
+    #: Bytes refilled per second; None for no byte limit.
+    bytes_per_second: float | None = None
+    #: Bytes allowed at once; defaults to twice ``bytes_per_second``. A message larger than
+    #: this can never pass: keep it at least ``Config.max_message_size``.
+    burst_bytes: float | None = None
+    policy: str = "drop"
+
+    def __post_init__(self) -> None:
+        if self.messages_per_second <= 0 or self.burst_messages < 1:
+            raise ValueError("messages_per_second must be > 0 and burst_messages >= 1")
+        if self.bytes_per_second is not None and self.bytes_per_second <= 0:
+            raise ValueError("bytes_per_second must be > 0")
+        if self.burst_bytes is not None and self.burst_bytes < 1:
+            raise ValueError("burst_bytes must be >= 1")
+        if self.policy not in ("drop", "close"):
+            raise ValueError(f"policy must be 'drop' or 'close', got {self.policy!r}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +111,8 @@ class Config:
     overflow_policy: str = "drop_newest"
     #: Run async message handlers of one session concurrently instead of one after the other.
     concurrent_message_handling: bool = False
+    #: Per-session inbound rate limit (:class:`RateLimit`); None for none.
+    rate_limit: RateLimit | None = None
     #: permessage-deflate: False (off), True (the :class:`Compression` defaults) or a
     #: :class:`Compression`.
     compression: bool | Compression = False

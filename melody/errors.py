@@ -34,6 +34,7 @@ __all__ = [
     "PongTimeout",
     "WriteTimeout",
     "HandshakeError",
+    "RateLimited",
     "ConnectionClosed",
 ]
 
@@ -112,6 +113,11 @@ class PongTimeout(MelodyError):
 
 class WriteTimeout(MelodyError):
     """The peer read nothing for ``Config.write_wait`` while writes were pending: a slow reader."""
+
+
+class RateLimited(MelodyError):
+    """A session sent more than its ``Config.rate_limit`` allows; the message was dropped (or
+    the session closed with 1008, by the policy)."""
 
 
 class HandshakeError(MelodyError):

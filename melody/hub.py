@@ -23,6 +23,7 @@ from melody.errors import (
     MessageTooBig,
     PongTimeout,
     ProtocolError,
+    RateLimited,
     SessionClosed,
     WriteTimeout,
 )
@@ -104,6 +105,19 @@ class Melody:
         d.read_buffer_size = cfg.read_buffer_size
         d.queue_bytes_limit = cfg.message_buffer_bytes
         d.overflow_policy = OVERFLOW_POLICIES.index(cfg.overflow_policy)
+        limit = cfg.rate_limit
+        if limit is not None:
+            d.rate_limited = True
+            d.rate_messages = limit.messages_per_second
+            d.burst_messages = limit.burst_messages
+            # No byte limit is an effectively infinite bucket (one double compare per message).
+            d.rate_bytes = limit.bytes_per_second or 1e300
+            if limit.bytes_per_second is None:
+                d.burst_bytes = 1e300
+            else:
+                d.burst_bytes = limit.burst_bytes or 2 * limit.bytes_per_second
+            d.rate_close = limit.policy == "close"
+            d.on_rate_limit = self._rate_limited
         d.on_disconnect = self._disconnected
         d.on_protocol_error = self._protocol_error
         d.on_timeout = self._timeout
@@ -296,7 +310,8 @@ class Melody:
     def _report(self, session: Session | None, error: BaseException) -> None:
         handler = self._on_error
         if handler is None:
-            if isinstance(error, (ProtocolError, MessageBufferFull, PongTimeout, WriteTimeout)):
+            if isinstance(error, (ProtocolError, MessageBufferFull, PongTimeout, WriteTimeout,
+                                  RateLimited)):
                 logger.info("session %r: %s", session, error)
             else:
                 logger.error("session %r: handler raised", session, exc_info=error)
@@ -346,6 +361,9 @@ class Melody:
         else:
             error = ProtocolError(reason, code)
         self._report(session, error)
+
+    def _rate_limited(self, session: Session, size: int) -> None:
+        self._report(session, RateLimited(f"inbound rate limit exceeded ({size} bytes)"))
 
     def _timeout(self, session: Session, kind: str) -> None:
         if kind == "write":

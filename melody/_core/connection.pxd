@@ -59,6 +59,9 @@ cdef class Connection:
     cdef list _events
     cdef list _outgoing
 
+    # Bytes of the message being delivered (after reassembly and decompression).
+    cdef public Py_ssize_t message_size
+
     cdef public int close_code
     cdef public object close_reason
 

@@ -83,6 +83,8 @@ class Connection:
     """Decompresses incoming RSV1 messages; while None, RSV1 fails the connection with 1002."""
     compress_min_size: int
     """Outgoing messages shorter than this many bytes are sent uncompressed (default 0)."""
+    message_size: int
+    """Bytes of the message being delivered (after reassembly and decompression)."""
     close_code: int
     """The close code: the peer's, the one we sent, or the failure's; 0 while open."""
     close_reason: str

@@ -387,6 +387,7 @@ cdef class Connection:
                         return self._fail(1007, "invalid UTF-8 in a text message")
                 elif not compressed:
                     data = PyBytes_FromStringAndSize(<char*>payload, <Py_ssize_t>length)
+                self.message_size = <Py_ssize_t>length
                 self._deliver(opcode, data)
                 continue
 
@@ -402,6 +403,7 @@ cdef class Connection:
             if not fin:
                 continue
             opcode = self._msg_opcode
+            self.message_size = self._msg_len
             try:
                 if self._msg_compressed:
                     try:
@@ -411,6 +413,7 @@ cdef class Connection:
                         return self._fail(1009, "decompressed message over max_message_size")
                     except ValueError:
                         return self._fail(1007, "invalid compressed data")
+                    self.message_size = PyBytes_GET_SIZE(data)
                     if opcode == OP_TEXT:
                         try:
                             data = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(data),

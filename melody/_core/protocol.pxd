@@ -26,6 +26,15 @@ cdef class Dispatch:
     # 0: drop the newest message (Go melody), 1: drop the oldest, 2: close the session (1008).
     cdef public int overflow_policy
 
+    # Per-session inbound rate limit (token buckets); off unless rate_limited is set.
+    cdef public bint rate_limited
+    cdef public double rate_messages
+    cdef public double burst_messages
+    cdef public double rate_bytes
+    cdef public double burst_bytes
+    cdef public bint rate_close
+    cdef public object on_rate_limit
+
     # Connections with frames waiting for the end of this loop iteration (see send_frame).
     cdef list _dirty
     cdef bint _flush_scheduled
@@ -40,6 +49,7 @@ cdef class Dispatch:
     cdef public unsigned long long connects
     cdef public unsigned long long disconnects
     cdef public unsigned long long writes
+    cdef public unsigned long long messages_rate_limited
 
 
 cdef class ProtocolCore(Connection):
@@ -61,8 +71,12 @@ cdef class ProtocolCore(Connection):
     cdef public double last_active
     cdef public double last_ping
     cdef public Py_ssize_t dropped
+    cdef double _bucket_messages
+    cdef double _bucket_bytes
+    cdef double _bucket_stamp
 
     cdef int _handshake(self) except -1
+    cdef bint _within_rate(self) except -1
     cdef int _close_transport(self) except -1
     cdef int _flush(self) except -1
     cdef int _drain_queue(self) except -1

@@ -77,7 +77,19 @@ class Dispatch:
     connects: int
     disconnects: int
     writes: int
+    messages_rate_limited: int
     """Counters kept by the compiled core (``writes``: transport write calls made)."""
+    rate_limited: bool
+    """Whether the per-session inbound rate limit is on."""
+    rate_messages: float
+    burst_messages: float
+    rate_bytes: float
+    burst_bytes: float
+    """Token-bucket refill rates (per second) and sizes, for messages and bytes."""
+    rate_close: bool
+    """Close the session with 1008 when over the limit (else drop the message)."""
+    on_rate_limit: Callable[[Any, int], object] | None
+    """Called with (session, message size) for each message over the limit."""
 
     def __init__(self) -> None: ...
     def flush(self) -> None:

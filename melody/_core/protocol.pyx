@@ -17,6 +17,7 @@ import asyncio
 from collections import deque
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.time cimport monotonic
 from libc.string cimport memchr
 
 from melody._core.connection cimport (
@@ -71,6 +72,7 @@ cdef class Dispatch:
             "frames_dropped": self.frames_dropped, "broadcasts": self.broadcasts,
             "connects": self.connects, "disconnects": self.disconnects,
             "writes": self.writes,
+            "messages_rate_limited": self.messages_rate_limited,
         }
 
 
@@ -420,8 +422,36 @@ cdef class ProtocolCore(Connection):
     # A handler's exception must not unwind into the event loop's read callback (it would kill
     # the connection with a bare traceback): it goes to the hub, which reports it.
 
+    cdef bint _within_rate(self) except -1:
+        # Token buckets, refilled from the monotonic clock on each message (a C call, no
+        # timer): ``burst`` tokens at most, ``rate`` per second.
+        cdef Dispatch d = self.dispatch
+        cdef double now = monotonic()
+        cdef double elapsed
+        if self._bucket_stamp == 0:
+            self._bucket_messages = d.burst_messages
+            self._bucket_bytes = d.burst_bytes
+        else:
+            elapsed = now - self._bucket_stamp
+            self._bucket_messages = min(d.burst_messages,
+                                        self._bucket_messages + elapsed * d.rate_messages)
+            self._bucket_bytes = min(d.burst_bytes, self._bucket_bytes + elapsed * d.rate_bytes)
+        self._bucket_stamp = now
+        if self._bucket_messages >= 1 and self._bucket_bytes >= self.message_size:
+            self._bucket_messages -= 1
+            self._bucket_bytes -= self.message_size
+            return True
+        d.messages_rate_limited += 1
+        if d.rate_close:
+            self.close(1008, "rate limit exceeded")
+        if d.on_rate_limit is not None:
+            d.on_rate_limit(self.session, self.message_size)
+        return False
+
     cdef int _on_text(self, object text) except -1:
         self.dispatch.messages_in += 1
+        if self.dispatch.rate_limited and not self._within_rate():
+            return 0
         try:
             self.dispatch.on_text(self.session, text)
         except Exception as exc:
@@ -430,6 +460,8 @@ cdef class ProtocolCore(Connection):
 
     cdef int _on_binary(self, object data) except -1:
         self.dispatch.messages_in += 1
+        if self.dispatch.rate_limited and not self._within_rate():
+            return 0
         try:
             self.dispatch.on_binary(self.session, data)
         except Exception as exc:

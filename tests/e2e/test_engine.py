@@ -1,0 +1,201 @@
+"""The fan-out engine's policies end to end: overflow policies, inbound rate limits, topics,
+write coalescing and the hub's counters. Real sockets, on asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from e2e_support import WAIT, Recorder, wait_until
+
+from melody._core.frames import OP_BINARY, OP_CLOSE
+from melody.config import RateLimit
+from melody.errors import MessageBufferFull, RateLimited
+
+pytestmark = pytest.mark.asyncio
+
+SIZE = 64 * 1024
+MAX_ROUNDS = 2000
+SLOW = {"message_buffer_size": 4, "write_buffer_high": 1024, "write_wait": 30}
+
+
+def numbered(i: int) -> bytes:
+    return struct.pack("!I", i) + bytes([i % 251]) * (SIZE - 4)
+
+
+async def fill_slow_reader(serve_hub, ws_connect, raw_connect, **config):
+    """One healthy client and one raw client that never reads; broadcast numbered messages
+    until the slow client overflowed, then 6 more rounds."""
+    hub, url = await serve_hub(**SLOW, **config)
+    rec = Recorder(hub, skip=("sent_message_binary",))
+    healthy = await ws_connect(url, max_size=None)
+    raw = await raw_connect(url, path="/slow", rcvbuf=4096)
+    await rec.wait("connect", 2)
+    (slow,) = [s for s in rec.sessions("connect") if s.request.path == "/slow"]
+    rounds, extra = 0, None
+    for i in range(MAX_ROUNDS):
+        hub.broadcast_binary(numbered(i))
+        rounds += 1
+        assert await asyncio.wait_for(healthy.recv(), WAIT) == numbered(i)
+        if (slow.dropped or slow.is_closed) and extra is None:
+            extra = 6
+        if extra is not None:
+            extra -= 1
+            if extra == 0:
+                break
+    assert slow.dropped, "the slow reader never overflowed"
+    return hub, rec, slow, raw, rounds
+
+
+async def read_until_close(raw):
+    seqs = []
+    while True:
+        frame = await raw.recv_data()
+        if frame.opcode != OP_BINARY:
+            return seqs, frame
+        seqs.append(struct.unpack("!I", frame.payload[:4])[0])
+
+
+async def test_drop_oldest_keeps_the_newest_messages(serve_hub, ws_connect, raw_connect):
+    hub, rec, slow, raw, rounds = await fill_slow_reader(
+        serve_hub, ws_connect, raw_connect, overflow_policy="drop_oldest")
+    assert all(isinstance(e, MessageBufferFull) for e in rec.errors())
+    assert len(rec.errors()) == slow.dropped
+    assert hub.stats()["frames_dropped"] == slow.dropped
+    slow.close_with_msg(4000, "done")
+    seqs, close = await read_until_close(raw)
+    assert close.close == (4000, "done")
+    # In order, no duplicates, the last rounds all there (the oldest queued ones made room).
+    assert seqs == sorted(set(seqs))
+    assert seqs[-1] == rounds - 1
+    assert len(seqs) == rounds - slow.dropped
+    assert set(range(rounds - 4, rounds)) <= set(seqs)
+
+
+async def test_close_policy_gives_up_on_a_slow_consumer_with_1008(serve_hub, ws_connect,
+                                                                   raw_connect):
+    hub, rec, slow, raw, rounds = await fill_slow_reader(
+        serve_hub, ws_connect, raw_connect, overflow_policy="close")
+    assert slow.is_closed
+    seqs, close = await read_until_close(raw)
+    assert close.opcode == OP_CLOSE and close.close[0] == 1008
+    assert seqs == sorted(set(seqs)) and len(seqs) < rounds
+    raw.send_close(1000)
+    await raw.expect_eof()
+    await rec.wait("disconnect")
+    assert hub.stats()["frames_dropped"] >= 1
+
+
+async def test_rate_limit_drops_and_reports_excess_messages(serve_hub, ws_connect):
+    hub, url = await serve_hub(rate_limit=RateLimit(messages_per_second=0.001,
+                                                   burst_messages=5))
+    rec = Recorder(hub)
+    ws = await ws_connect(url)
+    for i in range(20):
+        await ws.send(f"m{i}")
+    await wait_until(lambda: len(rec.of("message")) + len(rec.errors()) == 20, "20 outcomes")
+    delivered = [args[0] for args in rec.of("message")]
+    assert delivered == [f"m{i}" for i in range(5)]
+    assert len(rec.errors()) == 15 and all(isinstance(e, RateLimited) for e in rec.errors())
+    assert hub.stats()["messages_rate_limited"] == 15
+    await ws.send("still open")  # the drop policy keeps the session
+
+
+async def test_rate_limit_counts_bytes_too(serve_hub, ws_connect):
+    hub, url = await serve_hub(rate_limit=RateLimit(
+        messages_per_second=1000, burst_messages=1000, bytes_per_second=0.001,
+        burst_bytes=1000))
+    rec = Recorder(hub)
+    ws = await ws_connect(url)
+    await ws.send("x" * 600)
+    await ws.send("y" * 600)  # 1200 bytes > 1000: refused
+    await ws.send("z" * 300)
+    await wait_until(lambda: len(rec.of("message")) + len(rec.errors()) == 3, "3 outcomes")
+    assert [args[0][0] for args in rec.of("message")] == ["x", "z"]
+
+
+async def test_rate_limit_close_policy_closes_with_1008(serve_hub, ws_connect):
+    import websockets
+
+    hub, url = await serve_hub(rate_limit=RateLimit(messages_per_second=0.001,
+                                                   burst_messages=2, policy="close"))
+    ws = await ws_connect(url)
+    for i in range(3):
+        await ws.send(f"m{i}")
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        for _ in range(10):
+            await asyncio.wait_for(ws.recv(), WAIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_topics_route_only_to_subscribers(serve_hub, ws_connect):
+    hub, url = await serve_hub()
+    rec = Recorder(hub)
+    clients = [await ws_connect(f"{url}/c{i}") for i in range(3)]
+    await rec.wait("connect", 3)
+    by_path = {s.request.path: s for s in rec.sessions("connect")}
+    a, b, c = by_path["/c0"], by_path["/c1"], by_path["/c2"]
+    assert hub.subscribe(a, "room") and hub.subscribe(b, "room")
+    assert not hub.subscribe(a, "room")  # already a member
+    hub.subscribe(c, "other")
+    assert hub.topic_len("room") == 2 and sorted(hub.topics()) == ["other", "room"]
+    assert a.topics == frozenset({"room"})
+    assert await hub.cluster_topic_len("room") == 2  # no backplane: this node only
+
+    assert hub.publish("room", "to room") == 2
+    assert await asyncio.wait_for(clients[0].recv(), WAIT) == "to room"
+    assert await asyncio.wait_for(clients[1].recv(), WAIT) == "to room"
+    assert hub.publish_others("room", "not to a", a) == 1
+    assert await asyncio.wait_for(clients[1].recv(), WAIT) == "not to a"
+    assert hub.publish_binary("other", b"\x01") == 1
+    assert await asyncio.wait_for(clients[2].recv(), WAIT) == b"\x01"
+    assert hub.publish("nobody", "x") == 0
+
+    assert hub.unsubscribe(b, "room") and not hub.unsubscribe(b, "room")
+    assert hub.publish("room", "only a") == 1
+    assert await asyncio.wait_for(clients[0].recv(), WAIT) == "only a"
+    # Nothing else arrived where it should not have.
+    for ws in clients[1:]:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.2)
+
+    # Subscriptions end with the session.
+    await clients[0].close()
+    await rec.wait("disconnect")
+    assert hub.topic_len("room") == 0 and "room" not in hub.topics()
+
+
+async def test_a_burst_of_broadcasts_leaves_in_one_write_per_session(serve_hub, ws_connect):
+    hub, url = await serve_hub()
+    rec = Recorder(hub)
+    clients = [await ws_connect(url) for _ in range(3)]
+    await rec.wait("connect", 3)
+    await asyncio.sleep(0.05)
+    before = hub.stats()
+    for i in range(100):  # one loop iteration: no await in between
+        hub.broadcast(f"b{i}")
+    for ws in clients:
+        got = [await asyncio.wait_for(ws.recv(), WAIT) for _ in range(100)]
+        assert got == [f"b{i}" for i in range(100)]
+    after = hub.stats()
+    assert after["messages_out"] - before["messages_out"] == 300
+    assert after["broadcasts"] - before["broadcasts"] == 100
+    # 300 frames, one write per session (heartbeat pings may add a write, not 100).
+    assert after["writes"] - before["writes"] <= 3 + 3
+
+
+async def test_stats_count_traffic_and_sessions(serve_hub, ws_connect):
+    hub, url = await serve_hub()
+    hub.handle_message(lambda s, m: s.write(m))
+    ws = await ws_connect(url)
+    for i in range(10):
+        await ws.send(f"{i:03d}")
+        assert await asyncio.wait_for(ws.recv(), WAIT) == f"{i:03d}"
+    stats = hub.stats()
+    assert stats["sessions"] == 1 and stats["connects"] == 1
+    assert stats["messages_in"] == 10 and stats["messages_out"] == 10
+    assert stats["bytes_in"] >= 10 * (3 + 6) and stats["bytes_out"] >= 10 * (3 + 2)
+    await ws.close()
+    await wait_until(lambda: hub.stats()["disconnects"] == 1, "disconnect counted")
+    assert hub.stats()["sessions"] == 0
