@@ -1,7 +1,9 @@
 """The Autobahn TestSuite against the echo hub: zero FAILED, zero UNIMPLEMENTED.
 
-Runs in .ci/run (marker ``autobahn``): the whole suite on uvloop, and the protocol groups
-(everything but the 9.* throughput cases) on asyncio's default loop as well.
+Runs in .ci/run (marker ``autobahn``): the whole suite (517 cases) on uvloop, and on asyncio's
+default loop every protocol group except the throughput cases (9.*) and the long compression
+sweeps (12.2-12.5, 13.2-13.7: the same code paths as 12.1/13.1 with more sizes and window
+settings, several minutes each).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def test_autobahn_full_suite_uvloop() -> None:
 
 
 def test_autobahn_protocol_cases_asyncio() -> None:
-    groups = [selection for selection, _ in GROUPS if selection != "9.*"]
+    groups = [selection for selection, _ in GROUPS
+              if selection not in ("9.*", "12.*", "13.*")] + ["12.1.*", "13.1.*"]
     report = run_suite(groups, uvloop=False)
-    assert report["total"] > 400
+    assert report["total"] > 250
     _check(report)
