@@ -268,10 +268,11 @@ class Melody:
         if session._inbox is None:
             session._inbox = deque()
         session._inbox.append((fn, args))
-        if len(session._inbox) >= self.config.message_buffer_size:
+        if len(session._inbox) >= self.config.message_buffer_size and not session._paused:
             # Async handlers lag behind the socket: stop reading this peer until they catch up.
             transport = session._proto.transport
             if transport is not None:
+                session._paused = True
                 transport.pause_reading()
         if not session._draining:
             session._draining = True
@@ -300,9 +301,10 @@ class Melody:
             while inbox:
                 fn, args = inbox.popleft()
                 await self._run_one(session, fn, args)
-                if len(inbox) == limit // 2:
+                if session._paused and len(inbox) <= limit // 2:
+                    session._paused = False
                     transport = session._proto.transport
-                    if transport is not None and session._proto.state == 1:
+                    if transport is not None:
                         transport.resume_reading()
         finally:
             session._draining = False

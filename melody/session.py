@@ -34,6 +34,7 @@ class Session:
         "_hub",
         "_inbox",
         "_keys",
+        "_paused",
         "_proto",
         "_topics",
         "local_addr",
@@ -72,6 +73,8 @@ class Session:
         # Pending async handler calls, run one after another (None until first needed).
         self._inbox: deque[Any] | None = None
         self._draining = False
+        # Reading from the peer is paused because async handlers fell behind.
+        self._paused = False
 
     # -- writing ---------------------------------------------------------------------------------
 

@@ -199,3 +199,23 @@ async def test_stats_count_traffic_and_sessions(serve_hub, ws_connect):
     await ws.close()
     await wait_until(lambda: hub.stats()["disconnects"] == 1, "disconnect counted")
     assert hub.stats()["sessions"] == 0
+
+
+async def test_slow_async_handlers_pause_reading_and_lose_nothing(serve_hub, ws_connect):
+    # message_buffer_size 4: the session's inbox pauses reading at 4 pending calls and resumes
+    # at 2, many times over; every message is still handled, in order.
+    hub, url = await serve_hub(message_buffer_size=4)
+    handled: list[str] = []
+
+    @hub.handle_message
+    async def slow(session, msg):
+        await asyncio.sleep(0.002)
+        handled.append(msg)
+
+    ws = await ws_connect(url)
+    for i in range(60):
+        await ws.send(f"m{i}")
+    await wait_until(lambda: len(handled) == 60, "60 messages handled")
+    assert handled == [f"m{i}" for i in range(60)]
+    (session,) = hub.sessions()
+    assert not session._paused
