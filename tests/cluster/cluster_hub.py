@@ -1,0 +1,146 @@
+"""The hub the cluster tests run in their own processes: a command relay over WebSocket.
+
+Configured by the environment: ``MELODY_REDIS_URL`` (no backplane when unset) and
+``MELODY_CHANNEL_PREFIX``. The backplane uses short intervals so that outages and presence
+settle quickly. Served two ways:
+
+- ``python cluster_hub.py --loop uvloop|asyncio``: one node on 127.0.0.1, port 0; prints
+  ``READY <port>`` once serving with its backplane connected; stops on SIGTERM (exit 0).
+- ``melody serve cluster_hub:hub --workers 2``: the ``hub`` attribute, one per worker.
+
+A client sends one command per text message; replies start with the command's name:
+
+==================== ==========================================================================
+``sub T`` / ``unsub T``  subscribe / unsubscribe this session; reply ``sub T True``
+``pub T M``          ``hub.publish(T, M)``; ``pubo`` publish_others; ``pubb`` publish_binary
+``bc M``             ``hub.broadcast(M)``; ``bco`` broadcast_others; ``bcb`` broadcast_binary
+``info``             reply ``info {json}``: pid, worker id, topics of this session, hub.stats()
+``ctl T``            reply ``ctl T N``: ``await hub.cluster_topic_len(T)`` (``N`` is ``error``
+                     when it raised)
+==================== ==========================================================================
+
+``GET /info`` answers the same JSON (without the session's topics) over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import melody
+
+HOST = "127.0.0.1"
+
+
+def make_hub() -> melody.Melody:
+    url = os.environ.get("MELODY_REDIS_URL")
+    backplane = None
+    if url:
+        backplane = melody.RedisBackplane(
+            url,
+            channel_prefix=os.environ.get("MELODY_CHANNEL_PREFIX", "melody-test"),
+            timeout=2.0,
+            reconnect_min=0.05,
+            reconnect_max=0.5,
+            health_check_interval=1.0,
+            presence_interval=0.1,
+            presence_ttl=3.0,
+            report_interval=0.0,
+        )
+    hub = melody.Melody(backplane=backplane)
+    errors: list[str] = []
+
+    def info(session: melody.Session | None) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "worker": os.environ.get("MELODY_WORKER_ID"),
+            "topics": sorted(session.topics) if session is not None else None,
+            "stats": hub.stats(),
+            "errors": errors[-20:],
+        }
+
+    @hub.handle_message
+    async def on_message(session: melody.Session, text: str) -> None:
+        command, _, rest = text.partition(" ")
+        if command in ("sub", "unsub"):
+            done = (hub.subscribe if command == "sub" else hub.unsubscribe)(session, rest)
+            session.write(f"{command} {rest} {done}")
+        elif command in ("pub", "pubo", "pubb"):
+            topic, _, msg = rest.partition(" ")
+            if command == "pub":
+                hub.publish(topic, msg)
+            elif command == "pubo":
+                hub.publish_others(topic, msg, session)
+            else:
+                hub.publish_binary(topic, msg.encode())
+        elif command == "bc":
+            hub.broadcast(rest)
+        elif command == "bco":
+            hub.broadcast_others(rest, session)
+        elif command == "bcb":
+            hub.broadcast_binary(rest.encode())
+        elif command == "info":
+            session.write("info " + json.dumps(info(session)))
+        elif command == "ctl":
+            try:
+                count: object = await hub.cluster_topic_len(rest)
+            except melody.MelodyError:
+                count = "error"
+            session.write(f"ctl {rest} {count}")
+        else:
+            session.write(f"unknown {command}")
+
+    @hub.handle_error
+    def on_error(session: melody.Session | None, error: BaseException) -> None:
+        errors.append(f"{type(error).__name__}: {error}")
+
+    @hub.handle_http
+    def on_http(request: melody.Request) -> str | None:
+        if request.path == "/info":
+            return json.dumps(info(None))
+        return None
+
+    return hub
+
+
+hub = make_hub()
+
+
+async def _main() -> int:
+    server: Any = await hub.serve(HOST, 0)  # asyncio's or uvloop's Server: both have sockets
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    backplane = hub.backplane
+    if backplane is not None:
+        deadline = loop.time() + 20
+        while not backplane.stats()["connected"]:
+            if loop.time() > deadline:
+                print("backplane did not connect", file=sys.stderr, flush=True)
+                return 2
+            await asyncio.sleep(0.01)
+    print(f"READY {port}", flush=True)
+    await stop.wait()
+    server.close()
+    hub.close_with_msg(melody.errors.CLOSE_GOING_AWAY, "stopping")
+    await hub.wait_closed(timeout=2)
+    pending = [task for task in hub._tasks if not task.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=2)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    args = parser.parse_args()
+    if args.loop == "uvloop":
+        melody.install_uvloop()
+    sys.exit(asyncio.run(_main()))
