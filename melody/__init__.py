@@ -15,8 +15,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from melody import errors
 from melody._core import COMPILED as _COMPILED
+from melody.client import ClientConnection, Connect, ReconnectingClient, connect
 from melody.config import Compression, Config
 from melody.errors import (
     HandshakeError,
@@ -30,6 +33,9 @@ from melody.hub import Melody
 from melody.server import install_uvloop, run, serve
 from melody.session import Session
 
+if TYPE_CHECKING:
+    from melody.redis_backplane import RedisBackplane as RedisBackplane
+
 __version__ = "0.1.0"
 
 #: True when the compiled (Cython) core is the one in use.
@@ -37,6 +43,8 @@ COMPILED: bool = _COMPILED
 
 __all__ = [
     "COMPILED",
+    "ClientConnection",
+    "Connect",
     "Compression",
     "Config",
     "HandshakeError",
@@ -45,12 +53,29 @@ __all__ = [
     "Melody",
     "MelodyError",
     "MessageBufferFull",
+    "ReconnectingClient",
     "Request",
     "Session",
     "SessionClosed",
+    "connect",
     "errors",
     "install_uvloop",
     "run",
     "serve",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisBackplane needs the optional redis package: it is imported on first use, so that
+    # `import melody` works without redis. (Not in __all__: a star-import would need redis.)
+    if name == "RedisBackplane":
+        try:
+            from melody.redis_backplane import RedisBackplane
+        except ImportError as exc:
+            # AttributeError keeps hasattr() working; the message says what to install.
+            raise AttributeError(
+                "melody.RedisBackplane needs the redis package: pip install 'melody[redis]'"
+            ) from exc
+        return RedisBackplane
+    raise AttributeError(f"module 'melody' has no attribute {name!r}")

@@ -122,7 +122,11 @@ class Session:
         self.close_with_msg(CLOSE_NORMAL, "")
 
     def close_with_msg(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        """Start the closing handshake with ``code`` and ``reason`` (at most 123 UTF-8 bytes).
+        """Start the closing handshake with ``code`` and ``reason``.
+
+        A close frame holds at most 123 bytes of reason: a longer one is cut at a code point
+        boundary (so the peer still gets valid UTF-8), not refused, since reasons often carry
+        error text of unknown length.
 
         The session stays in ``sessions()`` until the peer answers (or ``close_timeout``
         passes); ``handle_disconnect`` runs then. Raises ``SessionClosed`` if already closed,

@@ -103,7 +103,12 @@ class Connection:
         the pending bytes in the connection's own buffer. Valid until ``buffer_updated``.
         """
     def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were read into the view last returned by ``get_buffer``: parse them."""
+        """``nbytes`` were read into the view last returned by ``get_buffer``: parse them.
+
+        On a bare Connection the events this produces are kept until the next
+        ``receive_data`` call, which returns them first (``receive_data(b"")`` collects them);
+        a subclass (the server protocol) dispatches them as they come.
+        """
     def receive_data(self, data: Buffer) -> list[_Event]:
         """Feed received bytes (any bytes-like object); return the events they completed.
 

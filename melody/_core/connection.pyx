@@ -590,9 +590,9 @@ cdef class Connection:
         return self.send_close_frame(code, reason)
 
     cdef int send_close_frame(self, int code, object reason) except -1:
-        # 7.4.1: 1005, 1006 and 1015 must never be sent; 0 means "no status" (empty payload).
-        if code != 0 and not (1000 <= code <= 4999 and code != 1005 and code != 1006
-                              and code != 1015):
+        # 7.4.1: send only what a peer may accept (1005, 1006 and 1015 never, nor the
+        # unassigned 1004 and 1016-2999); 0 means "no status" (an empty payload).
+        if code != 0 and not _valid_close_code(code):
             raise ValueError(f"close code {code} may not be sent")
         if self.state != STATE_OPEN:
             return SEND_CLOSED

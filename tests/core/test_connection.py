@@ -30,6 +30,7 @@ from melody._core.connection import (
     Connection,
 )
 from melody._core.deflate import DeflateParams, Deflater, Inflater
+from melody._core.frames import encode_close
 
 MiB = 1 << 20
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
@@ -817,7 +818,13 @@ def test_5_5_1_send_close_cuts_long_reason_on_a_code_point() -> None:
     assert sent.payload[2:].decode("utf-8") == "é" * 61
 
 
-@pytest.mark.parametrize("code", [-1, 65536, 70000, 1005, 1006, 1015])
+def test_5_5_1_encode_close_cuts_long_reason_on_a_code_point() -> None:
+    (sent,) = read_frames(encode_close(1000, "é" * 100))
+    assert len(sent.payload) <= 125
+    assert sent.payload[2:].decode("utf-8") == "é" * 61
+
+
+@pytest.mark.parametrize("code", [-1, 65536, 70000, 1004, 1005, 1006, 1015, 1016, 2999])
 def test_7_4_1_send_close_refuses_codes_that_cannot_be_sent(code: int) -> None:
     # A code outside 16 bits would be truncated on the wire (70000 becomes 4464), and 1005,
     # 1006 and 1015 "MUST NOT be set as a status code in a Close control frame by an

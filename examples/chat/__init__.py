@@ -1,0 +1,1 @@
+"""The chat example (see main.py)."""

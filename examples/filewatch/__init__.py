@@ -1,0 +1,1 @@
+"""The filewatch example (see main.py)."""

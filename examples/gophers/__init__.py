@@ -1,0 +1,1 @@
+"""The gophers example (see main.py)."""

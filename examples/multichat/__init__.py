@@ -1,0 +1,1 @@
+"""The multichat example (see main.py)."""
