@@ -1,7 +1,9 @@
 """Build the compiled core: every ``melody/_core/*.pyx`` becomes one extension module.
 
 All metadata lives in pyproject.toml; this file only describes the extensions.
-Set ``MELODY_DEBUG_BUILD=1`` for a build with bounds checks and line tracing on.
+Set ``MELODY_DEBUG_BUILD=1`` for a build with bounds checks and line tracing on, and
+``ZLIB_ROOT`` to build against a zlib outside the compiler's default paths (needed on Windows;
+see zlib_paths).
 """
 
 import os
@@ -9,16 +11,43 @@ import sys
 from glob import glob
 
 from Cython.Build import cythonize
+from Cython.Compiler import Options
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("MELODY_DEBUG_BUILD") == "1"
 
+# Cython warnings are errors: an unused or shadowed name in the core is a bug waiting.
+Options.warning_errors = True
+
 if sys.platform == "win32":
-    compile_args = ["/O2"]
-    libraries: list[str] = []
+    # MSVC's spellings; it does no type-based alias analysis, so -fno-strict-aliasing has no twin.
+    compile_args = ["/O2"] if not DEBUG else ["/Od", "/Zi"]
+    link_args = [] if not DEBUG else ["/DEBUG"]
 else:
     compile_args = ["-O3", "-fno-strict-aliasing"] if not DEBUG else ["-O0", "-g"]
-    libraries = ["z"]
+    link_args = []
+
+
+def zlib_paths() -> dict[str, list[str]]:
+    """Where the compiler finds zlib's header and the linker its library.
+
+    Linux and macOS use the system zlib (Debian's zlib1g-dev, the manylinux images' zlib-devel,
+    Alpine's zlib-dev, the macOS SDK's own libz). Windows has no system zlib: ZLIB_ROOT names an
+    install holding include/zlib.h and lib/zlib.lib. The Windows wheels use vcpkg's
+    zlib:x64-windows-static-md (static zlib, dynamic CRT like CPython itself), so the .pyd needs
+    no zlib DLL beside it. Without ZLIB_ROOT, MSVC searches its INCLUDE and LIB paths. ZLIB_ROOT
+    also points a Linux or macOS build at a zlib of one's own.
+    """
+    root = os.environ.get("ZLIB_ROOT")
+    if not root:
+        return {}
+    include, lib = os.path.join(root, "include"), os.path.join(root, "lib")
+    if not os.path.isfile(os.path.join(include, "zlib.h")):
+        sys.exit(f"setup.py: ZLIB_ROOT={root!r} has no include/zlib.h")
+    return {"include_dirs": [include], "library_dirs": [lib]}
+
+
+ZLIB = ["zlib"] if sys.platform == "win32" else ["z"]
 
 macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 
@@ -27,8 +56,12 @@ extensions = [
         "melody._core." + os.path.splitext(os.path.basename(path))[0],
         [path],
         extra_compile_args=compile_args,
-        libraries=libraries if path.endswith("deflate.pyx") else [],
+        extra_link_args=link_args,
         define_macros=macros,
+        # Every module that cimports deflate's .pxd includes zlib.h (for z_stream); only
+        # deflate calls into zlib and links it.
+        libraries=ZLIB if path.endswith("deflate.pyx") else [],
+        **zlib_paths(),
     )
     for path in sorted(glob("melody/_core/*.pyx"))
 ]
@@ -47,8 +80,6 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=directives,
-        # Warnings are errors: an unused or shadowed name in the core is a bug waiting.
-        show_all_warnings=False,
-        annotate=False,
+        annotate=os.environ.get("MELODY_ANNOTATE") == "1",
     ),
 )

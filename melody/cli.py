@@ -75,32 +75,64 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
         sub.add_argument("--log-level", default="info",
                          choices=["debug", "info", "warning", "error"])
+        sub.add_argument("--metrics", action="store_true",
+                         help="serve Prometheus /metrics and /healthz on the same port "
+                              "(needs prometheus_client: pip install 'melody[metrics]')")
 
     serve = commands.add_parser("serve", help="serve a hub: melody serve module:attr")
     serve.add_argument("app", help="the hub, as MODULE:ATTRIBUTE (e.g. myapp.chat:hub)")
     serve.add_argument("--factory", action="store_true",
                        help="ATTRIBUTE is a function returning the hub")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="serve from N processes on one port (see melody.workers; "
+                            "broadcasts cross processes only through a backplane)")
     common(serve, 8000)
 
     demo = commands.add_parser("demo", help="serve the demo chat hub and its page")
     common(demo, 5000)
+    # Parsed by melody.bench itself (see main); listed here so that --help shows it.
+    commands.add_parser("bench", add_help=False,
+                        help="load-test a WebSocket hub: melody bench URL (see melody bench -h)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``melody`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from melody.bench import main as bench_main
+
+        raise SystemExit(bench_main(argv[1:]))
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from melody.server import run
 
+    if args.command == "serve" and args.workers != 1:
+        from melody.workers import run_workers
+
+        if args.workers < 1:
+            raise SystemExit("melody: --workers must be at least 1")
+        if args.metrics:
+            raise SystemExit("melody: --metrics is per process and not supported with "
+                             "--workers yet; call melody.metrics.enable(hub) in the app")
+        raise SystemExit(run_workers(
+            args.app, args.workers, args.host, args.port, factory=args.factory,
+            certfile=args.certfile, keyfile=args.keyfile, use_uvloop=not args.no_uvloop,
+            log_level=args.log_level))
     if args.command == "demo":
         from melody.demo import hub
     else:
         hub = load_hub(args.app, factory=args.factory)
     context = _ssl_context(args.certfile, args.keyfile)
+    if args.metrics:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise SystemExit("melody: --metrics needs prometheus_client: "
+                             "pip install 'melody[metrics]'") from None
     run(hub, args.host, args.port, ssl=context, reuse_port=args.reuse_port,
-        use_uvloop=not args.no_uvloop)
+        use_uvloop=not args.no_uvloop, metrics=args.metrics)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,15 @@ from melody.errors import (
     SessionClosed,
     WriteTimeout,
 )
+from melody.logs import error_fields
 from melody.session import Session
 
 if TYPE_CHECKING:
     import ssl as _ssl
 
+    from melody.asgi import AsgiAdapter
     from melody.backplane import Backplane
+    from melody.middleware import Middleware
 
 
 __all__ = ["Melody"]
@@ -40,6 +43,7 @@ __all__ = ["Melody"]
 logger = logging.getLogger("melody")
 
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound="Middleware")
 
 
 def _noop(*_: Any) -> None:
@@ -123,6 +127,10 @@ class Melody:
         d.on_timeout = self._timeout
         d.on_handler_error = self._report
         self._dispatch = d
+        # Handshake middleware (hub.use) and what runs when a session ends (the Upgrader's
+        # bookkeeping: disconnect logs and metrics, handshake on_close callbacks).
+        self._middleware: list[Middleware] = []
+        self._on_session_end: list[Callable[[Session], None]] = []
         from melody.server import Upgrader
 
         d.on_request = Upgrader(self)
@@ -211,6 +219,17 @@ class Melody:
         """
         self._http_hook = fn
         return fn
+
+    def use(self, middleware: M) -> M:
+        """Add a handshake middleware, run on every upgrade request before its session exists.
+
+        ``middleware(handshake, call_next)`` is an async callable (see ``melody.middleware``):
+        it may refuse (raise ``HandshakeError``), add ``handshake.keys``, or ``await
+        call_next(handshake)``. Middlewares run in the order they were added, before
+        ``handle_upgrade``. Returns its argument, so it works as a decorator.
+        """
+        self._middleware.append(middleware)
+        return middleware
 
     def _rebuild_dispatch(self) -> None:
         # The compiled connection calls these directly: a sync handler is called with no
@@ -314,9 +333,11 @@ class Melody:
         if handler is None:
             if isinstance(error, (ProtocolError, MessageBufferFull, PongTimeout, WriteTimeout,
                                   RateLimited)):
-                logger.info("session %r: %s", session, error)
+                logger.info("session %r: %s", session, error,
+                            extra=error_fields(session, error))
             else:
-                logger.error("session %r: handler raised", session, exc_info=error)
+                logger.error("session %r: handler raised", session, exc_info=error,
+                             extra=error_fields(session, error))
             return
         try:
             result = handler(session, error)
@@ -353,6 +374,8 @@ class Melody:
                 for topic in session._topics:
                     self._leave(proto, topic)
                 session._topics = None
+            for hook in self._on_session_end:
+                hook(session)
             self._call(session, self._on_disconnect)
 
     def _protocol_error(self, session: Session, code: int, reason: str) -> None:
@@ -624,6 +647,24 @@ class Melody:
         if self.backplane is not None and self._loop is not None:
             self._spawn(self._loop, self.backplane.stop())
 
+    async def shutdown(self, timeout: float = 10.0, *, batch_size: int = 1000,
+                       batch_interval: float = 0.1) -> None:
+        """Drain the hub gracefully; what ``melody.run`` and ``melody serve`` do on SIGTERM.
+
+        Stops accepting (the listening sockets close; upgrades in progress get 503; broadcasts
+        raise ``HubClosed``), then sends close 1001 (Going Away) to every session, at most
+        ``batch_size`` sessions every ``batch_interval`` seconds (batches grow so that all
+        closes are sent within ``timeout / 2``), so that clients do not all reconnect at once.
+        Each close frame goes out after the frames already queued for its session: a message
+        accepted by ``write``/``broadcast`` before the shutdown reaches every peer that keeps
+        reading. Sessions that have not completed the close handshake ``timeout`` seconds after
+        the call are aborted; ``handle_disconnect`` runs for every session, and its async
+        handler tasks are awaited (within the timeout). Returns when all that is done.
+        """
+        from melody.server import shutdown
+
+        await shutdown(self, timeout, batch_size=batch_size, batch_interval=batch_interval)
+
     async def wait_closed(self, timeout: float | None = None) -> None:
         """Wait until every session has ended (after :meth:`close`), at most ``timeout`` s."""
         loop = asyncio.get_running_loop()
@@ -695,6 +736,18 @@ class Melody:
 
         return await serve(self, host, port, ssl=ssl, reuse_port=reuse_port, backlog=backlog,
                            sock=sock)
+
+    @property
+    def asgi(self) -> AsgiAdapter:
+        """This hub as an ASGI app for WebSocket connections (Starlette, FastAPI, uvicorn).
+
+        ``WebSocketRoute("/ws", hub.asgi)``; FastAPI: ``app.add_api_websocket_route("/ws",
+        hub.asgi.endpoint)``. Its sessions share handlers, broadcasts and topics with those of
+        :meth:`serve`, which stays the fast path (see ``melody.asgi``).
+        """
+        from melody.asgi import AsgiAdapter
+
+        return AsgiAdapter(self)
 
     def __repr__(self) -> str:
         return f"<Melody sessions={len(self._all)} closed={self._closed}>"

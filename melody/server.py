@@ -1,12 +1,15 @@
-"""Serving a hub: the upgrade decision, ``serve`` inside a loop, and blocking ``run``."""
+"""Serving a hub: the upgrade decision, ``serve`` inside a loop, blocking ``run``, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
+import math
 import signal
 import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from melody._core.deflate import negotiate
@@ -23,30 +26,50 @@ from melody.handshake import (
     select_subprotocol,
     validate_upgrade,
 )
+from melody.logs import error_fields, log_connect, log_disconnect
+from melody.middleware import CallNext, Handshake, Middleware, build_chain, run_cleanups
 from melody.session import Session
 
 if TYPE_CHECKING:
     import ssl as _ssl
 
     from melody.hub import Melody
+    from melody.metrics import HubMetrics
 
-__all__ = ["serve", "run", "Upgrader"]
+__all__ = ["serve", "run", "serve_until_stopped", "shutdown", "Upgrader", "upgrader_of"]
 
 logger = logging.getLogger("melody.server")
+
+#: Defaults of :func:`shutdown` (and ``Melody.shutdown``).
+SHUTDOWN_TIMEOUT = 10.0
+SHUTDOWN_BATCH_SIZE = 1000
+SHUTDOWN_BATCH_INTERVAL = 0.1
 
 
 class Upgrader:
     """Decides each HTTP request a connection reads (``Dispatch.on_request``).
 
-    Upgrade requests are validated (RFC 6455 4.2.1), checked against the configured paths and
-    origins, passed to the hub's ``handle_upgrade`` hook, and answered with 101 or an HTTP error.
-    Plain requests go to ``handle_http`` (404 without one).
+    Upgrade requests go through the hub's middleware chain (``hub.use``), whose innermost step
+    validates them (RFC 6455 4.2.1), checks the configured paths and origins and asks the hub's
+    ``handle_upgrade`` hook; they are answered with 101 or an HTTP error. Without middleware
+    this is decided inline, in the read callback. Plain requests go to ``/metrics`` and
+    ``/healthz`` when metrics are enabled, else to ``handle_http`` (404 without one).
+
+    Also keeps, per accepted session, its start time and its handshake's ``on_close``
+    callbacks, run when the hub reports the session ended.
     """
 
-    __slots__ = ("hub",)
+    __slots__ = ("_chain", "_chain_of", "_live", "hub", "metrics")
 
     def __init__(self, hub: Melody) -> None:
         self.hub = hub
+        #: The hub's Prometheus metrics once ``melody.metrics.enable`` ran, else None.
+        self.metrics: HubMetrics | None = None
+        self._chain: CallNext | None = None
+        self._chain_of: list[Middleware] = []
+        # Per accepted session: (time.monotonic() at accept, on_close callbacks or None).
+        self._live: dict[Session, tuple[float, list[Callable[[], object]] | None]] = {}
+        hub._on_session_end.append(self._ended)
 
     def __call__(self, proto: WebSocketProtocol, block: bytes) -> None:
         hub = self.hub
@@ -56,6 +79,8 @@ class Upgrader:
             return self._refuse(proto, exc)
         if not is_upgrade_request(request):
             return self._plain(proto, request)
+        if hub._middleware:
+            return self._start_chain(proto, request)
         cfg = hub.config
         try:
             key = validate_upgrade(request)
@@ -69,7 +94,8 @@ class Upgrader:
             return self._refuse(proto, exc)
         hook = hub._upgrade_hook
         if hook is None:
-            return self._accept(proto, request, key, None)
+            self._accept(proto, request, key, None)
+            return None
         try:
             decision = hook(request)
         except HandshakeError as exc:
@@ -82,7 +108,8 @@ class Upgrader:
             loop = asyncio.get_running_loop()
             hub._spawn(loop, self._await_hook(proto, request, key, decision))
             return None
-        return self._accept(proto, request, key, decision)
+        self._accept(proto, request, key, decision)
+        return None
 
     async def _await_hook(self, proto: WebSocketProtocol, request: Request, key: str,
                           pending: Any) -> None:
@@ -101,12 +128,79 @@ class Upgrader:
         proto.start()
         return None
 
-    def _accept(self, proto: WebSocketProtocol, request: Request, key: str,
-                decision: Any) -> None:
+    # -- the middleware chain --------------------------------------------------------------------
+
+    def _start_chain(self, proto: WebSocketProtocol, request: Request) -> None:
+        hub = self.hub
+        if self._chain is None or self._chain_of != hub._middleware:
+            self._chain_of = list(hub._middleware)
+            self._chain = build_chain(self._chain_of, self._endpoint)
+        transport = proto.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        handshake = Handshake(request, peer)
+        # Reading from this client pauses until the chain decides (see ProtocolCore._handshake).
+        hub._spawn(asyncio.get_running_loop(), self._run_chain(proto, handshake, self._chain))
+
+    async def _run_chain(self, proto: WebSocketProtocol, handshake: Handshake,
+                         chain: CallNext) -> None:
+        try:
+            await chain(handshake)
+            if self.hub.is_closed():
+                raise HandshakeError(503, "hub is closed")
+        except HandshakeError as exc:
+            handshake.status = exc.status
+            handshake._close()
+            return self._refuse(proto, exc)
+        except Exception as exc:
+            logger.exception("handshake middleware raised")
+            self.hub._report(None, exc)
+            handshake.status = 500
+            handshake._close()
+            return self._refuse(proto, HandshakeError(500, "internal error"))
+        cleanups, handshake._cleanups = handshake._cleanups, None
+        session = self._accept(proto, handshake.request, handshake._key, handshake.keys,
+                               cleanups)
+        if session is None:
+            # The client left (or the handshake timed out) while the chain ran.
+            if cleanups:
+                run_cleanups(cleanups)
+            return None
+        handshake.status = 101
+        proto.start()
+        return None
+
+    async def _endpoint(self, handshake: Handshake) -> None:
+        # The innermost step of every chain: what the inline path checks, then handle_upgrade.
+        hub = self.hub
+        cfg = hub.config
+        request = handshake.request
+        handshake._key = validate_upgrade(request)
+        if hub.is_closed():
+            raise HandshakeError(503, "hub is closed")
+        if cfg.paths is not None and request.path not in cfg.paths:
+            raise HandshakeError(404, f"no WebSocket endpoint at {request.path}")
+        if not origin_allowed(request, cfg.allowed_origins):
+            raise HandshakeError(403, "origin not allowed")
+        hook = hub._upgrade_hook
+        if hook is None:
+            return
+        decision = hook(request)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        if decision is False:
+            raise HandshakeError(403, "refused")
+        if isinstance(decision, dict):
+            handshake.keys.update(decision)
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _accept(self, proto: WebSocketProtocol, request: Request, key: str, decision: Any,
+                cleanups: list[Callable[[], object]] | None = None) -> Session | None:
         hub = self.hub
         cfg = hub.config
         if decision is False:
-            return self._refuse(proto, HandshakeError(403, "refused"))
+            self._refuse(proto, HandshakeError(403, "refused"))
+            return None
         keys = decision if isinstance(decision, dict) else None
         subprotocol = select_subprotocol(request, cfg.subprotocols) if cfg.subprotocols else None
         extensions = None
@@ -131,14 +225,49 @@ class Upgrader:
         session = Session(hub, proto, request, keys, subprotocol)
         if not proto.accept(response, session, inflater, deflater, min_size):
             return None
+        self._live[session] = (time.monotonic(), cleanups)
+        log_connect(session)
         hub._register(proto, session)
-        return None
+        return session
+
+    def _ended(self, session: Session) -> None:
+        # Called by the hub when a session's connection ended (Melody._on_session_end).
+        entry = self._live.pop(session, None)
+        if self.metrics is not None:
+            self.metrics.disconnected(session.close_code)
+        if entry is None:
+            log_disconnect(session, None)
+            return
+        started, cleanups = entry
+        log_disconnect(session, time.monotonic() - started)
+        if cleanups:
+            run_cleanups(cleanups)
 
     def _refuse(self, proto: WebSocketProtocol, exc: HandshakeError) -> None:
         logger.debug("upgrade refused: %s", exc)
-        proto.reject(error_response(exc))
+        if self.metrics is not None:
+            self.metrics.rejected(exc.status)
+        try:
+            response = error_response(exc)
+        except ValueError:
+            # A HandshakeError whose headers cannot be sent (CR/LF in a value, ...).
+            logger.error("cannot send the refusal %r: invalid status or headers", exc,
+                         extra=error_fields(None, exc))
+            response = build_response(500, (), b"internal error\n")
+        proto.reject(response)
+
+    # -- plain HTTP --------------------------------------------------------------------------------
 
     def _plain(self, proto: WebSocketProtocol, request: Request) -> None:
+        metrics = self.metrics
+        if metrics is not None and request.method == "GET":
+            if request.path == "/metrics":
+                return proto.reject(build_response(
+                    200, [("Content-Type", metrics.content_type)], metrics.render()))
+            if request.path == "/healthz":
+                if self.hub.is_closed():
+                    return proto.reject(build_response(503, (), b"shutting down\n"))
+                return proto.reject(build_response(200, (), b"ok\n"))
         hook = self.hub._http_hook
         if hook is None:
             return proto.reject(build_response(404, (), b"not found\n"))
@@ -160,6 +289,14 @@ class Upgrader:
             logger.exception("handle_http raised")
             return proto.reject(build_response(500, (), b"internal error\n"))
         return proto.reject(_http_response(result))
+
+
+def upgrader_of(hub: Melody) -> Upgrader:
+    """The :class:`Upgrader` deciding ``hub``'s requests."""
+    upgrader = hub._dispatch.on_request
+    if not isinstance(upgrader, Upgrader):
+        raise RuntimeError("this hub's requests are not decided by melody.server.Upgrader")
+    return upgrader
 
 
 def _http_response(result: Any) -> bytes:
@@ -184,9 +321,18 @@ async def serve(
     reuse_port: bool = False,
     backlog: int = 1024,
     sock: Any = None,
+    metrics: bool = False,
 ) -> asyncio.AbstractServer:
-    """Listen for WebSocket connections to ``hub`` in the running loop; return the server."""
+    """Listen for WebSocket connections to ``hub`` in the running loop; return the server.
+
+    ``ssl`` serves wss://. ``metrics=True`` also answers ``GET /metrics`` (Prometheus) and
+    ``GET /healthz`` on the same port (see :mod:`melody.metrics`; needs prometheus_client).
+    """
     loop = asyncio.get_running_loop()
+    if metrics:
+        from melody.metrics import enable
+
+        enable(hub)
     hub._attach(loop)
     dispatch = hub._dispatch
 
@@ -215,6 +361,89 @@ def install_uvloop() -> bool:
     return True
 
 
+async def shutdown(
+    hub: Melody,
+    timeout: float = SHUTDOWN_TIMEOUT,
+    *,
+    batch_size: int = SHUTDOWN_BATCH_SIZE,
+    batch_interval: float = SHUTDOWN_BATCH_INTERVAL,
+    code: int = CLOSE_GOING_AWAY,
+    reason: str = "server shutting down",
+    _abort_now: asyncio.Event | None = None,
+) -> None:
+    """Drain ``hub`` gracefully; the implementation of ``Melody.shutdown`` (see there)."""
+    if timeout <= 0 or batch_size < 1 or batch_interval < 0:
+        raise ValueError("shutdown needs timeout > 0, batch_size >= 1, batch_interval >= 0")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    abort_now = _abort_now or asyncio.Event()
+    d = hub._dispatch
+    saved_close_timeout = d.close_timeout
+    try:
+        if not hub._closed:
+            # Stop accepting: no new TCP connections, and upgrades in progress get 503.
+            hub._closed = True
+            for server in hub._servers:
+                server.close()
+            if hub._heartbeat is not None:
+                hub._heartbeat.cancel()
+                hub._heartbeat = None
+            if hub.backplane is not None:
+                hub._spawn(loop, hub.backplane.stop())
+            protos = hub._all.members()
+            # The closes go out in batches so that clients do not all reconnect at once; the
+            # batches grow if needed so that every close is sent within half of the timeout.
+            batches = math.ceil(len(protos) / batch_size)
+            if batches > 1 and batch_interval > 0:
+                most = max(1, int(timeout / 2 / batch_interval) + 1)
+                if batches > most:
+                    batch_size = math.ceil(len(protos) / most)
+            for start in range(0, len(protos), batch_size):
+                if start:
+                    await _sleep_unless(abort_now, batch_interval)
+                if abort_now.is_set():
+                    break
+                # A close frame waits behind the frames already queued for its session, so
+                # that every message accepted before now is delivered to a peer that keeps
+                # reading; each session then has until the deadline to answer the close.
+                d.close_timeout = max(deadline - loop.time(), 0.001)
+                for proto in protos[start:start + batch_size]:
+                    proto.close(code, reason)
+        while len(hub._all) and loop.time() < deadline and not abort_now.is_set():
+            await _sleep_unless(abort_now, 0.01)
+        # What is left did not answer in time: drop it. connection_lost then reports each.
+        for proto in hub._all.members():
+            proto.abort()
+        grace = loop.time() + 1.0
+        while len(hub._all) and loop.time() < grace:
+            await asyncio.sleep(0.005)
+        for proto in hub._all.members():
+            # A transport that never reported connection_lost: end the session by hand, so
+            # that handle_disconnect runs for every session all the same.
+            hub._disconnected(proto)
+        # Let handle_disconnect (and other handler) tasks finish, within the timeout.
+        pending = {t for t in hub._tasks if t is not asyncio.current_task()}
+        if pending:
+            await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0.5))
+        for server in hub._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), max(deadline - loop.time(), 0.5))
+            except TimeoutError:
+                logger.warning("server %r still had connections at the shutdown deadline",
+                               server)
+    finally:
+        d.close_timeout = saved_close_timeout
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    if event.is_set():
+        return
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
 async def serve_until_stopped(
     hub: Melody,
     host: str | None = "127.0.0.1",
@@ -223,16 +452,29 @@ async def serve_until_stopped(
     ssl: _ssl.SSLContext | None = None,
     reuse_port: bool = False,
     ready: Any = None,
+    metrics: bool = False,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then close every session with 1001 and return."""
+    """Serve until SIGINT/SIGTERM, then ``hub.shutdown(shutdown_timeout)`` and return.
+
+    A second signal during the shutdown drops the remaining connections at once.
+    """
     loop = asyncio.get_running_loop()
-    server = await serve(hub, host, port, ssl=ssl, reuse_port=reuse_port)
+    server = await serve(hub, host, port, ssl=ssl, reuse_port=reuse_port, metrics=metrics)
     stop = asyncio.Event()
+    abort_now = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            logger.warning("second signal: dropping the remaining connections")
+            abort_now.set()
+        stop.set()
+
     signals = (signal.SIGINT, signal.SIGTERM)
     installed = []
     for sig in signals:
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # Windows: Ctrl-C arrives as KeyboardInterrupt instead.
@@ -244,13 +486,16 @@ async def serve_until_stopped(
         ready(server)
     try:
         await stop.wait()
+        logger.info("shutting down: closing %d sessions (1001), up to %gs", len(hub),
+                    shutdown_timeout)
+        await shutdown(hub, shutdown_timeout, _abort_now=abort_now)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
         server.close()
         if not hub.is_closed():
             hub.close_with_msg(CLOSE_GOING_AWAY, "server shutting down")
-        await hub.wait_closed(timeout=hub.config.close_timeout)
+            await hub.wait_closed(timeout=hub.config.close_timeout)
 
 
 def run(
@@ -261,11 +506,18 @@ def run(
     ssl: _ssl.SSLContext | None = None,
     reuse_port: bool = False,
     use_uvloop: bool = True,
+    metrics: bool = False,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> None:
-    """Serve ``hub`` until Ctrl-C or SIGTERM (blocking). Uses uvloop when it is installed."""
+    """Serve ``hub`` until Ctrl-C or SIGTERM (blocking), then shut down gracefully.
+
+    Uses uvloop when it is installed. ``metrics=True`` serves ``/metrics`` and ``/healthz``;
+    ``shutdown_timeout`` bounds the drain (see ``Melody.shutdown``).
+    """
     if use_uvloop:
         install_uvloop()
     try:
-        asyncio.run(serve_until_stopped(hub, host, port, ssl=ssl, reuse_port=reuse_port))
+        asyncio.run(serve_until_stopped(hub, host, port, ssl=ssl, reuse_port=reuse_port,
+                                        metrics=metrics, shutdown_timeout=shutdown_timeout))
     except KeyboardInterrupt:
         pass

@@ -16,7 +16,7 @@ import melody
 import melody._core
 
 Py_TPFLAGS_HEAPTYPE = 1 << 9
-CORE_MODULES = ["connection", "frames", "mask", "utf8", "deflate", "protocol", "fanout"]
+CORE_MODULES = ["connection", "frames", "mask", "utf8", "deflate", "protocol", "fanout", "asgi"]
 
 
 @pytest.mark.parametrize("name", CORE_MODULES)

@@ -50,6 +50,8 @@ cdef class Dispatch:
     cdef public unsigned long long disconnects
     cdef public unsigned long long writes
     cdef public unsigned long long messages_rate_limited
+    cdef public unsigned long long requests_too_large
+    cdef public unsigned long long handshake_timeouts
 
 
 cdef class ProtocolCore(Connection):
@@ -59,6 +61,7 @@ cdef class ProtocolCore(Connection):
     cdef object _queue
     cdef Py_ssize_t _queued_bytes
     cdef object _pending
+    cdef list _queued_pong
     cdef Py_ssize_t _pending_bytes
     cdef bint _writing_paused
     cdef bint _close_after_flush

@@ -78,6 +78,8 @@ class Dispatch:
     disconnects: int
     writes: int
     messages_rate_limited: int
+    requests_too_large: int
+    handshake_timeouts: int
     """Counters kept by the compiled core (``writes``: transport write calls made)."""
     rate_limited: bool
     """Whether the per-session inbound rate limit is on."""

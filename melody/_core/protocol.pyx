@@ -25,7 +25,7 @@ from melody._core.connection cimport (
     SEND_OK, SEND_QUEUED, SEND_CLOSED,
     ADMIT_REFUSED, ADMIT_OK, ADMIT_DROPPED_OLDEST,
 )
-from melody._core.frames cimport build_frame, FIN_BIT, OP_PING
+from melody._core.frames cimport build_frame, FIN_BIT, OP_PING, OP_PONG
 
 
 cdef class Dispatch:
@@ -73,6 +73,8 @@ cdef class Dispatch:
             "connects": self.connects, "disconnects": self.disconnects,
             "writes": self.writes,
             "messages_rate_limited": self.messages_rate_limited,
+            "requests_too_large": self.requests_too_large,
+            "handshake_timeouts": self.handshake_timeouts,
         }
 
 
@@ -105,6 +107,7 @@ cdef class ProtocolCore(Connection):
             self._write_timer = None
         self._queue = None
         self._queued_bytes = 0
+        self._queued_pong = None
         self._pending = None
         self._pending_bytes = 0
         self.transport = None
@@ -137,6 +140,7 @@ cdef class ProtocolCore(Connection):
         # Hand the whole queue to the transport in one call: the peer reads again.
         cdef list frames
         queue = self._queue
+        self._queued_pong = None
         if queue:
             frames = [item if type(item) is bytes else item[0] for item in queue]
             queue.clear()
@@ -160,6 +164,7 @@ cdef class ProtocolCore(Connection):
         self._timer = None
         if self.state == STATE_HANDSHAKE or self.state == STATE_UPGRADING:
             self.state = STATE_CLOSED
+            self.dispatch.handshake_timeouts += 1
             if self.transport is not None:
                 self.transport.abort()
 
@@ -207,9 +212,11 @@ cdef class ProtocolCore(Connection):
             i += 1
         if head < 0:
             if live > self.dispatch.max_header_size:
+                self.dispatch.requests_too_large += 1
                 self._reject_now(_REQUEST_TOO_LARGE)
             return 0
         if head > self.dispatch.max_header_size:
+            self.dispatch.requests_too_large += 1
             self._reject_now(_REQUEST_TOO_LARGE)
             return 0
         block = PyBytes_FromStringAndSize(<char*>p, head)
@@ -336,7 +343,17 @@ cdef class ProtocolCore(Connection):
             d.messages_out += 1
         d.bytes_out += n
         if self._writing_paused:
-            self._queue.append((frame,) if control else frame)
+            if control and (<unsigned char*>frame)[0] == (FIN_BIT | OP_PONG):
+                # 5.5.3: answering only the latest ping is allowed. A peer that floods pings
+                # and reads nothing keeps one pong queued, not one per ping.
+                if self._queued_pong is not None:
+                    self._queued_bytes += n - len(<bytes>self._queued_pong[0])
+                    self._queued_pong[0] = frame
+                    return SEND_QUEUED
+                self._queued_pong = [frame]
+                self._queue.append(self._queued_pong)
+            else:
+                self._queue.append((frame,) if control else frame)
             self._queued_bytes += n
             return SEND_QUEUED
         pending = self._pending

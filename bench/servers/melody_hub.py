@@ -1,0 +1,56 @@
+"""The benchmark hub on melody: "B..." is broadcast to every session, anything else echoed.
+
+    python bench/servers/melody_hub.py --port 0     # prints "READY <port>" once listening
+
+``GET /stats`` answers ``{"server": "melody", "pid": ..., "stats": hub.stats()}`` so that
+``melody bench`` finds the pid (RSS, CPU) and checks lost messages against the hub's own drop
+counter. uvloop, compression off (melody's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+
+import melody
+
+
+def make_hub() -> melody.Melody:
+    """The hub: broadcast "B..." to all, echo the rest, serve /stats."""
+    hub = melody.Melody(melody.Config(compression=False))
+
+    @hub.handle_message
+    def on_message(session: melody.Session, msg: str) -> None:
+        if msg.startswith("B"):
+            hub.broadcast(msg)
+        else:
+            session.write(msg)
+
+    @hub.handle_http
+    def stats(request: melody.Request) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        if request.path != "/stats":
+            return None
+        body: dict[str, object] = {"server": "melody", "pid": os.getpid()}
+        if hasattr(hub, "stats"):
+            body["stats"] = hub.stats()
+        return 200, [("Content-Type", "application/json")], json.dumps(body).encode()
+
+    return hub
+
+
+async def main(host: str, port: int) -> None:
+    hub = make_hub()
+    server = await hub.serve(host, port)
+    print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    args = parser.parse_args()
+    melody.install_uvloop()
+    asyncio.run(main(args.host, args.port))

@@ -1,0 +1,576 @@
+"""A hub connection served by an ASGI server (uvicorn, hypercorn, ...) instead of melody's own.
+
+The pure-Python twin of the compiled ``asgi`` module. ``AsgiConnection`` is a ``ProtocolCore``:
+the hub keeps it in the same groups as the native connections and the fan-out loop calls the
+same two methods on it, ``admit`` and ``send_frame``. What differs is the far side:
+
+* outgoing frames are turned back into ASGI messages (the header of one built, unmasked,
+  uncompressed server frame gives the opcode and the payload, decoded once per broadcast);
+* each message goes to the ASGI ``send`` at once: its coroutine is stepped right here, and only
+  when it suspends (the peer stopped reading) is it finished by a writer task, later messages
+  waiting in a queue bounded by ``Dispatch.queue_limit`` with the hub's overflow policy;
+* incoming messages arrive through ``run()``, a loop over the ASGI ``receive`` that calls the
+  hub's handlers exactly as the frame parser does;
+* there is no ping in ASGI: the hub's heartbeat never pings these connections nor takes them
+  for dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from melody._core._pure.connection import (
+    ADMIT_DROPPED_OLDEST,
+    ADMIT_OK,
+    ADMIT_REFUSED,
+    SEND_CLOSED,
+    SEND_DROPPED,
+    SEND_DROPPED_OLDEST,
+    SEND_OK,
+    SEND_QUEUED,
+    STATE_CLOSED,
+    STATE_OPEN,
+)
+from melody._core._pure.frames import OP_BINARY, OP_CLOSE, OP_TEXT
+from melody._core._pure.protocol import Dispatch, ProtocolCore
+
+__all__ = ["AsgiConnection", "AsgiTransport"]
+
+_Message = MutableMapping[str, Any]
+
+_NEVER = float("inf")
+
+
+def _utf8_length(text: str) -> int:
+    # The UTF-8 size of ``text`` (a lone surrogate counts 3 bytes, as the compiled count does).
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+# The last data frame turned back into a payload. A broadcast hands the same frame object to
+# every recipient, so the ASGI ones decode it once; holding the frame keeps its id from being
+# reused, and the entry is dropped when the loop iteration ends.
+_last_frame: bytes | None = None
+_last_payload: Any = None
+_last_opcode = 0
+_clear_scheduled = False
+
+
+def _clear_last_frame() -> None:
+    global _last_frame, _last_payload, _clear_scheduled
+    _last_frame = None
+    _last_payload = None
+    _clear_scheduled = False
+
+
+def _frame_header(frame: bytes) -> tuple[int, int]:
+    # (header length, opcode) of one whole server frame (RFC 6455 5.2): 2, 4 or 10 bytes.
+    # Server frames are never masked, and on this path never compressed (RSV1).
+    n = len(frame)
+    if n < 2:
+        raise ValueError("truncated frame")
+    if frame[0] & 0x70 or frame[1] & 0x80:
+        raise ValueError("ASGI connections take unmasked frames without RSV bits")
+    header = 2
+    if (frame[1] & 0x7F) == 126:
+        header = 4
+    elif (frame[1] & 0x7F) == 127:
+        header = 10
+    if n < header:
+        raise ValueError("truncated frame header")
+    return header, frame[0] & 0x0F
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    # What ASGI servers raise from send() once the peer is gone: uvicorn's ClientDisconnected
+    # is an OSError, Starlette's WebSocket wrapper turns that into WebSocketDisconnect.
+    return isinstance(exc, OSError) or type(exc).__name__ == "WebSocketDisconnect"
+
+
+async def _resume(it: Any, step: Any) -> None:
+    # Finish an ASGI send whose first step ran outside any task (AsgiConnection._send_now) and
+    # suspended on ``step``: wait for what it waits for, resume it, until it returns.
+    try:
+        while True:
+            if step is None:
+                await asyncio.sleep(0)  # a bare yield: it only gave the loop a turn
+            elif asyncio.isfuture(step):
+                step._asyncio_future_blocking = False
+                await asyncio.wait((step,))
+            else:
+                raise RuntimeError(f"ASGI send yielded {step!r}: not an asyncio awaitable")
+            step = it.send(None)
+    except StopIteration:
+        return
+    except BaseException:
+        it.close()
+        raise
+
+
+class AsgiConnection(ProtocolCore):
+    """One WebSocket connection accepted by an ASGI server, registered in a melody hub."""
+
+    __slots__ = (
+        "_progress",
+        "_progress_mark",
+        "_read_paused",
+        "_read_waiter",
+        "_reader",
+        "_reader_cancelled",
+        "_send",
+        "_writer",
+    )
+
+    _send: Any
+    _writer: Any
+    _reader: Any
+    _reader_cancelled: bool
+    _read_paused: bool
+    _read_waiter: Any
+    _progress: int
+    _progress_mark: int
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls, *args, **kwargs)
+        self._send = None
+        self._writer = None
+        self._reader = None
+        self._reader_cancelled = False
+        self._read_paused = False
+        self._read_waiter = None
+        self._progress = 0
+        self._progress_mark = 0
+        return self
+
+    def __init__(self, dispatch: Dispatch, send: Callable[[_Message], Awaitable[None]],
+                 scope: dict[str, Any]) -> None:
+        if type(scope) is not dict and scope is not None:
+            raise TypeError(f"Argument 'scope' has incorrect type (expected dict, "
+                            f"got {type(scope).__name__})")
+        ProtocolCore.__init__(self, dispatch)
+        self._send = send
+        self._queue = deque()
+        self.transport = AsgiTransport(self, scope)
+
+    def open(self, session: Any) -> None:
+        """The ASGI server accepted the connection: attach ``session`` and start taking frames."""
+        self.session = session
+        self.state = STATE_OPEN
+        self._opened = True
+        # The heartbeat never pings this connection nor finds it silent: ASGI has no ping, and
+        # liveness belongs to the ASGI server.
+        self.last_active = _NEVER
+        self.last_ping = _NEVER
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def run(self, receive: Callable[[], Awaitable[_Message]]) -> None:
+        """Deliver the ASGI server's messages to the hub until the connection ends.
+
+        Returns after ``websocket.disconnect`` or :meth:`abort`; the hub's ``on_disconnect``
+        has run by then (once).
+        """
+        d = self.dispatch
+        self._reader = asyncio.current_task()
+        try:
+            while self.state != STATE_CLOSED:
+                try:
+                    if self._read_paused:
+                        self._read_waiter = d.loop.create_future()
+                        await self._read_waiter
+                        continue
+                    message = await receive()
+                except asyncio.CancelledError:
+                    if not self._reader_cancelled:
+                        raise
+                    # abort() ended us: not a cancellation of the ASGI app by its server.
+                    self._reader_cancelled = False
+                    uncancel = getattr(self._reader, "uncancel", None)
+                    if uncancel is not None:
+                        uncancel()
+                    break
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    if self.state != STATE_OPEN:
+                        continue  # after our close frame nothing is delivered (section 1.4)
+                    text = message.get("text")
+                    if text is not None:
+                        if type(text) is not str:
+                            raise TypeError(f"Argument 'text' has incorrect type (expected "
+                                            f"str, got {type(text).__name__})")
+                        n = _utf8_length(text)
+                        if n > self.max_message_size:
+                            self._too_big(n)
+                            continue
+                        d.bytes_in += n
+                        self._on_text(text)
+                    else:
+                        data = message.get("bytes")
+                        if data is None:
+                            data = b""
+                        n = len(data)
+                        if n > self.max_message_size:
+                            self._too_big(n)
+                            continue
+                        d.bytes_in += n
+                        self._on_binary(data)
+                elif kind == "websocket.disconnect":
+                    self._peer_closed(message)
+                    break
+        finally:
+            self._finish()
+
+    def _too_big(self, nbytes: int) -> None:
+        # The native path decides this from the frame header; here the ASGI server has read the
+        # message already (its own limit, e.g. uvicorn's ws_max_size, bounds that).
+        reason = f"message over max_message_size ({self.max_message_size} bytes)"
+        self.close(1009, reason)
+        if self.dispatch.on_protocol_error is not None:
+            self.dispatch.on_protocol_error(self.session, 1009, reason)
+
+    def _peer_closed(self, message: _Message) -> None:
+        code = operator.index(message.get("code", 1005))
+        reason = message.get("reason") or ""
+        was_open = self.state == STATE_OPEN
+        self.state = STATE_CLOSED
+        if not was_open:
+            return  # we closed first: close_code holds what we sent
+        self.close_code = code
+        self.close_reason = reason
+        # 1005/1006 is all some servers say when TCP dropped without a close frame; only a
+        # close the peer gave a code for is reported to handle_close.
+        if code != 1005 and code != 1006 and self.dispatch.on_close is not None:
+            try:
+                self.dispatch.on_close(self.session, code, reason)
+            except Exception as exc:
+                self.dispatch.on_handler_error(self.session, exc)
+
+    def _finish(self) -> None:
+        self.state = STATE_CLOSED
+        if self.close_code == 0:
+            self.close_code = 1006
+        self._cancel_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._reader = None
+        self.transport = None
+        if self._opened:
+            self._opened = False
+            self.dispatch.on_disconnect(self)
+
+    def _wake_reader(self) -> None:
+        self._read_paused = False
+        waiter = self._read_waiter
+        if waiter is not None:
+            self._read_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def admit(self) -> int:
+        # A peer keeping up takes everything; only while a send is suspended do messages queue.
+        d = self.dispatch
+        if not self._writing_paused:
+            return ADMIT_OK
+        if len(self._queue) < d.queue_limit and self._queued_bytes < d.queue_bytes_limit:
+            return ADMIT_OK
+        self.dropped += 1
+        d.frames_dropped += 1
+        if d.overflow_policy == 1:
+            if self._drop_oldest():
+                return ADMIT_DROPPED_OLDEST
+        elif d.overflow_policy == 2:
+            self._discard_queued_data()
+            self.close(1008, "message buffer full: reading too slowly")
+        return ADMIT_REFUSED
+
+    # Queue items: (message, size) for data, (message,) for the close, which is never dropped.
+
+    def _drop_oldest(self) -> bool:
+        queue = self._queue
+        for i, item in enumerate(queue):
+            if len(item) == 2:
+                del queue[i]
+                self._queued_bytes -= item[1]
+                return True
+        return False
+
+    def _discard_queued_data(self) -> None:
+        queue = self._queue
+        kept = [item for item in queue if len(item) == 1]
+        dropped = len(queue) - len(kept)
+        self.dropped += dropped
+        self.dispatch.frames_dropped += dropped
+        queue.clear()
+        queue.extend(kept)
+        self._queued_bytes = 0
+
+    def send_frame(self, frame: bytes, control: bool) -> int:
+        # What the fan-out loop, the heartbeat and send_close_frame hand over: one whole frame.
+        global _last_frame, _last_payload, _last_opcode, _clear_scheduled
+        d = self.dispatch
+        if self.state == STATE_CLOSED:
+            return SEND_CLOSED
+        payload: Any
+        if frame is _last_frame:
+            opcode = _last_opcode
+            payload = _last_payload
+        else:
+            header, opcode = _frame_header(frame)
+            if opcode == OP_CLOSE:
+                code = 1000
+                reason = ""
+                if len(frame) - header >= 2:
+                    code = (frame[header] << 8) | frame[header + 1]
+                    reason = frame[header + 2 :].decode("utf-8")
+                return self._submit({"type": "websocket.close", "code": code, "reason": reason},
+                                    0, True)
+            if control:
+                return SEND_OK  # a ping or pong: ASGI has none (the server keeps the peer alive)
+            if opcode == OP_TEXT:
+                payload = frame[header:].decode("utf-8")
+            elif opcode == OP_BINARY:
+                payload = frame[header:]
+            else:
+                raise ValueError(f"unexpected opcode {opcode} for an ASGI connection")
+            _last_frame = frame
+            _last_payload = payload
+            _last_opcode = opcode
+            if not _clear_scheduled:
+                _clear_scheduled = True
+                d.loop.call_soon(_clear_last_frame)
+        if self.state != STATE_OPEN:
+            return SEND_CLOSED
+        if opcode == OP_TEXT:
+            n = _utf8_length(payload)
+            message = {"type": "websocket.send", "text": payload}
+        else:
+            n = len(payload)
+            message = {"type": "websocket.send", "bytes": payload}
+        d.messages_out += 1
+        d.bytes_out += n
+        return self._submit(message, n, False)
+
+    def send_text(self, text: str) -> int:
+        """Send a text message; returns a SEND_* status (SEND_CLOSED once closing)."""
+        if type(text) is not str and text is not None:
+            raise TypeError(f"Argument 'text' has incorrect type (expected str, "
+                            f"got {type(text).__name__})")
+        d = self.dispatch
+        if self.state != STATE_OPEN:
+            return SEND_CLOSED
+        admitted = self.admit()
+        if admitted == ADMIT_REFUSED:
+            return SEND_DROPPED
+        n = _utf8_length(text)
+        d.messages_out += 1
+        d.bytes_out += n
+        status = self._submit({"type": "websocket.send", "text": text}, n, False)
+        return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
+
+    def send_binary(self, data: Any) -> int:
+        """Send a binary message (any bytes-like object, copied); returns a SEND_* status."""
+        d = self.dispatch
+        if self.state != STATE_OPEN:
+            return SEND_CLOSED
+        admitted = self.admit()
+        if admitted == ADMIT_REFUSED:
+            return SEND_DROPPED
+        payload = data if type(data) is bytes else bytes(data)
+        d.messages_out += 1
+        d.bytes_out += len(payload)
+        status = self._submit({"type": "websocket.send", "bytes": payload}, len(payload), False)
+        return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
+
+    def _submit(self, message: _Message, nbytes: int, control: bool) -> int:
+        if self._writing_paused:
+            if control:
+                self._queue.append((message,))
+            else:
+                self._queue.append((message, nbytes))
+                self._queued_bytes += nbytes
+            return SEND_QUEUED
+        return self._send_now(message, control)
+
+    def _send_now(self, message: _Message, control: bool) -> int:
+        # Step the send coroutine here instead of in a task: a server under its write-buffer
+        # mark finishes it in this one step, and the message is written before this returns,
+        # like a native write, at no task switch per message and recipient.
+        it = self._send(message).__await__()
+        try:
+            step = it.send(None)
+        except StopIteration:
+            self._progress += 1
+            self.dispatch.writes += 1
+            return SEND_OK
+        except Exception as exc:
+            self._send_failed(exc)
+            return SEND_CLOSED
+        # The server made it wait (its transport is paused): a task finishes it, and what
+        # follows queues behind it, bounded by admit().
+        self._writing_paused = True
+        self._writer = self.dispatch.loop.create_task(self._drain(it, step, control))
+        self._arm_write_timer()
+        return SEND_QUEUED
+
+    async def _drain(self, it: Any, step: Any, closing: bool) -> None:
+        """Finish the suspended send, then send what queued behind it, in order."""
+        queue = self._queue
+        try:
+            await _resume(it, step)
+            self._progress += 1
+            self.dispatch.writes += 1
+            while queue and not closing:
+                item = queue.popleft()
+                if len(item) == 2:
+                    self._queued_bytes -= item[1]
+                else:
+                    closing = True  # the close is the last thing ever sent
+                await self._send(item[0])
+                self._progress += 1
+                self.dispatch.writes += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._send_failed(exc)
+        finally:
+            self._writing_paused = False
+            self._writer = None
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+    def _send_failed(self, exc: BaseException) -> None:
+        # The server refused a message. Once the peer is gone that is expected (the disconnect
+        # reaches run() next); anything else is reported, and the connection dropped.
+        self._queue.clear()
+        self._queued_bytes = 0
+        if _is_disconnect(exc):
+            self.state = STATE_CLOSED
+            self._wake_reader()
+            return
+        if self.dispatch.on_handler_error is not None:
+            self.dispatch.on_handler_error(self.session, exc)
+        self.abort()
+
+    def _arm_write_timer(self) -> None:
+        if self._write_timer is None:
+            self._progress_mark = self._progress
+            self._write_timer = self.dispatch.loop.call_later(
+                self.dispatch.write_wait, self._write_timeout)
+
+    def _write_timeout(self) -> None:
+        """Timer callback: drop a peer whose pending send made no progress for write_wait."""
+        self._write_timer = None
+        if not self._writing_paused or self.state == STATE_CLOSED:
+            return
+        if self._progress != self._progress_mark:
+            self._arm_write_timer()
+            return
+        if self._opened and self.dispatch.on_timeout is not None:
+            self.dispatch.on_timeout(self.session, "write")
+        self.abort()
+
+    def _close_timeout(self) -> None:
+        """Timer callback: the ASGI server did not report the end of the closing handshake."""
+        self._timer = None
+        self.abort()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send ``websocket.close`` after what is queued; abort if the connection has not ended
+        ``close_timeout`` seconds later."""
+        code = operator.index(code)
+        if self.state != STATE_OPEN:
+            return
+        if self.send_close_frame(code, reason) == SEND_CLOSED:
+            return
+        self._wake_reader()  # so that it sees the disconnect that follows
+        self._cancel_timer()
+        if self.state != STATE_CLOSED:
+            self._timer = self.dispatch.loop.call_later(
+                self.dispatch.close_timeout, self._close_timeout)
+
+    def abort(self) -> None:
+        """End the connection at once: nothing more is sent and ``run()`` returns, after which
+        the ASGI server drops the connection without a close frame."""
+        self.state = STATE_CLOSED
+        if self.close_code == 0:
+            self.close_code = 1006
+        self._queue.clear()
+        self._queued_bytes = 0
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+        self._wake_reader()
+        reader = self._reader
+        if reader is not None and not reader.done() and not self._reader_cancelled:
+            if reader is not asyncio.current_task(self.dispatch.loop):
+                self._reader_cancelled = True
+                reader.cancel()
+
+
+class AsgiTransport:
+    """Stands where a transport would for the hub and the ``Session``: addresses, read pausing.
+
+    ``get_extra_info`` knows ``"peername"`` and ``"sockname"`` (the scope's ``client`` and
+    ``server``) and ``"asgi_scope"``. Pausing reading makes the connection stop calling
+    ``receive`` (the ASGI server then stops reading the socket): the hub does so while a
+    session's async handlers lag behind.
+    """
+
+    __slots__ = ("_conn", "_extra")
+
+    def __init__(self, conn: AsgiConnection, scope: dict[str, Any]) -> None:
+        if not isinstance(conn, AsgiConnection) and conn is not None:
+            raise TypeError(f"Argument 'conn' has incorrect type (expected "
+                            f"{AsgiConnection.__module__}.AsgiConnection, "
+                            f"got {type(conn).__name__})")
+        self._conn = conn
+        client = scope.get("client")
+        server = scope.get("server")
+        self._extra: dict[str, Any] = {
+            "peername": tuple(client) if client is not None else None,
+            "sockname": tuple(server) if server is not None else None,
+            "asgi_scope": scope,
+        }
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``"peername"``, ``"sockname"`` or ``"asgi_scope"``; ``default`` for anything else."""
+        value = self._extra.get(name)
+        return default if value is None else value
+
+    def pause_reading(self) -> None:
+        """Stop taking messages from the ASGI server until :meth:`resume_reading`."""
+        self._conn._read_paused = True
+
+    def resume_reading(self) -> None:
+        """Take messages again."""
+        self._conn._wake_reader()
+
+    def is_reading(self) -> bool:
+        """False while reading is paused."""
+        return not self._conn._read_paused
+
+    def is_closing(self) -> bool:
+        """True once the connection is closing or closed."""
+        return self._conn.state != STATE_OPEN
+
+    def close(self) -> None:
+        """Close the connection with 1000."""
+        self._conn.close()
+
+    def abort(self) -> None:
+        """Abort the connection (see ``AsgiConnection.abort``)."""
+        self._conn.abort()

@@ -1,0 +1,748 @@
+"""The server connection over an asyncio (or uvloop) transport.
+
+The pure-Python twin of the compiled ``protocol`` module. ``ProtocolCore`` is the sans-I/O
+``Connection`` plus a transport: it reads the HTTP upgrade request, hands it to the hub
+(``Dispatch.on_request``), and after ``accept`` parses frames and calls the hub's handlers
+directly. ``WebSocketProtocol`` adds ``asyncio.BufferedProtocol`` as a base so that both event
+loops take the buffered read path.
+
+Writes gather during a loop iteration and leave in one write at its end, or at once past the
+transport's high-water mark. Above it (the peer is not reading) frames wait in a queue bounded
+by ``Dispatch.queue_limit``; a data frame over the bound is dropped and reported, never a close
+frame. If the peer reads nothing for ``write_wait`` the connection is aborted as a slow reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import time
+from collections import deque
+from typing import Any
+
+from melody._core._pure.connection import (
+    ADMIT_DROPPED_OLDEST,
+    ADMIT_OK,
+    ADMIT_REFUSED,
+    SEND_CLOSED,
+    SEND_OK,
+    SEND_QUEUED,
+    STATE_CLOSED,
+    STATE_CLOSING,
+    STATE_HANDSHAKE,
+    STATE_OPEN,
+    STATE_UPGRADING,
+    Connection,
+)
+from melody._core._pure.frames import FIN_BIT, OP_PING, OP_PONG, build_frame
+
+__all__ = ["Dispatch", "ProtocolCore", "WebSocketProtocol", "heartbeat"]
+
+_monotonic = time.monotonic
+
+
+def _double(value: Any) -> float:
+    # What a Cython ``double`` argument takes: a number (float() would also parse a str).
+    if type(value) is float:
+        return value
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"must be real number, not {type(value).__name__}")
+    return float(value)
+
+
+class Dispatch:
+    """What a server's connections call into: the hub's handlers and limits, shared by all."""
+
+    __slots__ = (
+        "_dirty",
+        "_flush_scheduled",
+        "broadcasts",
+        "burst_bytes",
+        "burst_messages",
+        "bytes_in",
+        "bytes_out",
+        "close_timeout",
+        "connects",
+        "disconnects",
+        "frames_dropped",
+        "handshake_timeout",
+        "loop",
+        "max_header_size",
+        "max_message_size",
+        "messages_in",
+        "messages_out",
+        "messages_rate_limited",
+        "on_binary",
+        "on_close",
+        "on_disconnect",
+        "on_handler_error",
+        "on_pong",
+        "on_protocol_error",
+        "on_rate_limit",
+        "on_request",
+        "on_text",
+        "on_timeout",
+        "overflow_policy",
+        "queue_bytes_limit",
+        "queue_limit",
+        "rate_bytes",
+        "rate_close",
+        "rate_limited",
+        "rate_messages",
+        "read_buffer_size",
+        "requests_too_large",
+        "handshake_timeouts",
+        "write_buffer_high",
+        "write_wait",
+        "writes",
+    )
+
+    loop: Any
+    on_request: Any
+    on_text: Any
+    on_binary: Any
+    on_pong: Any
+    on_close: Any
+    on_protocol_error: Any
+    on_disconnect: Any
+    on_timeout: Any
+    on_handler_error: Any
+    write_wait: float
+    close_timeout: float
+    handshake_timeout: float
+    max_header_size: int
+    max_message_size: int
+    queue_limit: int
+    write_buffer_high: int
+    read_buffer_size: int
+    queue_bytes_limit: int
+    # 0: drop the newest message (Go melody), 1: drop the oldest, 2: close the session (1008).
+    overflow_policy: int
+    # Per-session inbound rate limit (token buckets); off unless rate_limited is set.
+    rate_limited: bool
+    rate_messages: float
+    burst_messages: float
+    rate_bytes: float
+    burst_bytes: float
+    rate_close: bool
+    on_rate_limit: Any
+    # Connections with frames waiting for the end of this loop iteration (see send_frame).
+    _dirty: list[ProtocolCore]
+    _flush_scheduled: bool
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    frames_dropped: int
+    broadcasts: int
+    connects: int
+    disconnects: int
+    writes: int
+    messages_rate_limited: int
+    requests_too_large: int
+    handshake_timeouts: int
+
+    def __init__(self) -> None:
+        self.loop = None
+        self.on_request = None
+        self.on_text = None
+        self.on_binary = None
+        self.on_pong = None
+        self.on_close = None
+        self.on_protocol_error = None
+        self.on_disconnect = None
+        self.on_timeout = None
+        self.on_handler_error = None
+        self.write_wait = 10.0
+        self.close_timeout = 5.0
+        self.handshake_timeout = 10.0
+        self.max_header_size = 16384
+        self.max_message_size = 1 << 20
+        self.queue_limit = 256
+        self.write_buffer_high = 65536
+        self.read_buffer_size = 16384
+        self.queue_bytes_limit = 16 << 20
+        self.overflow_policy = 0
+        self.rate_limited = False
+        self.rate_messages = 0.0
+        self.burst_messages = 0.0
+        self.rate_bytes = 0.0
+        self.burst_bytes = 0.0
+        self.rate_close = False
+        self.on_rate_limit = None
+        self._dirty = []
+        self._flush_scheduled = False
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+        self.frames_dropped = 0
+        self.broadcasts = 0
+        self.connects = 0
+        self.disconnects = 0
+        self.writes = 0
+        self.messages_rate_limited = 0
+        self.requests_too_large = 0
+        self.handshake_timeouts = 0
+
+    def flush(self) -> None:
+        """Write what every connection gathered during this loop iteration (one write each).
+
+        Scheduled with call_soon by the first frame of an iteration: a burst of broadcasts
+        then costs one system call per connection instead of one per frame.
+        """
+        dirty = self._dirty
+        self._dirty = []
+        self._flush_scheduled = False
+        for p in dirty:
+            try:
+                p._flush()
+            except Exception as exc:
+                self.loop.call_exception_handler({
+                    "message": "melody: writing to a connection failed",
+                    "exception": exc, "protocol": p})
+                p.abort()
+
+    def stats(self) -> dict[str, int]:
+        """The hub-wide counters, as a dict."""
+        return {
+            "messages_in": self.messages_in, "bytes_in": self.bytes_in,
+            "messages_out": self.messages_out, "bytes_out": self.bytes_out,
+            "frames_dropped": self.frames_dropped, "broadcasts": self.broadcasts,
+            "connects": self.connects, "disconnects": self.disconnects,
+            "writes": self.writes,
+            "messages_rate_limited": self.messages_rate_limited,
+            "requests_too_large": self.requests_too_large,
+            "handshake_timeouts": self.handshake_timeouts,
+        }
+
+
+_REQUEST_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n")
+
+
+class ProtocolCore(Connection):
+    """One server connection. Created by the server's protocol factory, one per socket."""
+
+    __slots__ = (
+        "_bucket_bytes",
+        "_bucket_messages",
+        "_bucket_stamp",
+        "_close_after_flush",
+        "_in_handshake",
+        "_opened",
+        "_pending",
+        "_pending_bytes",
+        "_queue",
+        "_queued_bytes",
+        "_queued_pong",
+        "_timer",
+        "_write_timer",
+        "_writing_paused",
+        "dispatch",
+        "dropped",
+        "last_active",
+        "last_ping",
+        "reads",
+        "reads_seen",
+        "session",
+        "transport",
+    )
+
+    transport: Any
+    dispatch: Dispatch
+    session: Any
+    # Frames queued while the peer is not reading: bytes for data, a 1-tuple for control.
+    # (Typed Any: like the compiled class, a paused connection uses it unchecked.)
+    _queue: Any
+    _queued_bytes: int
+    # The pong waiting in the queue, in a list so that a later one can take its place.
+    _queued_pong: list[bytes] | None
+    # Frames gathered during this loop iteration: one bytes, or a list of them.
+    _pending: bytes | list[bytes] | None
+    _pending_bytes: int
+    _writing_paused: bool
+    _close_after_flush: bool
+    _in_handshake: bool
+    _opened: bool
+    _timer: Any
+    _write_timer: Any
+    reads: int
+    reads_seen: int
+    last_active: float
+    last_ping: float
+    dropped: int
+    _bucket_messages: float
+    _bucket_bytes: float
+    _bucket_stamp: float
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls, *args, **kwargs)
+        self.transport = None
+        self.session = None
+        self._queue = None
+        self._queued_bytes = 0
+        self._queued_pong = None
+        self._pending = None
+        self._pending_bytes = 0
+        self._writing_paused = False
+        self._close_after_flush = False
+        self._in_handshake = False
+        self._opened = False
+        self._timer = None
+        self._write_timer = None
+        self.reads = 0
+        self.reads_seen = 0
+        self.last_active = 0.0
+        self.last_ping = 0.0
+        self.dropped = 0
+        self._bucket_messages = 0.0
+        self._bucket_bytes = 0.0
+        self._bucket_stamp = 0.0
+        return self
+
+    def __init__(self, dispatch: Dispatch) -> None:
+        if not isinstance(dispatch, Dispatch):
+            raise TypeError(f"Argument 'dispatch' has incorrect type (expected "
+                            f"{Dispatch.__module__}.Dispatch, got {type(dispatch).__name__})")
+        Connection.__init__(self, True, dispatch.max_message_size, dispatch.read_buffer_size)
+        self.dispatch = dispatch
+        self.state = STATE_HANDSHAKE
+
+    # -- asyncio.BaseProtocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.dispatch.write_buffer_high)
+        self._timer = self.dispatch.loop.call_later(
+            self.dispatch.handshake_timeout, self._handshake_timeout)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.state = STATE_CLOSED
+        self._cancel_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._queue = None
+        self._queued_bytes = 0
+        self._queued_pong = None
+        self._pending = None
+        self._pending_bytes = 0
+        self.transport = None
+        if self.close_code == 0:
+            self.close_code = 1006
+        if self._opened:
+            self._opened = False
+            self.dispatch.on_disconnect(self)
+
+    def eof_received(self) -> bool:
+        # The peer half-closed without a close frame: nothing more will come, close our side.
+        return False
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self._queue is None:
+            self._queue = deque()
+        if self._write_timer is None and self.dispatch.loop is not None:
+            self._write_timer = self.dispatch.loop.call_later(
+                self.dispatch.write_wait, self._write_timeout)
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._drain_queue()
+
+    def _drain_queue(self) -> None:
+        # Hand the whole queue to the transport in one call: the peer reads again.
+        queue = self._queue
+        self._queued_pong = None
+        if queue:
+            frames = [item if type(item) is bytes else item[0] for item in queue]
+            queue.clear()
+            self._queued_bytes = 0
+            if self.transport is not None:
+                self.dispatch.writes += 1
+                self.transport.writelines(frames)
+        if self._close_after_flush and not self._queue and self.transport is not None:
+            self.transport.close()
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self.state == STATE_HANDSHAKE or self.state == STATE_UPGRADING:
+            self.state = STATE_CLOSED
+            self.dispatch.handshake_timeouts += 1
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _write_timeout(self) -> None:
+        self._write_timer = None
+        if self.transport is not None and self._writing_paused:
+            if self._opened and self.dispatch.on_timeout is not None:
+                self.dispatch.on_timeout(self.session, "write")
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _close_timeout(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _process(self, nbytes: int) -> None:
+        self.reads += 1
+        self.dispatch.bytes_in += nbytes
+        state = self.state
+        if state == STATE_OPEN or state == STATE_CLOSING:
+            self._parse()
+        elif state == STATE_HANDSHAKE:
+            self._handshake()
+        elif state == STATE_CLOSED:
+            self._drop_input()
+        # STATE_UPGRADING: the hub is deciding; keep the bytes until it has.
+
+    def _handshake(self) -> None:
+        buf = self._buf
+        if buf is None:
+            return
+        start = self._start
+        live = len(buf) - start
+        end = buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            if live > self.dispatch.max_header_size:
+                self.dispatch.requests_too_large += 1
+                self._reject_now(_REQUEST_TOO_LARGE)
+            return
+        head = end + 4 - start
+        if head > self.dispatch.max_header_size:
+            self.dispatch.requests_too_large += 1
+            self._reject_now(_REQUEST_TOO_LARGE)
+            return
+        block = bytes(buf[start : start + head])
+        self._start = start + head
+        self.state = STATE_UPGRADING
+        self._in_handshake = True
+        try:
+            self.dispatch.on_request(self, block)
+        finally:
+            self._in_handshake = False
+        if self.state == STATE_OPEN:
+            self._parse()
+        elif self.state == STATE_UPGRADING and self.transport is not None:
+            # An async upgrade hook is running: stop reading until it decides.
+            self.transport.pause_reading()
+
+    def _reject_now(self, response: bytes) -> None:
+        self.state = STATE_CLOSED
+        self._drop_input()
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.write(response)
+            self.transport.close()
+
+    def accept(self, response: bytes, session: Any, inflater: Any = None,
+               deflater: Any = None, compress_min_size: int = 0) -> bool:
+        """Finish the upgrade: send the 101 ``response`` and start the session."""
+        if self.state != STATE_UPGRADING or self.transport is None:
+            return False
+        self._cancel_timer()
+        self.session = session
+        self.inflater = inflater
+        self.deflater = deflater
+        self.compress_min_size = operator.index(compress_min_size)
+        self.transport.write(response)
+        self.state = STATE_OPEN
+        self._opened = True
+        self.reads_seen = self.reads
+        now = self.dispatch.loop.time()
+        self.last_active = now
+        self.last_ping = now
+        return True
+
+    def start(self) -> None:
+        """Begin delivering frames, once the hub has registered the session.
+
+        When the upgrade was decided inside the read callback the frames that followed the
+        request are parsed right after it returns; when an async hook decided later, reading
+        was paused meanwhile: resume it and parse what was buffered.
+        """
+        if self._in_handshake or self.state != STATE_OPEN or self.transport is None:
+            return
+        self.transport.resume_reading()
+        try:
+            self._parse()
+        finally:
+            self._settle()
+
+    def reject(self, response: bytes) -> None:
+        """Refuse the upgrade with ``response`` (an HTTP error) and close the connection."""
+        if self.state != STATE_UPGRADING:
+            return
+        self._reject_now(response)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def admit(self) -> int:
+        # Only a peer that stopped reading has a queue; a reading peer takes everything.
+        if not self._writing_paused:
+            return ADMIT_OK
+        d = self.dispatch
+        queue = self._queue
+        if len(queue) < d.queue_limit and self._queued_bytes < d.queue_bytes_limit:
+            return ADMIT_OK
+        self.dropped += 1
+        d.frames_dropped += 1
+        if d.overflow_policy == 1 and (
+                self.deflater is None or self.deflater.no_context_takeover):
+            # Dropping a frame compressed with context takeover would desynchronise the peer's
+            # inflater: such sessions fall through to the newest-dropping policy.
+            if self._drop_oldest():
+                return ADMIT_DROPPED_OLDEST
+        elif d.overflow_policy == 2:
+            # The gorilla chat hub's answer to a slow consumer: give up on it. Its queued data
+            # is discarded so that the close frame is next in line.
+            self._discard_queued_data()
+            self.close(1008, "message buffer full: reading too slowly")
+        return ADMIT_REFUSED
+
+    def _drop_oldest(self) -> bool:
+        queue = self._queue
+        for i, item in enumerate(queue):
+            if type(item) is bytes:
+                del queue[i]
+                self._queued_bytes -= len(item)
+                return True
+        return False
+
+    def _discard_queued_data(self) -> None:
+        queue = self._queue
+        kept = [item for item in queue if type(item) is not bytes]
+        dropped = len(queue) - len(kept)
+        self.dropped += dropped
+        self.dispatch.frames_dropped += dropped
+        queue.clear()
+        queue.extend(kept)
+        self._queued_bytes = sum(len(item[0]) for item in kept)
+
+    def send_frame(self, frame: bytes, control: bool) -> int:
+        # Frames gather in _pending during a loop iteration and leave in one write at its end
+        # (Dispatch.flush), or at once when they pass the write-buffer mark. A peer that has
+        # stopped reading (pause_writing) gets a bounded queue instead; control frames are
+        # marked in it (a 1-tuple) so that no overflow policy ever drops them.
+        if self.transport is None:
+            return SEND_CLOSED
+        d = self.dispatch
+        n = len(frame)
+        if not control:
+            d.messages_out += 1
+        d.bytes_out += n
+        if self._writing_paused:
+            if control and frame[0] == FIN_BIT | OP_PONG:
+                # 5.5.3: answering only the latest ping is allowed. A peer that floods pings
+                # and reads nothing keeps one pong queued, not one per ping.
+                if self._queued_pong is not None:
+                    self._queued_bytes += n - len(self._queued_pong[0])
+                    self._queued_pong[0] = frame
+                    return SEND_QUEUED
+                self._queued_pong = [frame]
+                self._queue.append(self._queued_pong)
+            else:
+                self._queue.append((frame,) if control else frame)
+            self._queued_bytes += n
+            return SEND_QUEUED
+        pending = self._pending
+        if pending is None:
+            self._pending = frame
+            d._dirty.append(self)
+            if not d._flush_scheduled:
+                d._flush_scheduled = True
+                d.loop.call_soon(d.flush)
+        elif type(pending) is list:
+            pending.append(frame)
+        else:
+            self._pending = [pending, frame]  # type: ignore[list-item]
+        self._pending_bytes += n
+        if self._pending_bytes >= d.write_buffer_high:
+            self._flush()
+        return SEND_OK
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        self._pending_bytes = 0
+        if self.transport is None:
+            return
+        self.dispatch.writes += 1
+        if type(pending) is list:
+            self.transport.writelines(pending)
+        else:
+            self.transport.write(pending)
+
+    def _close_transport(self) -> None:
+        self._cancel_timer()
+        if self.transport is None:
+            return
+        self._flush()
+        if self._writing_paused and self._queue:
+            # The close frame is queued behind data: close once it is flushed (write_wait
+            # bounds how long that may take).
+            self._close_after_flush = True
+        else:
+            self.transport.close()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; drop TCP if the peer does not answer in close_timeout."""
+        if self.state == STATE_UPGRADING or self.state == STATE_HANDSHAKE:
+            self.state = STATE_CLOSED
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.send_close_frame(operator.index(code), reason) == SEND_CLOSED:
+            return
+        self._cancel_timer()
+        if self.transport is not None:
+            self._timer = self.dispatch.loop.call_later(
+                self.dispatch.close_timeout, self._close_timeout)
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a close handshake."""
+        self.state = STATE_CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the peer to read (beyond the transport's own buffer)."""
+        return len(self._queue) if self._queue is not None else 0
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the frames in :attr:`queued`."""
+        return self._queued_bytes
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
+
+    # -- events to the hub -----------------------------------------------------------------------
+
+    # A handler's exception must not unwind into the event loop's read callback (it would kill
+    # the connection with a bare traceback): it goes to the hub, which reports it.
+
+    def _within_rate(self) -> bool:
+        # Token buckets, refilled from the monotonic clock on each message (no timer):
+        # ``burst`` tokens at most, ``rate`` per second.
+        d = self.dispatch
+        now = _monotonic()
+        if self._bucket_stamp == 0:
+            self._bucket_messages = d.burst_messages
+            self._bucket_bytes = d.burst_bytes
+        else:
+            elapsed = now - self._bucket_stamp
+            self._bucket_messages = min(d.burst_messages,
+                                        self._bucket_messages + elapsed * d.rate_messages)
+            self._bucket_bytes = min(d.burst_bytes, self._bucket_bytes + elapsed * d.rate_bytes)
+        self._bucket_stamp = now
+        if self._bucket_messages >= 1 and self._bucket_bytes >= self.message_size:
+            self._bucket_messages -= 1
+            self._bucket_bytes -= self.message_size
+            return True
+        d.messages_rate_limited += 1
+        if d.rate_close:
+            self.close(1008, "rate limit exceeded")
+        if d.on_rate_limit is not None:
+            d.on_rate_limit(self.session, self.message_size)
+        return False
+
+    def _on_text(self, text: str) -> None:
+        d = self.dispatch
+        d.messages_in += 1
+        if d.rate_limited and not self._within_rate():
+            return
+        try:
+            d.on_text(self.session, text)
+        except Exception as exc:
+            d.on_handler_error(self.session, exc)
+
+    def _on_binary(self, data: bytes) -> None:
+        d = self.dispatch
+        d.messages_in += 1
+        if d.rate_limited and not self._within_rate():
+            return
+        try:
+            d.on_binary(self.session, data)
+        except Exception as exc:
+            d.on_handler_error(self.session, exc)
+
+    def _on_ping(self, payload: bytes) -> None:
+        return
+
+    def _on_pong(self, payload: bytes) -> None:
+        if self.dispatch.on_pong is not None:
+            try:
+                self.dispatch.on_pong(self.session)
+            except Exception as exc:
+                self.dispatch.on_handler_error(self.session, exc)
+
+    def _on_close(self, code: int, reason: str) -> None:
+        # Section 7.1.1: the server closes TCP first, once its close reply is written.
+        self._close_transport()
+        if self.dispatch.on_close is not None:
+            try:
+                self.dispatch.on_close(self.session, code, reason)
+            except Exception as exc:
+                self.dispatch.on_handler_error(self.session, exc)
+
+    def _on_fail(self, code: int, reason: str) -> None:
+        self._close_transport()
+        if self.dispatch.on_protocol_error is not None:
+            self.dispatch.on_protocol_error(self.session, code, reason)
+
+
+class WebSocketProtocol(ProtocolCore, asyncio.BufferedProtocol):
+    """``ProtocolCore`` seen by asyncio and uvloop as a BufferedProtocol (no ``__dict__``)."""
+
+    __slots__ = ()
+
+
+def heartbeat(protocols: list[Any], now: float, ping_period: float,
+              pong_wait: float) -> list[Any]:
+    """Ping the connections due for it; return the ones silent for longer than ``pong_wait``.
+
+    Any inbound bytes count as a sign of life (a pong, a message), read from the per-connection
+    read counter, so the read path pays one increment and no clock call.
+    """
+    if type(protocols) is not list:
+        raise TypeError(f"Argument 'protocols' has incorrect type (expected list, "
+                        f"got {type(protocols).__name__})")
+    now, ping_period, pong_wait = _double(now), _double(ping_period), _double(pong_wait)
+    dead = []
+    ping = build_frame(FIN_BIT | OP_PING, b"", False)
+    for p in protocols:
+        if not isinstance(p, ProtocolCore):
+            raise TypeError(f"Cannot convert {type(p).__module__}.{type(p).__qualname__} "
+                            f"to {ProtocolCore.__module__}.ProtocolCore")
+        if p.state != STATE_OPEN:
+            continue
+        if p.reads != p.reads_seen:
+            p.reads_seen = p.reads
+            p.last_active = now
+        elif now - p.last_active > pong_wait:
+            dead.append(p)
+            continue
+        if now - p.last_ping >= ping_period:
+            p.last_ping = now
+            p.send_frame(ping, True)
+    return dead

@@ -1,0 +1,824 @@
+"""The coordinator: starts the client processes, runs the workloads, collects the figures.
+
+Every workload follows the same pattern: reset the per-phase counters in every worker, drive
+the load, measure a rate over an exact window from the shared counters (never from a
+worker's own clock), drain what is in flight, then ask every worker what it received and what
+is missing. A figure is reported together with that check (``lost``, ``out_of_order`` and,
+when the server publishes stats, its own drop counter) and with the CPU the server and the
+client processes used over the same window, so a figure measured on a saturated load
+generator is flagged as such.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from array import array
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait as wait_pipes
+from typing import Any
+from urllib.parse import urlsplit
+
+from melody.bench.stats import cdf_points, summarize_ns
+from melody.bench.system import (
+    cpu_seconds,
+    environment,
+    format_cpus,
+    machine_busy_seconds,
+    pin,
+    raise_nofile,
+    rss_kib,
+)
+from melody.bench.worker import SLOT, SLOTS, worker_main
+
+__all__ = ["WORKLOADS", "BenchOptions", "BenchError", "Runner", "run_bench"]
+
+#: Every workload, in the order a full run performs them.
+WORKLOADS = ("connect", "idle", "latency", "saturation", "echo", "churn")
+
+_POOL_WORKLOADS = frozenset(("connect", "idle", "latency", "saturation"))
+
+# The CPUs this process may use before any run pinned it to the client CPUs: a second run in
+# the same process (bench/compare.py) must plan from the whole set again.
+_ALLOWED_CPUS: list[int] = (
+    sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [])
+
+
+class BenchError(RuntimeError):
+    """A run could not be carried out (a worker died, nothing could connect, ...)."""
+
+
+@dataclass
+class BenchOptions:
+    """Everything ``melody bench`` can be told; the defaults are its command-line defaults."""
+
+    url: str
+    connections: int = 10_000
+    workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
+    processes: int | None = None
+    server_pid: int | None = None
+    stats_url: str | None = None
+    server_cpu: int | None = None
+    client_cpus: list[int] | None = None
+    pin: bool = True
+    size: int = 64
+    rate: float = 5.0
+    duration: float = 10.0
+    warmup: float = 1.0
+    window: int = 32
+    echo_connections: int = 100
+    echo_depth: int = 1
+    connect_concurrency: int = 64
+    churn_concurrency: int = 50
+    churn_cycles: int = 0
+    settle: float = 2.0
+    timeout: float = 10.0
+    seed: int = 20240601
+    sample_cap: int = 1_000_000
+    client_bound_threshold: float = 90.0
+    contention_threshold: float = 20.0
+    uvloop: bool = True
+    label: str | None = None
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError for an option that cannot work."""
+        if urlsplit(self.url).scheme != "ws":
+            raise ValueError(f"URL must be ws://HOST:PORT/PATH, got {self.url!r}")
+        unknown = set(self.workloads) - set(WORKLOADS)
+        if unknown:
+            raise ValueError(f"unknown workload(s) {sorted(unknown)}; known: {WORKLOADS}")
+        if self.connections < 1 or self.echo_connections < 1 or self.echo_depth < 1:
+            raise ValueError("--connections, --echo-connections and --echo-depth must be >= 1")
+        if self.size < 33:
+            raise ValueError("--size must be at least 33 bytes (the stamped header)")
+        if self.rate <= 0 or self.duration <= 0 or self.warmup < 0 or self.window < 1:
+            raise ValueError("--rate and --duration must be > 0, --warmup >= 0, --window >= 1")
+
+
+class _CpuWindow:
+    """CPU seconds of a set of processes over a wall-clock window, from /proc/<pid>/stat."""
+
+    def __init__(self, server_pid: int | None, client_pids: list[int]) -> None:
+        self.server_pid = server_pid
+        self.client_pids = client_pids
+        self.t0 = time.monotonic()
+        self.server0 = cpu_seconds(server_pid) if server_pid else None
+        self.client0 = [cpu_seconds(p) for p in client_pids]
+        self.self0 = cpu_seconds(os.getpid())
+        self.machine0 = machine_busy_seconds()
+
+    def stop(self) -> dict[str, Any]:
+        wall = max(time.monotonic() - self.t0, 1e-9)
+        server1 = cpu_seconds(self.server_pid) if self.server_pid else None
+        client1 = [cpu_seconds(p) for p in self.client_pids]
+        per = [
+            (b - a) / wall * 100 if a is not None and b is not None else None
+            for a, b in zip(self.client0, client1)
+        ]
+        client_s = sum(
+            (b - a) for a, b in zip(self.client0, client1) if a is not None and b is not None)
+        server_s = (server1 - self.server0
+                    if server1 is not None and self.server0 is not None else None)
+        machine1 = machine_busy_seconds()
+        self1 = cpu_seconds(os.getpid())
+        other = None
+        if (machine1 is not None and self.machine0 is not None and server_s is not None
+                and self1 is not None and self.self0 is not None):
+            # Everything the machine did besides the server, the clients and this process.
+            other = max(0.0, (machine1 - self.machine0) - server_s - client_s
+                        - (self1 - self.self0))
+        return {
+            "wall_s": round(wall, 3),
+            "server_pct": round(server_s / wall * 100, 1) if server_s is not None else None,
+            "server_cpu_s": round(server_s, 3) if server_s is not None else None,
+            "client_pct": round(client_s / wall * 100, 1),
+            "client_cpu_s": round(client_s, 3),
+            "client_pct_per_process": [round(p, 1) if p is not None else None for p in per],
+            "other_pct": round(other / wall * 100, 1) if other is not None else None,
+        }
+
+
+@dataclass
+class _Phase:
+    """What one workload reports: figures, the correctness check, CPU, the client-bound flag."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    check: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, Any] = field(default_factory=dict)
+    client_bound: bool = False
+    client_bound_reason: str | None = None
+    contended: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Runner:
+    """One ``melody bench`` run against one server. Use :func:`run_bench`."""
+
+    def __init__(self, options: BenchOptions) -> None:
+        options.validate()
+        self.o = options
+        self.say: Callable[[str], None] = (
+            (lambda _msg: None) if options.quiet
+            else (lambda msg: print(msg, file=sys.stderr, flush=True)))
+        self.workers: list[Any] = []
+        self.pipes: list[Any] = []
+        self.shared: Any = None
+        self.view: memoryview | None = None
+        self.next_seq = 1
+        self.server_pid = options.server_pid
+        self.stats_url = options.stats_url
+        self.server_pinned = False
+        self.client_cpus: list[int] | None = None
+        self.server_cpu: int | None = None
+        self.process_cpus: list[list[int] | None] = []
+
+    # -- the server: pid, stats, RSS, CPU ------------------------------------------------------
+
+    def _discover_server(self) -> None:
+        if self.stats_url is None:
+            # Probed even when the pid is known: the server's own drop counter is what lost
+            # messages are checked against.
+            url = urlsplit(self.o.url)
+            probe = f"http://{url.netloc}/stats"
+            if self._fetch_stats(probe) is not None:
+                self.stats_url = probe
+        if self.server_pid is None and self.stats_url is not None:
+            body = self._fetch_stats(self.stats_url)
+            if body is not None and isinstance(body.get("pid"), int):
+                self.server_pid = body["pid"]
+        if self.server_pid is not None and not os.path.exists(f"/proc/{self.server_pid}"):
+            self.say(f"melody bench: server pid {self.server_pid} is not visible here:"
+                     " no RSS or server CPU figures")
+            self.server_pid = None
+
+    @staticmethod
+    def _fetch_stats(url: str) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                body = json.loads(response.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    def server_stats(self) -> dict[str, Any] | None:
+        """The server's own counters (``stats`` of its /stats JSON), when it publishes them."""
+        if self.stats_url is None:
+            return None
+        body = self._fetch_stats(self.stats_url)
+        if body is None:
+            return None
+        stats = body.get("stats")
+        return stats if isinstance(stats, dict) else None
+
+    @staticmethod
+    def _drops(stats: dict[str, Any] | None) -> int | None:
+        if stats is None:
+            return None
+        if "frames_dropped" in stats:
+            return int(stats["frames_dropped"])
+        found = [int(v) for k, v in stats.items() if "drop" in k and isinstance(v, int)]
+        return sum(found) if found else None
+
+    def server_rss(self) -> int | None:
+        return rss_kib(self.server_pid) if self.server_pid else None
+
+    def cpu_window(self) -> _CpuWindow:
+        return _CpuWindow(self.server_pid, [p.pid for p in self.workers])
+
+    # -- client processes ----------------------------------------------------------------------
+
+    def _plan_cpus(self) -> None:
+        o = self.o
+        available = _ALLOWED_CPUS
+        if o.pin and len(available) >= 2:
+            server_cpu = o.server_cpu if o.server_cpu is not None else available[0]
+            clients = o.client_cpus or [c for c in available if c != server_cpu]
+            self.server_cpu = server_cpu
+            self.client_cpus = clients
+        elif o.pin and o.client_cpus:
+            self.server_cpu = o.server_cpu
+            self.client_cpus = o.client_cpus
+        processes = o.processes
+        if processes is None:
+            # One client process per client core: the server is single-threaded on its own
+            # core, so more processes than client cores would only share them.
+            processes = len(self.client_cpus) if self.client_cpus else max(
+                1, (os.cpu_count() or 2) - 1)
+        soft, _hard = raise_nofile()
+        if soft > 0:
+            # Each process needs one descriptor per connection plus a margin for its own files.
+            per_process_limit = max(soft - 64, 1)
+            needed = -(-max(o.connections, o.echo_connections) // per_process_limit)
+            if needed > processes:
+                self.say(f"melody bench: {processes} process(es) cannot hold "
+                         f"{o.connections} descriptors each under RLIMIT_NOFILE {soft}: "
+                         f"using {needed}")
+                processes = needed
+        processes = max(1, min(processes, o.connections))
+        if self.client_cpus:
+            cpus = self.client_cpus
+            self.process_cpus = [
+                [cpus[i]] if processes <= len(cpus) else list(cpus) for i in range(processes)]
+        else:
+            self.process_cpus = [None] * processes
+
+    def start(self) -> None:
+        self._plan_cpus()
+        if self.client_cpus:
+            pin(0, self.client_cpus)
+        if self.server_pid is not None and self.server_cpu is not None and self.o.pin:
+            self.server_pinned = pin(self.server_pid, [self.server_cpu])
+        ctx = multiprocessing.get_context("spawn")
+        n = len(self.process_cpus)
+        self.shared = ctx.RawArray("q", n * SLOTS)
+        self.view = memoryview(self.shared).cast("B").cast("q")
+        base = {
+            "url": self.o.url, "size": self.o.size, "timeout": self.o.timeout,
+            "sample_cap": max(self.o.sample_cap // n, 1000), "seed": self.o.seed,
+            "uvloop": self.o.uvloop,
+        }
+        for i in range(n):
+            parent, child = ctx.Pipe(duplex=True)
+            opts = dict(base, cpus=self.process_cpus[i])
+            proc = ctx.Process(target=worker_main, args=(i, child, self.shared, opts),
+                               name=f"melody-bench-client-{i}", daemon=True)
+            proc.start()
+            child.close()
+            self.workers.append(proc)
+            self.pipes.append(parent)
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(("exit", ()))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5
+        for proc in self.workers:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1)
+        for pipe in self.pipes:
+            pipe.close()
+        self.workers = []
+        self.pipes = []
+
+    def total(self, slot: str) -> int:
+        view = self.view
+        assert view is not None
+        offset = SLOT[slot]
+        return sum(view[i * SLOTS + offset] for i in range(len(self.workers)))
+
+    def call(self, name: str, args_per_worker: list[tuple[Any, ...]] | tuple[Any, ...],
+             only: list[int] | None = None,
+             progress: Callable[[], None] | None = None,
+             interval: float = 2.0) -> list[Any]:
+        """Send a command to workers (all, or ``only``) and wait for every reply."""
+        targets = only if only is not None else list(range(len(self.workers)))
+        for k, i in enumerate(targets):
+            args = args_per_worker[k] if isinstance(args_per_worker, list) else args_per_worker
+            self.pipes[i].send((name, args))
+        replies: dict[int, Any] = {}
+        pending: dict[Any, int] = {self.pipes[i]: i for i in targets}
+        next_progress = time.monotonic() + interval
+        while pending:
+            ready = wait_pipes(list(pending), timeout=0.5)
+            for ready_pipe in ready:
+                pipe: Any = ready_pipe
+                i = pending.pop(pipe)
+                try:
+                    status, value = pipe.recv()
+                except EOFError:
+                    raise BenchError(f"client process {i} died during {name!r}") from None
+                if status != "ok":
+                    raise BenchError(f"client process {i} failed in {name!r}:\n{value}")
+                replies[i] = value
+            for i in pending.values():
+                if not self.workers[i].is_alive():
+                    raise BenchError(f"client process {i} exited during {name!r}")
+            if progress is not None and time.monotonic() >= next_progress:
+                progress()
+                next_progress = time.monotonic() + interval
+        return [replies[i] for i in targets]
+
+    def sleep(self, seconds: float, progress: Callable[[float], None] | None = None,
+              interval: float = 2.0) -> None:
+        """Sleep, calling ``progress(elapsed)`` every ``interval`` s; check the workers live."""
+        start = time.monotonic()
+        next_progress = start + interval
+        while True:
+            now = time.monotonic()
+            left = start + seconds - now
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+            for i, proc in enumerate(self.workers):
+                if not proc.is_alive():
+                    raise BenchError(f"client process {i} exited")
+            if progress is not None and time.monotonic() >= next_progress:
+                progress(time.monotonic() - start)
+                next_progress += interval
+
+    def split(self, total: int) -> list[int]:
+        n = len(self.workers)
+        return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+    def _flag(self, phase: _Phase, cpu: dict[str, Any]) -> None:
+        threshold = self.o.client_bound_threshold
+        per = [p for p in cpu.get("client_pct_per_process", []) if p is not None]
+        cores = len(self.client_cpus) if self.client_cpus else (os.cpu_count() or 1)
+        cores = min(cores, len(per)) if per else cores
+        reasons = []
+        if per and max(per) >= threshold:
+            reasons.append(f"a client process used {max(per):.0f}% of a core")
+        elif cpu.get("client_pct") is not None and cpu["client_pct"] / max(cores, 1) >= threshold:
+            reasons.append(f"client processes used {cpu['client_pct']:.0f}% of {cores} core(s)")
+        if reasons:
+            phase.client_bound = True
+            phase.client_bound_reason = "; ".join(reasons)
+        other = cpu.get("other_pct")
+        if other is not None and other >= self.o.contention_threshold:
+            phase.contended = True
+            phase.notes.append(
+                f"contended: other processes used {other:.0f}% of a core during the phase;"
+                " figures are lower than on a quiet machine")
+
+    # -- broadcast helpers ---------------------------------------------------------------------
+
+    def _rx_start(self, record_latency: bool) -> int:
+        replies = self.call("rx_start", (self.next_seq, record_latency))
+        return sum(r["receivers"] for r in replies)
+
+    def _drain(self, target: int, what: str) -> bool:
+        """Wait until ``total(what)`` reaches ``target``; give up after 2 s without progress."""
+        last = -1
+        last_change = time.monotonic()
+        deadline = time.monotonic() + max(self.o.timeout, 5) * 3
+        while time.monotonic() < deadline:
+            now_total = self.total(what)
+            if now_total >= target:
+                return True
+            if now_total != last:
+                last = now_total
+                last_change = time.monotonic()
+            elif time.monotonic() - last_change > 2.0:
+                return False
+            time.sleep(0.005)
+        return False
+
+    def _rx_end(self, next_seq: int) -> dict[str, Any]:
+        replies = self.call("rx_end", (next_seq,))
+        merged: dict[str, Any] = {
+            k: sum(r[k] for r in replies)
+            for k in ("receivers", "delivered", "lost", "connections_short", "out_of_order",
+                      "unexpected", "protocol_errors", "still_open", "latency_count")
+        }
+        samples = array("q")
+        for r in replies:
+            if r["latency_ns"] is not None:
+                samples.extend(r["latency_ns"])
+        merged["latency_ns"] = samples
+        errors: dict[str, int] = {}
+        for r in replies:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        merged["errors"] = errors
+        return merged
+
+    def _check(self, lost: int, out_of_order: int, drops: int | None,
+               extra_failures: int = 0) -> dict[str, Any]:
+        if drops is not None:
+            ok = lost == drops and out_of_order == 0
+            rule = "lost == server drops"
+        else:
+            ok = lost == 0 and out_of_order == 0
+            rule = "lost == 0"
+        ok = ok and extra_failures == 0
+        return {"lost": lost, "out_of_order": out_of_order, "server_drops": drops,
+                "rule": rule, "ok": ok}
+
+    def _broadcast_round(self, count: int) -> dict[str, Any]:
+        """Publish ``count`` broadcasts (windowed), drain, and return the merged check."""
+        receivers = self._rx_start(False)
+        self.call("publish", ("count", count, self.o.window, receivers), only=[0])
+        (done,) = self.call("publish_wait", (self.o.timeout * 3,), only=[0])
+        self.next_seq = done["next_seq"]
+        self._drain(done["published"] * receivers, "delivered")
+        end = self._rx_end(self.next_seq)
+        end["published"] = done["published"]
+        return end
+
+    # -- workloads -----------------------------------------------------------------------------
+
+    def phase_connect(self, want_idle: bool) -> tuple[_Phase, _Phase | None]:
+        o = self.o
+        connect = _Phase()
+        n = o.connections
+        counts = self.split(n)
+        lanes = self.split(max(o.connect_concurrency, len(self.workers)))
+        stats0 = self.server_stats()
+        rss0 = self.server_rss()
+        self.say(f"[connect] opening {n:,} connections "
+                 f"({o.connect_concurrency} handshakes in flight, "
+                 f"{len(self.workers)} client process(es))")
+        cpu = self.cpu_window()
+        start = time.monotonic()
+
+        def progress() -> None:
+            done = self.total("connected")
+            rate = done / max(time.monotonic() - start, 1e-9)
+            self.say(f"[connect] {done:,}/{n:,} open ({rate:,.0f}/s), "
+                     f"{self.total('failed'):,} failed")
+
+        replies = self.call("connect", [(c, k) for c, k in zip(counts, lanes)],
+                            progress=progress)
+        cpu_used = cpu.stop()
+        ok = sum(r["ok"] for r in replies)
+        failed = sum(r["failed"] for r in replies)
+        if ok == 0:
+            errors = {k: v for r in replies for k, v in r["errors"].items()}
+            raise BenchError(f"no connection could be opened to {o.url}: {errors}")
+        t_start = min(r["t_start"] for r in replies)
+        t_end = max(r["t_end"] for r in replies)
+        times = array("q")
+        for r in replies:
+            times.extend(r["handshake_ns"])
+        elapsed = (t_end - t_start) / 1e9
+        connect.figures = {
+            "connections": n, "opened": ok, "failed": failed,
+            "elapsed_s": round(elapsed, 3),
+            "handshakes_per_s": round(ok / elapsed, 1) if elapsed > 0 else None,
+            "handshake_ms": summarize_ns(times),
+            "concurrency": o.connect_concurrency,
+        }
+        errors = {k: v for r in replies for k, v in r["errors"].items()}
+        if errors:
+            connect.notes.append(f"connect errors: {errors}")
+        connect.cpu = cpu_used
+        self._flag(connect, cpu_used)
+        self.say(f"[connect] {ok:,} open in {elapsed:.2f} s "
+                 f"({connect.figures['handshakes_per_s'] or 0:,.0f}/s), {failed} failed")
+
+        idle: _Phase | None = None
+        if want_idle:
+            idle = _Phase()
+            self.say(f"[idle] holding {ok:,} idle connections for {o.settle:g} s")
+            cpu = self.cpu_window()
+            self.sleep(o.settle)
+            idle.cpu = cpu.stop()
+            rss1 = self.server_rss()
+            per = ((rss1 - rss0) / ok) if rss0 is not None and rss1 is not None else None
+            idle.figures = {
+                "connections": ok, "rss_before_kib": rss0, "rss_after_kib": rss1,
+                "kib_per_connection": round(per, 2) if per is not None else None,
+            }
+            if per is None:
+                idle.notes.append("server RSS unavailable: pass --server-pid or --stats-url")
+
+        # Every open connection must receive a broadcast: the check for both figures.
+        verify = self._broadcast_round(1)
+        drops = self._drops(self.server_stats())
+        drops0 = self._drops(stats0)
+        delta = drops - drops0 if drops is not None and drops0 is not None else None
+        check = self._check(verify["lost"], verify["out_of_order"], delta)
+        check["verified_connections"] = verify["receivers"]
+        connect.check = dict(check, failed=failed, ok=check["ok"] and failed == 0)
+        if idle is not None:
+            idle.check = dict(check)
+        self.say(f"[connect] verification broadcast: {verify['delivered']:,}/"
+                 f"{verify['receivers']:,} delivered, lost {verify['lost']}")
+        return connect, idle
+
+    def phase_latency(self) -> _Phase:
+        o = self.o
+        phase = _Phase()
+        stats0 = self.server_stats()
+        receivers = self._rx_start(True)
+        self.say(f"[latency] {o.rate:g} broadcasts/s of {o.size} B to {receivers:,} "
+                 f"connections for {o.duration:g} s")
+        cpu = self.cpu_window()
+        self.call("publish", ("rate", o.rate, o.window, receivers), only=[0])
+
+        def progress(elapsed: float) -> None:
+            self.say(f"[latency] {elapsed:4.1f}/{o.duration:g} s: "
+                     f"{self.total('published'):,} published, "
+                     f"{self.total('delivered'):,} delivered")
+
+        self.sleep(o.duration, progress)
+        (done,) = self.call("publish_stop", (), only=[0])
+        self.next_seq = done["next_seq"]
+        complete = self._drain(done["published"] * receivers, "delivered")
+        cpu_used = cpu.stop()
+        end = self._rx_end(self.next_seq)
+        drops = self._delta_drops(stats0)
+        samples = end.pop("latency_ns")
+        phase.figures = {
+            "rate_per_s": o.rate, "published": done["published"], "receivers": receivers,
+            "delivered": end["delivered"], "samples": len(samples),
+            "latency_ms": summarize_ns(samples),
+            "cdf": cdf_points(samples),
+        }
+        phase.check = self._check(end["lost"], end["out_of_order"], drops)
+        phase.cpu = cpu_used
+        self._flag(phase, cpu_used)
+        server_s, client_s = cpu_used.get("server_cpu_s"), cpu_used.get("client_cpu_s")
+        if not phase.client_bound and server_s is not None and client_s is not None:
+            # The receivers read a broadcast while the server is still writing it: when the
+            # client side needs more CPU per broadcast than the server, the latency measured
+            # is the load generator's own reading time.
+            if client_s > 0.1 and client_s >= server_s:
+                phase.client_bound = True
+                phase.client_bound_reason = (
+                    f"client CPU {client_s:.2f} s >= server CPU {server_s:.2f} s over the"
+                    " phase: the receivers, not the server, set the latency")
+        if not complete:
+            phase.notes.append("drain incomplete: some broadcasts never arrived")
+        if end["errors"]:
+            phase.notes.append(f"errors: {end['errors']}")
+        lat = phase.figures["latency_ms"]
+        self.say(f"[latency] p50 {lat['p50'] or 0:.2f} ms, p99 {lat['p99'] or 0:.2f} ms, "
+                 f"max {lat['max'] or 0:.2f} ms; lost {end['lost']}")
+        return phase
+
+    def _delta_drops(self, stats0: dict[str, Any] | None) -> int | None:
+        before = self._drops(stats0)
+        after = self._drops(self.server_stats())
+        return after - before if before is not None and after is not None else None
+
+    def phase_saturation(self) -> _Phase:
+        o = self.o
+        phase = _Phase()
+        stats0 = self.server_stats()
+        receivers = self._rx_start(False)
+        self.say(f"[saturation] publishing to {receivers:,} connections, at most {o.window}"
+                 f" broadcasts in flight, {o.warmup:g} s warm-up + {o.duration:g} s")
+        self.call("publish", ("window", 0, o.window, receivers), only=[0])
+        self.sleep(o.warmup)
+        d0, t0 = self.total("delivered"), time.monotonic()
+        cpu = self.cpu_window()
+
+        def progress(elapsed: float) -> None:
+            d = self.total("delivered")
+            self.say(f"[saturation] {elapsed:4.1f}/{o.duration:g} s: "
+                     f"{(d - d0) / max(time.monotonic() - t0, 1e-9):,.0f} frames/s delivered")
+
+        self.sleep(o.duration, progress)
+        d1, t1 = self.total("delivered"), time.monotonic()
+        cpu_used = cpu.stop()
+        (done,) = self.call("publish_stop", (), only=[0])
+        self.next_seq = done["next_seq"]
+        complete = self._drain(done["published"] * receivers, "delivered")
+        end = self._rx_end(self.next_seq)
+        drops = self._delta_drops(stats0)
+        fps = (d1 - d0) / (t1 - t0)
+        end.pop("latency_ns")
+        phase.figures = {
+            "receivers": receivers, "window": o.window, "published": done["published"],
+            "delivered": end["delivered"], "measured_s": round(t1 - t0, 3),
+            "frames_per_s": round(fps, 1), "broadcasts_per_s": round(fps / receivers, 2),
+        }
+        phase.check = self._check(end["lost"], end["out_of_order"], drops)
+        phase.cpu = cpu_used
+        self._flag(phase, cpu_used)
+        if not complete:
+            phase.notes.append("drain incomplete: some broadcasts never arrived")
+        if end["errors"]:
+            phase.notes.append(f"errors: {end['errors']}")
+        self.say(f"[saturation] {fps:,.0f} frames/s; lost {end['lost']}")
+        return phase
+
+    def close_pool(self) -> dict[str, Any]:
+        replies = self.call("close_all", (self.o.timeout,))
+        return {k: sum(r[k] for r in replies) for k in ("closed", "clean", "aborted")}
+
+    def phase_echo(self) -> _Phase:
+        o = self.o
+        phase = _Phase()
+        c = o.echo_connections
+        self.say(f"[echo] opening {c} connections")
+        replies = self.call("connect", [(k, max(1, min(k, 16))) for k in self.split(c)])
+        opened = [r["ok"] for r in replies]
+        failed = sum(r["failed"] for r in replies)
+        stats0 = self.server_stats()
+        self.call("echo_start", [(k, True, o.echo_depth) for k in opened])
+        self.say(f"[echo] {sum(opened)} connections doing round trips: "
+                 f"{o.warmup:g} s warm-up + {o.duration:g} s")
+        self.sleep(o.warmup)
+        self.call("echo_reset_samples", ())
+        r0, t0 = self.total("roundtrips"), time.monotonic()
+        cpu = self.cpu_window()
+
+        def progress(elapsed: float) -> None:
+            r = self.total("roundtrips")
+            self.say(f"[echo] {elapsed:4.1f}/{o.duration:g} s: "
+                     f"{(r - r0) / max(time.monotonic() - t0, 1e-9):,.0f} round trips/s")
+
+        self.sleep(o.duration, progress)
+        r1, t1 = self.total("roundtrips"), time.monotonic()
+        cpu_used = cpu.stop()
+        ends = self.call("echo_stop", (o.timeout,))
+        drops = self._delta_drops(stats0)
+        samples = array("q")
+        for e in ends:
+            if e["rtt_ns"] is not None:
+                samples.extend(e["rtt_ns"])
+        lost = sum(e["lost"] for e in ends)
+        rts = (r1 - r0) / (t1 - t0)
+        phase.figures = {
+            "connections": sum(opened), "depth": o.echo_depth, "measured_s": round(t1 - t0, 3),
+            "roundtrips_per_s": round(rts, 1), "roundtrips": sum(e["roundtrips"] for e in ends),
+            "rtt_ms": summarize_ns(samples),
+        }
+        phase.check = self._check(lost, sum(e["out_of_order"] for e in ends), drops, failed)
+        phase.check["failed_connections"] = failed
+        phase.cpu = cpu_used
+        self._flag(phase, cpu_used)
+        self.close_pool()
+        rtt = phase.figures["rtt_ms"]
+        self.say(f"[echo] {rts:,.0f} round trips/s, p50 {rtt['p50'] or 0:.3f} ms, "
+                 f"p99 {rtt['p99'] or 0:.3f} ms; lost {lost}")
+        return phase
+
+    def _settle_server(self) -> None:
+        """Wait until the server reports no session left (or ``settle`` s without stats)."""
+        deadline = time.monotonic() + max(self.o.settle, 1.0) * 3
+        if self.stats_url is None:
+            self.sleep(self.o.settle)
+            return
+        while time.monotonic() < deadline:
+            stats = self.server_stats()
+            if stats is not None and stats.get("sessions", 0) == 0:
+                break
+            time.sleep(0.1)
+        time.sleep(min(self.o.settle, 0.5))
+
+    def phase_churn(self) -> _Phase:
+        o = self.o
+        phase = _Phase()
+        lanes = self.split(max(o.churn_concurrency, len(self.workers)))
+        cycles_each = self.split(o.churn_cycles) if o.churn_cycles else [0] * len(self.workers)
+        # The server's memory has a high-water mark that depends on how many connections are
+        # in flight at once (allocator arenas, buffers): the warm-up must reach it, or the
+        # growth measured afterwards is that plateau being reached, not a leak.
+        warm = max(o.warmup, o.duration / 4, 0.5)
+        self.say(f"[churn] warm-up {warm:g} s (connect, echo, close; {o.churn_concurrency}"
+                 " at a time)")
+        self.call("churn", [(warm, k, 0) for k in lanes])
+        self._settle_server()
+        rss0 = self.server_rss()
+        stats0 = self.server_stats()
+        self.say(f"[churn] {o.duration:g} s of connect/echo/close cycles; server RSS before "
+                 f"{rss0 if rss0 is not None else '?'} KiB")
+        cpu = self.cpu_window()
+        start = time.monotonic()
+
+        def progress() -> None:
+            n = self.total("cycles")
+            self.say(f"[churn] {time.monotonic() - start:4.1f}/{o.duration:g} s: {n:,} cycles "
+                     f"({n / max(time.monotonic() - start, 1e-9):,.0f}/s)")
+
+        replies = self.call("churn", [(o.duration, k, m) for k, m in zip(lanes, cycles_each)],
+                            progress=progress)
+        cpu_used = cpu.stop()
+        elapsed = max(r["elapsed"] for r in replies)
+        self._settle_server()
+        rss1 = self.server_rss()
+        drops = self._delta_drops(stats0)
+        cycles = sum(r["cycles"] for r in replies)
+        failed = sum(r["failed"] for r in replies)
+        growth = (rss1 - rss0) if rss0 is not None and rss1 is not None else None
+        phase.figures = {
+            "cycles": cycles, "elapsed_s": round(elapsed, 3),
+            "cycles_per_s": round(cycles / elapsed, 1) if elapsed > 0 else None,
+            "concurrency": o.churn_concurrency,
+            "rss_before_kib": rss0, "rss_after_kib": rss1, "rss_growth_kib": growth,
+            "rss_growth_pct": round(growth / rss0 * 100, 3) if growth is not None and rss0
+            else None,
+            "rss_growth_bytes_per_cycle": round(growth * 1024 / cycles, 2)
+            if growth is not None and cycles else None,
+            "unclean_close": sum(r["unclean_close"] for r in replies),
+        }
+        phase.check = self._check(sum(r["lost"] for r in replies),
+                                  sum(r["out_of_order"] for r in replies), drops, failed)
+        phase.check["failed_connections"] = failed
+        phase.cpu = cpu_used
+        self._flag(phase, cpu_used)
+        errors = {k: v for r in replies for k, v in r["errors"].items()}
+        if errors:
+            phase.notes.append(f"errors: {errors}")
+        if rss0 is None:
+            phase.notes.append("server RSS unavailable: pass --server-pid or --stats-url")
+        self.say(f"[churn] {cycles:,} cycles ({phase.figures['cycles_per_s'] or 0:,.0f}/s), "
+                 f"RSS {rss0} -> {rss1} KiB, failed {failed}")
+        return phase
+
+    # -- the whole run -------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        o = self.o
+        started = time.time()
+        self._discover_server()
+        self.start()
+        results: dict[str, Any] = {}
+        closed: dict[str, Any] | None = None
+        try:
+            self.say(f"melody bench: {o.url}, {len(self.workers)} client process(es) on CPUs "
+                     f"{format_cpus(self.client_cpus)}, server pid {self.server_pid or '?'}"
+                     f"{' pinned to CPU ' + str(self.server_cpu) if self.server_pinned else ''}")
+            wanted = [w for w in WORKLOADS if w in o.workloads]
+            if _POOL_WORKLOADS & set(wanted):
+                connect, idle = self.phase_connect("idle" in wanted)
+                if "connect" in wanted:
+                    results["connect"] = connect
+                if idle is not None:
+                    results["idle"] = idle
+                if "latency" in wanted:
+                    results["latency"] = self.phase_latency()
+                if "saturation" in wanted:
+                    results["saturation"] = self.phase_saturation()
+                closed = self.close_pool()
+            if "echo" in wanted:
+                results["echo"] = self.phase_echo()
+            if "churn" in wanted:
+                results["churn"] = self.phase_churn()
+        finally:
+            self.stop()
+        env = environment()
+        env["pinning"] = {
+            "server_cpu": self.server_cpu, "server_pinned": self.server_pinned,
+            "client_cpus": self.client_cpus, "client_processes": len(self.process_cpus),
+            "process_cpus": self.process_cpus,
+        }
+        env["rlimit_nofile"] = list(raise_nofile())
+        workloads = {name: asdict(phase) for name, phase in results.items()}
+        return {
+            "tool": "melody bench",
+            "label": o.label,
+            "started_unix": round(started, 3),
+            "finished_unix": round(time.time(), 3),
+            "target": {"url": o.url, "server_pid": self.server_pid,
+                       "stats_url": self.stats_url},
+            "options": asdict(o),
+            "environment": env,
+            "pool_close": closed,
+            "workloads": workloads,
+            "ok": all(w["check"].get("ok", False) for w in workloads.values()),
+            "client_bound": sorted(k for k, w in workloads.items() if w["client_bound"]),
+        }
+
+
+def run_bench(options: BenchOptions) -> dict[str, Any]:
+    """Run the workloads of ``options`` and return the report (the JSON document) as a dict.
+
+    Raises :class:`BenchError` when the run cannot be carried out and ValueError for invalid
+    options. Prints progress on stderr unless ``options.quiet``.
+    """
+    return Runner(options).run()

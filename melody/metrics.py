@@ -1,0 +1,190 @@
+"""Prometheus metrics for a hub, served on ``/metrics`` by the hub's own server.
+
+Off unless enabled: ``melody serve app:hub --metrics``, ``melody.run(hub, metrics=True)``,
+``await melody.serve(hub, metrics=True)``, or :func:`enable` before ``hub.serve()``. Needs
+``prometheus_client`` (``pip install melody[metrics]``). The same port then answers
+``GET /metrics`` (the Prometheus text format) and ``GET /healthz`` (``200 ok`` while serving,
+``503`` once the hub is closing, so that a load balancer stops sending clients).
+
+No per-message Python work: the message and byte counters are the compiled core's own
+(``hub.stats()``), read at scrape time by a custom collector. Python records only what happens
+rarely or once per broadcast: handshake refusals (by HTTP status), disconnects (by close-code
+class) and the duration of each broadcast's fan-out (a histogram, two clock reads per broadcast).
+
+=========================================  ======  ==========================================
+metric                                     type    labels
+=========================================  ======  ==========================================
+``melody_sessions``                        gauge
+``melody_topics``                          gauge
+``melody_connects_total``                  counter
+``melody_disconnects_total``               counter ``reason``: normal, going_away, no_status,
+                                                   abnormal, protocol, policy, server_error,
+                                                   tls, application, other
+``melody_messages_received_total``         counter
+``melody_messages_sent_total``             counter (per recipient: a broadcast to N is N)
+``melody_received_bytes_total``            counter (wire bytes, handshakes and frames)
+``melody_sent_bytes_total``                counter (frame bytes)
+``melody_broadcasts_total``                counter
+``melody_frames_dropped_total``            counter ``reason``: queue_full (outbound, a slow
+                                                   reader), rate_limited (inbound)
+``melody_writes_total``                    counter (transport writes)
+``melody_queued_frames``                   gauge   (frames waiting for slow readers)
+``melody_max_queue_depth``                 gauge
+``melody_handshake_rejections_total``      counter ``status``
+``melody_broadcast_fanout_seconds``        histogram
+=========================================  ======  ==========================================
+
+Served from a registry of the hub's own (with the process and GC collectors) unless
+``registry=`` is given (e.g. ``prometheus_client.REGISTRY`` to serve your own metrics too).
+``/metrics`` is public on the WebSocket port: keep that port behind your proxy or firewall.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
+
+    from melody.hub import Melody
+
+__all__ = ["HubMetrics", "enable", "close_code_class", "FANOUT_BUCKETS"]
+
+#: Histogram buckets of the fan-out duration, in seconds (5 µs to 1 s).
+FANOUT_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+                  2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0)
+
+_CODE_CLASSES = {1000: "normal", 1001: "going_away", 1005: "no_status", 1006: "abnormal",
+                 1002: "protocol", 1003: "protocol", 1007: "protocol", 1009: "protocol",
+                 1010: "protocol", 1008: "policy", 1011: "server_error",
+                 1012: "server_error", 1013: "server_error", 1014: "server_error",
+                 1015: "tls"}
+
+# (stats key, metric name, help) of the core's counters.
+_COUNTERS = (
+    ("connects", "melody_connects", "Sessions accepted."),
+    ("messages_in", "melody_messages_received", "Messages received from clients."),
+    ("messages_out", "melody_messages_sent",
+     "Messages handed to sessions (a broadcast to N sessions counts N)."),
+    ("bytes_in", "melody_received_bytes", "Bytes read from client sockets."),
+    ("bytes_out", "melody_sent_bytes", "Frame bytes handed to client sockets."),
+    ("broadcasts", "melody_broadcasts", "Broadcasts and publishes made."),
+    ("writes", "melody_writes", "Transport write calls made."),
+)
+_GAUGES = (
+    ("sessions", "melody_sessions", "Sessions connected now."),
+    ("topics", "melody_topics", "Topics with at least one subscriber."),
+    ("queued_frames", "melody_queued_frames", "Frames queued for sessions not reading."),
+    ("max_queue_depth", "melody_max_queue_depth", "Deepest queue of one session."),
+)
+
+
+def close_code_class(code: int) -> str:
+    """The ``reason`` label of a disconnect with close ``code`` (1006: no close frame)."""
+    label = _CODE_CLASSES.get(code)
+    if label is not None:
+        return label
+    return "application" if 3000 <= code <= 4999 else "other"
+
+
+class _CoreCollector:
+    """Reads ``hub.stats()`` at scrape time: the core's counters cost nothing between scrapes."""
+
+    def __init__(self, hub: Melody) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.hub.stats()
+        for key, name, doc in _COUNTERS:
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
+        dropped = CounterMetricFamily(
+            "melody_frames_dropped", "Messages dropped, by reason.", labels=["reason"])
+        dropped.add_metric(["queue_full"], stats.get("frames_dropped", 0))
+        dropped.add_metric(["rate_limited"], stats.get("messages_rate_limited", 0))
+        yield dropped
+        for key, name, doc in _GAUGES:
+            yield GaugeMetricFamily(name, doc, value=stats.get(key, 0))
+        for key, value in stats.items():
+            if key.startswith("backplane_"):
+                yield GaugeMetricFamily(f"melody_{key}", f"Backplane stat {key[10:]}.",
+                                        value=value)
+
+
+class HubMetrics:
+    """The Prometheus metrics of one hub (made by :func:`enable`)."""
+
+    def __init__(self, hub: Melody, registry: CollectorRegistry | None = None) -> None:
+        try:
+            import prometheus_client as prom
+        except ImportError as exc:  # pragma: no cover - exercised without the extra
+            raise RuntimeError(
+                "melody metrics need prometheus_client: pip install 'melody[metrics]'") from exc
+        own = registry is None
+        if registry is None:
+            registry = prom.CollectorRegistry()
+        self.registry: CollectorRegistry = registry
+        if own:
+            prom.ProcessCollector(registry=self.registry)
+            prom.PlatformCollector(registry=self.registry)
+            prom.GCCollector(registry=self.registry)
+        self.registry.register(_CoreCollector(hub))
+        self.rejections = prom.Counter(
+            "melody_handshake_rejections", "Upgrade requests refused, by HTTP status.",
+            ["status"], registry=self.registry)
+        self.disconnects = prom.Counter(
+            "melody_disconnects", "Sessions ended, by close-code class.", ["reason"],
+            registry=self.registry)
+        self.fanout = prom.Histogram(
+            "melody_broadcast_fanout_seconds",
+            "Time to hand one broadcast to every recipient.", buckets=FANOUT_BUCKETS,
+            registry=self.registry)
+        self._generate = prom.generate_latest
+        self.content_type: str = prom.CONTENT_TYPE_LATEST
+        self._time_fanout(hub)
+
+    def _time_fanout(self, hub: Melody) -> None:
+        # Every broadcast and publish variant goes through Melody._deliver once: time it there,
+        # with the instance attribute shadowing the method (hubs without metrics pay nothing).
+        deliver: Callable[..., int] = hub._deliver
+        observe = self.fanout.observe
+        clock = time.perf_counter
+
+        def timed_deliver(*args: Any, **kwargs: Any) -> int:
+            start = clock()
+            try:
+                return deliver(*args, **kwargs)
+            finally:
+                observe(clock() - start)
+
+        vars(hub)["_deliver"] = timed_deliver
+
+    def rejected(self, status: int) -> None:
+        """Count an upgrade refused with ``status``."""
+        self.rejections.labels(str(status)).inc()
+
+    def disconnected(self, code: int) -> None:
+        """Count a session that ended with close ``code``."""
+        self.disconnects.labels(close_code_class(code)).inc()
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (``content_type``)."""
+        return self._generate(self.registry)
+
+
+def enable(hub: Melody, registry: CollectorRegistry | None = None) -> HubMetrics:
+    """Turn on metrics for ``hub`` and serve ``/metrics`` and ``/healthz``; return them.
+
+    Idempotent: a second call returns the first call's :class:`HubMetrics` (``registry`` is
+    then ignored). Raises ``RuntimeError`` when prometheus_client is not installed.
+    """
+    from melody.server import upgrader_of
+
+    upgrader = upgrader_of(hub)
+    if upgrader.metrics is None:
+        upgrader.metrics = HubMetrics(hub, registry)
+    return upgrader.metrics

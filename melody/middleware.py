@@ -1,0 +1,429 @@
+"""Handshake middleware: code that runs on an upgrade request before its session exists.
+
+A middleware is an async callable ``(handshake, call_next)``, the shape of Starlette's
+``BaseHTTPMiddleware.dispatch`` and of ASGI middleware::
+
+    class RequireTenant:
+        async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
+            tenant = handshake.request.headers.get("X-Tenant")
+            if tenant is None:
+                raise HandshakeError(400, "X-Tenant header required")
+            handshake.keys["tenant"] = tenant      # lands in session.keys
+            await call_next(handshake)             # the rest of the chain, then the hub
+
+    hub.use(RequireTenant())
+
+Registered with ``hub.use(mw)``; they run in registration order (the first registered is the
+outermost: it sees the request first and the outcome last). The innermost step is the hub's
+own: the RFC 6455 checks, ``Config.paths``/``allowed_origins``, then ``handle_upgrade``.
+
+* **Refuse** by raising :class:`melody.errors.HandshakeError` ``(status, reason, headers)``: the
+  client gets that status, those headers and the reason as the body. A middleware that wraps
+  ``call_next`` sees the refusals of the ones after it as that exception (re-raise it).
+* **Attach keys** by writing to ``handshake.keys``; the session starts with them.
+* **Clean up** with ``handshake.on_close(fn)``: ``fn()`` runs once when the connection is over —
+  at once if the upgrade is refused, at disconnect if it was accepted.
+* Any other exception refuses with 500 and goes to ``handle_error`` (session None).
+
+Costs: with no middleware the upgrade is decided inline in the read callback. With one or more,
+each upgrade runs the chain in a task (reading from that client pauses meanwhile), a few
+microseconds plus what the middlewares do; messages never pass through middleware.
+
+Shipped: :class:`JWTAuth` (needs ``pip install melody[jwt]``), :class:`OriginAllowList`,
+:class:`ConnectionLimit`, :class:`AccessLog`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Protocol
+
+from melody.errors import HandshakeError
+from melody.handshake import Request, origin_allowed
+from melody.logs import peer_text
+
+__all__ = [
+    "Handshake",
+    "CallNext",
+    "Middleware",
+    "JWTAuth",
+    "OriginAllowList",
+    "ConnectionLimit",
+    "AccessLog",
+]
+
+
+class Handshake:
+    """One upgrade request on its way through the middleware chain.
+
+    ``request`` is the parsed request (``path``, ``query_params``, ``headers``); ``peer`` the
+    socket's remote address; ``keys`` the dict the session will start with.
+    """
+
+    __slots__ = ("_cleanups", "_key", "keys", "peer", "request", "started", "status")
+
+    request: Request
+    peer: Any
+    keys: dict[str, Any]
+    started: float
+    status: int
+
+    def __init__(self, request: Request, peer: Any = None) -> None:
+        self.request = request
+        #: The remote address as the socket reports it (``(host, port)`` for TCP), or None.
+        self.peer = peer
+        #: Keys the session starts with (``session.keys``); middlewares add to it.
+        self.keys = {}
+        #: ``time.monotonic()`` when the request head had arrived.
+        self.started = time.monotonic()
+        #: The HTTP status the upgrade ended with (101 when accepted); 0 while undecided.
+        self.status = 0
+        self._cleanups: list[Callable[[], object]] | None = None
+        self._key = ""
+
+    @property
+    def client_ip(self) -> str | None:
+        """The peer's IP address (the TCP peer: a proxy's address behind a proxy)."""
+        if isinstance(self.peer, tuple) and self.peer:
+            return str(self.peer[0])
+        return None
+
+    def on_close(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` once when this connection is over (refused, or disconnected).
+
+        Callbacks run in the reverse order of registration; one that raises is logged on the
+        ``melody`` logger and the others still run.
+        """
+        if self._cleanups is None:
+            self._cleanups = []
+        self._cleanups.append(fn)
+
+    def _close(self) -> None:
+        cleanups, self._cleanups = self._cleanups, None
+        if cleanups:
+            run_cleanups(cleanups)
+
+    def __repr__(self) -> str:
+        return f"<Handshake {peer_text(self.peer)} {self.request.path!r}>"
+
+
+def run_cleanups(cleanups: list[Callable[[], object]]) -> None:
+    """Run ``on_close`` callbacks, last registered first, logging (not raising) failures."""
+    for fn in reversed(cleanups):
+        try:
+            fn()
+        except Exception:
+            logging.getLogger("melody").exception("handshake on_close callback raised")
+
+
+#: What a middleware calls to run the rest of the chain.
+CallNext = Callable[[Handshake], Awaitable[None]]
+
+
+class Middleware(Protocol):
+    """The middleware interface: ``async def __call__(self, handshake, call_next) -> None``."""
+
+    def __call__(self, handshake: Handshake, call_next: CallNext) -> Awaitable[None]:
+        """Decide or decorate ``handshake``; ``await call_next(handshake)`` to go on."""
+        ...
+
+
+def build_chain(middleware: Sequence[Middleware], endpoint: CallNext) -> CallNext:
+    """Compose ``middleware`` around ``endpoint``: the first item is the outermost."""
+    chain = endpoint
+    for mw in reversed(middleware):
+        chain = _link(mw, chain)
+    return chain
+
+
+def _link(mw: Middleware, nxt: CallNext) -> CallNext:
+    async def step(handshake: Handshake) -> None:
+        await mw(handshake, nxt)
+
+    return step
+
+
+# -- JWT ------------------------------------------------------------------------------------------
+
+
+class JWTAuth:
+    """Accept only upgrades carrying a valid JSON Web Token; its claims go to the session's keys.
+
+    The token is looked for, in this order, in the ``Authorization: Bearer <token>`` header, the
+    query parameter ``query_param`` (default ``"token"``: browsers cannot set headers on a
+    WebSocket) and the cookie ``cookie`` (off unless named). It is verified with PyJWT against
+    ``key`` for one of ``algorithms`` (HS256/384/512 with a shared secret; RS*, PS* and ES*
+    with a public key in PEM or a key object): the signature, ``exp`` (required unless
+    ``require`` says otherwise), ``nbf``, and ``aud``/``iss`` when ``audience``/``issuer`` are
+    given (a token with an ``aud`` claim is refused when no ``audience`` is configured).
+
+    On success ``session.keys[claims_key]`` holds the claims dict (``claims_key=None`` puts each
+    claim under its own key). Otherwise the upgrade gets 401 with a ``WWW-Authenticate: Bearer``
+    header (RFC 6750: ``error="invalid_token"`` when a token was given).
+
+    ``key`` may also be a callable ``key(token) -> key`` (sync or async), e.g. to pick a key by
+    ``kid`` from a JWKS: ``key=lambda t: jwks_client.get_signing_key_from_jwt(t).key``.
+
+    Costs one signature check per upgrade (HS256 a few µs, RS256 tens of µs, ES256 about 100 µs)
+    on the event loop. Raises ``RuntimeError`` at construction when PyJWT is not installed
+    (``pip install melody[jwt]``) and ``ValueError`` for an empty or ``"none"`` algorithm list.
+    """
+
+    def __init__(
+        self,
+        key: Any,
+        *,
+        algorithms: Sequence[str],
+        audience: str | Sequence[str] | None = None,
+        issuer: str | None = None,
+        leeway: float = 0.0,
+        require: Sequence[str] = ("exp",),
+        query_param: str | None = "token",
+        cookie: str | None = None,
+        claims_key: str | None = "claims",
+        realm: str = "melody",
+    ) -> None:
+        try:
+            import jwt
+        except ImportError as exc:  # pragma: no cover - exercised without the extra
+            raise RuntimeError("JWTAuth needs PyJWT: pip install 'melody[jwt]'") from exc
+        if isinstance(algorithms, str):
+            raise ValueError("algorithms must be a list of names, such as ['HS256']")
+        if not algorithms or any(a.lower() == "none" for a in algorithms):
+            raise ValueError("algorithms must name at least one signing algorithm, not 'none'")
+        self._jwt = jwt
+        self.key = key
+        self.algorithms = list(algorithms)
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = leeway
+        self.require = list(require)
+        self.query_param = query_param
+        self.cookie = cookie
+        self.claims_key = claims_key
+        self.realm = realm
+
+    def token(self, request: Request) -> str | None:
+        """The token the request carries (header, then query parameter, then cookie), or None."""
+        auth = request.headers.get("Authorization")
+        if auth is not None:
+            scheme, _, value = auth.strip().partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                return value.strip()
+        if self.query_param is not None:
+            values = request.query_params.get(self.query_param)
+            if values and values[0]:
+                return values[0]
+        if self.cookie is not None:
+            for header in request.headers.get_all("Cookie"):
+                jar: SimpleCookie = SimpleCookie()
+                try:
+                    jar.load(header)
+                except CookieError:
+                    continue
+                morsel = jar.get(self.cookie)
+                if morsel is not None and morsel.value:
+                    return morsel.value
+        return None
+
+    def _refuse(self, description: str | None) -> HandshakeError:
+        challenge = f'Bearer realm="{self.realm}"'
+        if description is None:
+            return HandshakeError(401, "authentication required",
+                                  [("WWW-Authenticate", challenge)])
+        challenge += f', error="invalid_token", error_description="{description}"'
+        return HandshakeError(401, f"invalid token: {description}",
+                              [("WWW-Authenticate", challenge)])
+
+    async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
+        jwt = self._jwt
+        token = self.token(handshake.request)
+        if token is None:
+            raise self._refuse(None)
+        key = self.key
+        if callable(key):
+            try:
+                key = key(token)
+                if inspect.isawaitable(key):
+                    key = await key
+            except jwt.PyJWTError:
+                raise self._refuse("no key for this token") from None
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=self.algorithms, audience=self.audience,
+                issuer=self.issuer, leeway=self.leeway, options={"require": self.require})
+        except jwt.ExpiredSignatureError:
+            raise self._refuse("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise self._refuse("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise self._refuse("wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise self._refuse("wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise self._refuse(f"missing claim {exc.claim}") from None
+        except jwt.InvalidAlgorithmError:
+            raise self._refuse("algorithm not allowed") from None
+        except jwt.InvalidSignatureError:
+            raise self._refuse("bad signature") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise self._refuse("malformed token") from None
+        if self.claims_key is None:
+            handshake.keys.update(claims)
+        else:
+            handshake.keys[self.claims_key] = claims
+        await call_next(handshake)
+
+
+# -- origins --------------------------------------------------------------------------------------
+
+
+class OriginAllowList:
+    """Refuse with 403 upgrades whose ``Origin`` is not listed (cross-site WebSocket hijacking).
+
+    ``origins`` holds entries such as ``"https://app.example.com"``, ``"https://*.example.com"``
+    (any subdomain, not the bare domain) or ``"*"``; ``same_origin=True`` also accepts an Origin
+    whose host[:port] is the request's ``Host`` (the page was served by this server). Matching is
+    :func:`melody.handshake.origin_allowed`'s (the same as ``Config.allowed_origins``).
+
+    A request without ``Origin`` comes from a non-browser client (which could forge one anyway)
+    and is accepted, unless ``require_origin`` is set. Raises ``ValueError`` at construction for
+    a malformed entry.
+    """
+
+    def __init__(self, origins: Sequence[str] = (), *, same_origin: bool = False,
+                 require_origin: bool = False) -> None:
+        if isinstance(origins, str):
+            raise ValueError("origins must be a list of origins, not one string")
+        entries = list(origins)
+        if same_origin:
+            entries.append("same-origin")
+        if not entries:
+            raise ValueError("OriginAllowList needs at least one origin or same_origin=True")
+        # Every entry is parsed now, against an origin that matches none, so that a typo fails
+        # at startup rather than on the first browser that connects.
+        probe = Request("GET", "/", headers=[("Host", "melody.invalid"),
+                                             ("Origin", "http://melody-probe.invalid:1")])
+        origin_allowed(probe, [e for e in entries if e not in ("*", "same-origin")])
+        self.origins = entries
+        self.require_origin = require_origin
+
+    async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
+        request = handshake.request
+        if "Origin" not in request.headers:
+            if self.require_origin:
+                raise HandshakeError(403, "Origin header required")
+        elif not origin_allowed(request, self.origins):
+            raise HandshakeError(403, "origin not allowed")
+        await call_next(handshake)
+
+
+# -- connection limits ----------------------------------------------------------------------------
+
+
+class ConnectionLimit:
+    """Cap concurrent connections: ``max_total`` in all (503) and ``max_per_ip`` per client
+    address (429), both refused with ``Retry-After: retry_after``.
+
+    A slot is taken when an upgrade passes this middleware and given back when that connection
+    ends (or when a later middleware refuses it). Counts WebSocket connections of this hub,
+    upgrades in progress included; connections that never send a complete upgrade request are
+    bounded by ``Config.handshake_timeout`` instead. Behind a proxy, pass ``client_ip`` (a
+    function of the :class:`Handshake`, e.g. reading ``X-Forwarded-For`` as your proxy sets it):
+    the TCP peer is then the proxy. ``retry_after`` is in seconds.
+    """
+
+    def __init__(self, max_total: int | None = None, max_per_ip: int | None = None, *,
+                 retry_after: int = 5,
+                 client_ip: Callable[[Handshake], str | None] | None = None) -> None:
+        if max_total is None and max_per_ip is None:
+            raise ValueError("ConnectionLimit needs max_total, max_per_ip or both")
+        if (max_total is not None and max_total < 1) or (
+                max_per_ip is not None and max_per_ip < 1):
+            raise ValueError("connection limits must be >= 1")
+        if retry_after < 0:
+            raise ValueError("retry_after must be >= 0")
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.retry_after = retry_after
+        self._client_ip = client_ip
+        self._active = 0
+        self._by_ip: dict[str, int] = {}
+
+    @property
+    def active(self) -> int:
+        """Connections holding a slot now."""
+        return self._active
+
+    def active_for(self, ip: str) -> int:
+        """Connections from ``ip`` holding a slot now."""
+        return self._by_ip.get(ip, 0)
+
+    async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
+        retry = [("Retry-After", str(self.retry_after))]
+        if self.max_total is not None and self._active >= self.max_total:
+            raise HandshakeError(503, "server at its connection limit, retry later", retry)
+        ip = (self._client_ip(handshake) if self._client_ip is not None
+              else handshake.client_ip) or "?"
+        if self.max_per_ip is not None and self._by_ip.get(ip, 0) >= self.max_per_ip:
+            raise HandshakeError(429, "too many connections from this address", retry)
+        self._active += 1
+        self._by_ip[ip] = self._by_ip.get(ip, 0) + 1
+        handshake.on_close(lambda: self._release(ip))
+        await call_next(handshake)
+
+    def _release(self, ip: str) -> None:
+        self._active -= 1
+        left = self._by_ip[ip] - 1
+        if left:
+            self._by_ip[ip] = left
+        else:
+            del self._by_ip[ip]
+
+
+# -- access log -----------------------------------------------------------------------------------
+
+
+class AccessLog:
+    """One ``logging`` record per upgrade request, with its outcome.
+
+    Logged on ``logger`` (default ``melody.access``) at ``level`` (INFO; refusals with status
+    500 at ERROR) as ``"<peer> GET <path> <status> <outcome> <ms>ms"`` with ``extra=`` fields
+    ``event="upgrade"``, ``outcome`` (``accepted``, ``rejected`` or ``error``), ``status``
+    (101 when accepted), ``path`` (without the query string, which may carry a token),
+    ``peer``, ``duration`` (seconds from the request head's arrival to the decision) and
+    ``reason`` (the refusal's). Register it first so that it sees every refusal.
+    """
+
+    def __init__(self, logger: logging.Logger | str = "melody.access",
+                 level: int = logging.INFO) -> None:
+        self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
+        self.level = level
+
+    async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
+        try:
+            await call_next(handshake)
+        except HandshakeError as exc:
+            self._log(handshake, "rejected", exc.status, exc.reason, self.level)
+            raise
+        except Exception as exc:
+            self._log(handshake, "error", 500, f"{type(exc).__name__}: {exc}", logging.ERROR)
+            raise
+        self._log(handshake, "accepted", 101, "", self.level)
+
+    def _log(self, handshake: Handshake, outcome: str, status: int, reason: str,
+             level: int) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        duration = time.monotonic() - handshake.started
+        peer = peer_text(handshake.peer)
+        path = handshake.request.path
+        self.logger.log(
+            level, "%s %s %s %d %s %.1fms", peer, handshake.request.method, path, status,
+            outcome, duration * 1000,
+            extra={"event": "upgrade", "outcome": outcome, "status": status, "path": path,
+                   "peer": peer, "duration": duration, "reason": reason})
