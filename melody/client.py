@@ -538,7 +538,7 @@ class ClientConnection:
             if timeout is None:
                 return await waiter
             return await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"no pong within {timeout} s") from None
         finally:
             if entry in self._pings:
@@ -837,7 +837,7 @@ class ClientConnection:
         try:
             await asyncio.wait_for(asyncio.shield(self._closed_future),
                                    self._options.close_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.debug("%s: no close within %s s, dropping the connection", self.url,
                          self._options.close_timeout)
             self._abort()
@@ -1153,7 +1153,7 @@ async def _open_connection(url: str, options: _Options) -> ClientConnection:
             await opening()
         else:
             await asyncio.wait_for(opening(), options.open_timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         client._abort()
         raise TimeoutError(
             f"opening handshake with {url} not done within {options.open_timeout} s") from None
@@ -1512,7 +1512,7 @@ class ReconnectingClient:
             return await self._open_connection_now()
         try:
             return await asyncio.wait_for(self._open_connection_now(), self.send_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = ConnectionClosed(
                 CLOSE_ABNORMAL, f"not connected: no reconnection within {self.send_timeout} s")
             error.__cause__ = self.last_error

@@ -35,6 +35,7 @@ __all__ = [
     "WriteTimeout",
     "HandshakeError",
     "RateLimited",
+    "BackplaneError",
     "ConnectionClosed",
 ]
 
@@ -118,6 +119,14 @@ class WriteTimeout(MelodyError):
 class RateLimited(MelodyError):
     """A session sent more than its ``Config.rate_limit`` allows; the message was dropped (or
     the session closed with 1008, by the policy)."""
+
+
+class BackplaneError(MelodyError):
+    """The backplane's broker is unreachable or answered wrongly.
+
+    Reported to ``handle_error`` with session None (rate-limited by the backplane); raised by
+    ``cluster_topic_len`` while the broker is down. Any backplane (Redis, NATS, ...) uses it.
+    """
 
 
 class HandshakeError(MelodyError):

@@ -95,6 +95,7 @@ class Melody:
         self._on_pong: Callable[..., Any] | None = None
         self._upgrade_hook: Callable[..., Any] | None = None
         self._any_async = False
+        self._backplane_stopping: asyncio.Task[None] | None = None
         self._http_hook: Callable[..., Any] | None = None
 
         cfg = self.config
@@ -335,6 +336,8 @@ class Melody:
                                   RateLimited)):
                 logger.info("session %r: %s", session, error,
                             extra=error_fields(session, error))
+            elif session is None:
+                logger.error("hub: %s", error, exc_info=error, extra=error_fields(session, error))
             else:
                 logger.error("session %r: handler raised", session, exc_info=error,
                              extra=error_fields(session, error))
@@ -645,7 +648,7 @@ class Melody:
             self._heartbeat.cancel()
             self._heartbeat = None
         if self.backplane is not None and self._loop is not None:
-            self._spawn(self._loop, self.backplane.stop())
+            self._backplane_stopping = self._loop.create_task(self.backplane.stop())
 
     async def shutdown(self, timeout: float = 10.0, *, batch_size: int = 1000,
                        batch_interval: float = 0.1) -> None:
@@ -675,6 +678,9 @@ class Melody:
             proto.abort()
         for server in self._servers:
             await server.wait_closed()
+        if self._backplane_stopping is not None:
+            # The backplane's goodbye (unsubscribe, presence cleanup) is part of closing.
+            await self._backplane_stopping
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not None and self._loop is not loop:
@@ -692,7 +698,7 @@ class Melody:
         try:
             await self.backplane.start(self)
         except Exception as exc:
-            logger.exception("backplane failed to start")
+            logger.warning("backplane could not connect yet (%s); it keeps retrying", exc)
             self._report(None, exc)
 
     def _schedule_heartbeat(self) -> None:

@@ -67,7 +67,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from melody.backplane import Backplane, decode_envelope, encode_envelope, new_node_id
-from melody.errors import MelodyError
+from melody.errors import BackplaneError
 
 try:
     from redis.asyncio.connection import ConnectionPool
@@ -86,14 +86,6 @@ logger = logging.getLogger("melody.backplane")
 
 # Most channels per SUBSCRIBE/UNSUBSCRIBE command when (re)subscribing many topics at once.
 _SUBSCRIBE_CHUNK = 1000
-
-
-class BackplaneError(MelodyError):
-    """The broker is unreachable or answered wrongly.
-
-    Reported to ``handle_error`` with session None (rate-limited); raised by
-    ``cluster_topic_len`` and by ``start`` when the first connection fails.
-    """
 
 
 class RedisBackplane(Backplane):

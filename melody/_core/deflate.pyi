@@ -9,9 +9,9 @@ back (section 7.2). :func:`negotiate` (server), :func:`build_offer` and :func:`a
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Self
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer

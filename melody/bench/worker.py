@@ -223,7 +223,7 @@ class Worker:
                 t0 = _monotonic_ns()
                 try:
                     client = await self._open()
-                except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                except (TimeoutError, OSError, ConnectionError) as exc:
                     failed += 1
                     shared[self.o_failed] = failed
                     self.note_error(f"{type(exc).__name__}: {exc}")
@@ -479,7 +479,7 @@ class Worker:
             while self.loop.time() < deadline and (not max_cycles or cycles < max_cycles):
                 try:
                     client = await self._open()
-                except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                except (TimeoutError, OSError, ConnectionError) as exc:
                     failed += 1
                     shared[self.o_failed] = failed
                     self.note_error(f"connect: {type(exc).__name__}: {exc}")
@@ -491,14 +491,14 @@ class Worker:
                     client.send_echoes(1)
                     try:
                         await asyncio.wait_for(waiter, self.timeout)
-                    except (asyncio.TimeoutError, ConnectionError) as exc:
+                    except (TimeoutError, ConnectionError) as exc:
                         lost += 1
                         self.note_error(f"echo: {type(exc).__name__}: {exc}")
                     client.start_close()
                     try:
                         await asyncio.wait_for(asyncio.shield(client.lost_future),
                                                self.timeout)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     if not client.lost_future.done() or not client.close_received:
                         unclean += 1
