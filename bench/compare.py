@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cores for the client processes (default: the others)")
     p.add_argument("--processes", type=int, default=None,
                    help="client processes (default: one per client core)")
+    p.add_argument("--nice", type=int, default=None,
+                   help="nice value for servers and clients, e.g. -10 on a shared machine"
+                        " (root only; default: unchanged)")
     p.add_argument("--seed", type=int, default=20240601, help="seed (default fixed)")
     p.add_argument("--quick", action="store_true",
                    help="N=1000, 3 s phases, 1 repeat (explicit options still win)")
@@ -177,6 +180,7 @@ def bench_options(args: argparse.Namespace, name: str, port: int, pid: int) -> B
         churn_concurrency=args.churn_concurrency,
         settle=args.settle,
         seed=args.seed,
+        nice=args.nice,
         label=name,
         quiet=args.quiet,
     )
@@ -218,7 +222,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         if with_latency:
             with_latency.sort(key=lambda r: lookup(r, FIGURES[2]) or 0.0)
             cdf = with_latency[len(with_latency) // 2]["workloads"]["latency"]["figures"]["cdf"]
+        overloaded = any(r["workloads"]["latency"]["figures"].get("overloaded")
+                         for r in with_latency)
         out[name] = {"values": values, "client_bound": bound, "contended": contended,
+                     "latency_overloaded": overloaded,
                      "checks": checks, "cdf": cdf,
                      "repeats": len(reports)}
     return out
@@ -242,6 +249,8 @@ def table(summary: dict[str, Any], names: list[str]) -> str:
                 cell += "*"
             if summary[n]["contended"].get(f.workload):
                 cell += "~"
+            if f.workload == "latency" and summary[n]["latency_overloaded"]:
+                cell += "!"
             if n != base:
                 times = ratio(f, ours, value)
                 cell += f" ({times:.2f}x)" if times is not None else ""
@@ -273,7 +282,9 @@ def table(summary: dict[str, Any], names: list[str]) -> str:
                  "better). *: client-bound in at least one repeat (a client process near 100%"
                  " CPU, or for latency the receivers needing more CPU than the server): read"
                  " no ratio from it. ~: contended (other processes on the machine used at least"
-                 " 20% of a core during the phase in at least one repeat).")
+                 " 20% of a core during the phase in at least one repeat). !: overloaded (the"
+                 " server could not deliver --rate broadcasts/s to every connection: the latency"
+                 " is a queue's).")
     return "\n".join(lines)
 
 
@@ -327,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n$ {document['command']}")
     print(f"{cpu}, {env.get('cpu_count')} CPUs; server on CPU {env['pinning']['server_cpu']}, "
           f"clients on {env['pinning']['client_cpus']} "
-          f"({env['pinning']['client_processes']} process(es)); Python {env.get('python')}")
+          f"({env['pinning']['client_processes']} process(es)); Python {env.get('python')}"
+          + (f"; nice {args.nice}" if args.nice is not None else ""))
     print(", ".join(f"{k} {v}" for k, v in versions.items() if v))
     print(f"N={args.connections:,}, {args.repeats} interleaved repeat(s), medians; "
           f"{args.duration:g} s phases; latency at {args.rate:g} broadcasts/s; "

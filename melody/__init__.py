@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from melody import errors
+from melody import auth, codecs, errors, routing
 from melody._core import COMPILED as _COMPILED
 from melody.client import ClientConnection, Connect, ReconnectingClient, connect
 from melody.config import Compression, Config
@@ -26,6 +26,7 @@ from melody.errors import (
     HubClosed,
     MelodyError,
     MessageBufferFull,
+    RequestError,
     SessionClosed,
 )
 from melody.handshake import Headers, Request
@@ -55,12 +56,16 @@ __all__ = [
     "MessageBufferFull",
     "ReconnectingClient",
     "Request",
+    "RequestError",
     "Session",
     "SessionClosed",
+    "auth",
+    "codecs",
     "connect",
     "errors",
     "install_uvloop",
     "run",
+    "routing",
     "serve",
     "__version__",
 ]

@@ -68,6 +68,8 @@ from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 from urllib.parse import quote, unquote, urlsplit
 
+import orjson
+
 from melody._core.connection import STATE_OPEN, Connection
 from melody._core.deflate import accept_response, build_offer
 from melody.errors import (
@@ -79,6 +81,7 @@ from melody.errors import (
     InvalidPayload,
     MessageTooBig,
     ProtocolError,
+    RequestError,
 )
 from melody.handshake import (
     Headers,
@@ -323,6 +326,8 @@ class ClientConnection:
         "_remote_address",
         "_request",
         "_request_headers",
+        "_request_seq",
+        "_requests",
         "_response_headers",
         "_skip",
         "_subprotocol",
@@ -393,6 +398,9 @@ class ClientConnection:
         self._write_pauses = 0
         self._pings_sent = 0
         self._pongs_received = 0
+        # request(): the replies awaited, by id (see _take_reply).
+        self._requests: dict[int, asyncio.Future[Any]] = {}
+        self._request_seq = 0
 
     def __repr__(self) -> str:
         state = "open" if self.open else ("closed" if self._lost else "closing")
@@ -775,7 +783,13 @@ class ClientConnection:
         for event in events:
             kind = event[0]
             if kind == "text" or kind == "binary":
-                queue.append(event[1])
+                message = event[1]
+                # A reply to request() starts with '{"id":' (melody writes the id first): only
+                # those are parsed here, and only while a request waits.
+                if (self._requests and kind == "text" and message.startswith('{"id":')
+                        and self._take_reply(message)):
+                    continue
+                queue.append(message)
             elif kind == "pong":
                 self._on_pong(event[1])
             elif kind == "close":
@@ -790,6 +804,49 @@ class ClientConnection:
                 self._queue_peak = len(queue)
             self._wake_receiver()
         self._write(self._conn.data_to_send())
+
+    async def request(self, type: str, data: Any = None, *,
+                      timeout: float | None = 10.0) -> Any:
+        """Send ``{"type": type, "id": n, "data": data}`` (JSON) and return the reply's data.
+
+        For a hub with ``codec=melody.codecs.JSON`` and routes (``melody.routing``): the reply
+        ``{"id": n, "ok": true, "data": ...}`` with this connection's next id is taken out of
+        the message stream (``recv`` never sees it). Raises
+        :class:`~melody.errors.RequestError` with the server's text for an ``"ok": false``
+        reply, TimeoutError when no reply comes within ``timeout`` seconds (None: wait), and
+        :class:`ConnectionClosed` when the connection ends first; TypeError when ``data`` is
+        not JSON-serializable. Replies are read with the other messages: a full receive queue
+        (``max_queue``) delays them until :meth:`recv` makes room.
+        """
+        self._request_seq += 1
+        msg_id = self._request_seq
+        text = orjson.dumps({"type": type, "id": msg_id, "data": data}).decode("utf-8")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._requests[msg_id] = future
+        try:
+            await self.send(text)
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            self._requests.pop(msg_id, None)
+
+    def _take_reply(self, text: str) -> bool:
+        """Resolve the request this text answers; False when it answers none of ours."""
+        try:
+            reply = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return False
+        msg_id = reply.get("id") if isinstance(reply, dict) else None
+        if type(msg_id) is not int:
+            return False
+        future = self._requests.pop(msg_id, None)
+        if future is None or future.done():
+            return False
+        if reply.get("ok") is True:
+            future.set_result(reply.get("data"))
+        else:
+            future.set_exception(RequestError(str(reply.get("error"))))
+        return True
 
     def _wake_receiver(self) -> None:
         waiter = self._recv_waiter
@@ -982,6 +1039,10 @@ class ClientConnection:
             if not pong_waiter.done():
                 pong_waiter.set_exception(self._closed_error())
         self._pings = []
+        for request in self._requests.values():
+            if not request.done():
+                request.set_exception(self._closed_error())
+        self._requests.clear()
         if not self._closed_future.done():
             self._closed_future.set_result(None)
 
@@ -1546,6 +1607,14 @@ class ReconnectingClient:
         for one)."""
         conn = await self._connection_for_send()
         return await conn.ping(payload, timeout=timeout)
+
+    async def request(self, type: str, data: Any = None, *,
+                      timeout: float | None = 10.0) -> Any:
+        """:meth:`ClientConnection.request` on the current connection (waiting like
+        :meth:`send` for one). Not retried: when the connection drops before the reply,
+        raises :class:`ConnectionClosed` (the handler may or may not have run)."""
+        conn = await self._connection_for_send()
+        return await conn.request(type, data, timeout=timeout)
 
     async def recv(self) -> str | bytes:
         """The next message, from whichever connection is current; waits across outages.

@@ -37,6 +37,15 @@ __all__ = [
     "RateLimited",
     "BackplaneError",
     "ConnectionClosed",
+    "DecodeError",
+    "InvalidJSON",
+    "UnsupportedData",
+    "InvalidPacket",
+    "BadMagic",
+    "UnsupportedVersion",
+    "LengthMismatch",
+    "RequestError",
+    "AckTimeout",
 ]
 
 # RFC 6455 section 7.4.1, and the IANA registry for 1012-1014.
@@ -154,3 +163,69 @@ class ConnectionClosed(MelodyError):
         super().__init__(f"connection closed: {code} {reason}".rstrip())
         self.code = code
         self.reason = reason
+
+
+class DecodeError(MelodyError):
+    """A message the hub's codec could not decode (``Melody(codec=...)``).
+
+    Reported to ``handle_error``; then the session is closed with :attr:`code` (1007 by
+    default) or, when the codec's ``on_invalid`` is ``"reply"``, answered with an error reply
+    and kept open. Counted in ``hub.stats()["decode_errors"]``.
+    """
+
+    code: int = CLOSE_INVALID_PAYLOAD
+
+    def __init__(self, reason: str = "", code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        if self.reason:
+            return f"{self.reason} (close code {self.code})"
+        return f"close code {self.code}"
+
+
+class InvalidJSON(DecodeError):
+    """A message was not valid JSON (close code 1007)."""
+
+
+class UnsupportedData(DecodeError):
+    """A text message reached a binary-only codec such as ``Packet`` (close code 1003)."""
+
+    code = CLOSE_UNSUPPORTED_DATA
+
+
+class InvalidPacket(DecodeError):
+    """A binary message was not a valid ``melody.codecs.Packet`` (base class; 1007)."""
+
+
+class BadMagic(InvalidPacket):
+    """A packet's magic number was not the codec's: the sender speaks another protocol (1002)."""
+
+    code = CLOSE_PROTOCOL_ERROR
+
+
+class UnsupportedVersion(InvalidPacket):
+    """A packet's version byte is not one this build reads (close code 1002)."""
+
+    code = CLOSE_PROTOCOL_ERROR
+
+
+class LengthMismatch(InvalidPacket):
+    """A packet was shorter than its header, or its length field disagreed with the message
+    length (close code 1007)."""
+
+
+class RequestError(MelodyError):
+    """Raise in a routed handler to answer the request with ``{"ok": false, "error": str}``.
+
+    Its message goes to the client as is and it is not reported to ``handle_error``; any
+    other exception is reported and the client gets ``"internal error"``.
+    """
+
+
+class AckTimeout(MelodyError):
+    """A routed async handler ran past its timeout: it was cancelled and the client got the
+    error reply ``"timeout"``. Counted in ``hub.stats()["ack_timeouts"]``."""

@@ -13,10 +13,14 @@ from melody._core.fanout import Group
 from melody._core.fanout import broadcast_binary as _fanout_binary
 from melody._core.fanout import broadcast_text as _fanout_text
 from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
+from melody.codecs import JSON as _JSON
+from melody.codecs import Codec
 from melody.config import OVERFLOW_POLICIES, Config
 from melody.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
+    AckTimeout,
+    DecodeError,
     HubClosed,
     InvalidPayload,
     MessageBufferFull,
@@ -28,6 +32,7 @@ from melody.errors import (
     WriteTimeout,
 )
 from melody.logs import error_fields
+from melody.routing import Authorizer, Router
 from melody.session import Session
 
 if TYPE_CHECKING:
@@ -70,7 +75,7 @@ class Melody:
     """
 
     def __init__(self, config: Config | None = None, *,
-                 backplane: Backplane | None = None) -> None:
+                 backplane: Backplane | None = None, codec: Codec | None = None) -> None:
         #: The hub's configuration (immutable).
         self.config = config if config is not None else Config()
         #: Shares broadcasts and publishes with other hub processes (e.g. RedisBackplane).
@@ -95,6 +100,15 @@ class Melody:
         self._on_pong: Callable[..., Any] | None = None
         self._upgrade_hook: Callable[..., Any] | None = None
         self._any_async = False
+        #: What messages are (``melody.codecs``): None passes ``str``/``bytes`` through.
+        self.codec = codec
+        # What broadcast_json/publish_json/write_json encode with: the hub's codec when it is
+        # a text one (so a custom JSON codec is used), else orjson.
+        self._json: Codec = codec if codec is not None and not codec.binary else _JSON
+        self._router: Router | None = None
+        # Counters of the codec and routing layer, reported by stats().
+        self._message_stats = {"decode_errors": 0, "unroutable": 0, "denied": 0,
+                               "ack_timeouts": 0}
         self._backplane_stopping: asyncio.Task[None] | None = None
         self._http_hook: Callable[..., Any] | None = None
 
@@ -152,7 +166,11 @@ class Melody:
         return fn
 
     def handle_message(self, fn: F) -> F:
-        """``fn(session, msg: str)``: a text message arrived."""
+        """``fn(session, msg: str)``: a text message arrived.
+
+        With a codec (``Melody(codec=...)``) ``msg`` is the decoded object, from text and
+        binary messages alike; with routes (:meth:`route`) the router gets it instead.
+        """
         self._on_text = fn
         self._rebuild_dispatch()
         return fn
@@ -182,8 +200,9 @@ class Melody:
         """``fn(session, error)``: something went wrong for a session.
 
         Receives ``MessageBufferFull``, ``ProtocolError`` (and its ``InvalidPayload`` and
-        ``MessageTooBig``), ``PongTimeout``, ``WriteTimeout`` and exceptions raised by the
-        other handlers. Without an error handler they are logged on the ``melody`` logger.
+        ``MessageTooBig``), ``PongTimeout``, ``WriteTimeout``, with a codec ``DecodeError``
+        (and its subclasses) and ``AckTimeout``, and exceptions raised by the other
+        handlers. Without an error handler they are logged on the ``melody`` logger.
         """
         self._on_error = fn
         self._rebuild_dispatch()
@@ -243,6 +262,11 @@ class Melody:
         self._any_async = any(inspect.iscoroutinefunction(h) for h in handlers if h is not None)
         d.on_text = self._wrap_event(self._on_text)
         d.on_binary = self._wrap_event(self._on_binary)
+        if self.codec is not None:
+            # Decoded inline, then handed on exactly as a raw message would have been. Without
+            # a codec nothing of this runs: the raw path keeps no wrapper.
+            d.on_text = d.on_binary = self._decoding(
+                self._wrap_event(self._router if self._router is not None else self._on_text))
         d.on_close = self._wrap_event(self._on_close) if self._on_close else None
         d.on_pong = self._wrap_event(self._on_pong) if self._on_pong else None
 
@@ -333,7 +357,7 @@ class Melody:
         handler = self._on_error
         if handler is None:
             if isinstance(error, (ProtocolError, MessageBufferFull, PongTimeout, WriteTimeout,
-                                  RateLimited)):
+                                  RateLimited, DecodeError, AckTimeout)):
                 logger.info("session %r: %s", session, error,
                             extra=error_fields(session, error))
             elif session is None:
@@ -517,6 +541,111 @@ class Melody:
         """Binary :meth:`broadcast_multiple`."""
         return self._fan_out(msg, True, [s._proto for s in sessions])
 
+    # -- codecs, routing, acks, authorization (melody.codecs, melody.routing) ----------------
+
+    def _decoding(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        assert self.codec is not None
+        decode = self.codec.decode
+
+        def on_message(session: Session, msg: Any) -> None:
+            try:
+                obj = decode(msg)
+            except DecodeError as exc:
+                self._bad_message(session, exc)
+                return
+            handler(session, obj)
+
+        return on_message
+
+    def _bad_message(self, session: Session, error: DecodeError) -> None:
+        codec = self.codec
+        assert codec is not None
+        self._message_stats["decode_errors"] += 1
+        self._report(session, error)
+        if session.is_closed:
+            return
+        if codec.on_invalid == "reply":
+            self._send_encoded(session, codec.reply(None, None, False, error.reason))
+        else:
+            session.close_with_msg(error.code, error.reason)
+
+    def _send_encoded(self, session: Session, payload: str | bytes) -> None:
+        # A codec's output: binary frames for a binary codec, text otherwise.
+        assert self.codec is not None
+        if self.codec.binary:
+            session.write_binary(payload if isinstance(payload, bytes) else payload.encode())
+        else:
+            session.write(payload if isinstance(payload, str) else payload.decode("utf-8"))
+
+    def _json_text(self, obj: Any) -> str:
+        text = self._json.encode(obj)
+        return text if isinstance(text, str) else text.decode("utf-8")
+
+    def _routing(self) -> Router:
+        if self.codec is None:
+            raise ValueError("routing needs a codec: Melody(codec=melody.codecs.JSON)")
+        if self._router is None:
+            self._router = Router(self, self.codec)
+        return self._router
+
+    def route(self, type: str | int, *, timeout: float | None = 10.0) -> Callable[[F], F]:
+        """Decorator: ``fn(session, data)`` handles messages of ``type`` (see melody.routing).
+
+        ``type`` is the JSON ``type`` field (a str) or a Packet command (an int). When the
+        message carries an ``id``, the return value (awaited for ``async def``) goes back as
+        ``{"id": id, "ok": true, "data": value}``; an async handler running longer than
+        ``timeout`` seconds (None: no limit) is cancelled and answered ``"timeout"``. Dispatch
+        is one dict lookup. With routes, ``handle_message`` is no longer called: unknown
+        types go to :meth:`route_fallback` or get an error reply. Raises ValueError when the
+        hub has no codec.
+        """
+        router = self._routing()
+
+        def register(fn: F) -> F:
+            router.add(type, fn, timeout)
+            self._rebuild_dispatch()
+            return fn
+
+        return register
+
+    def route_fallback(self, fn: F) -> F:
+        """``fn(session, msg)`` (the whole decoded message) gets messages whose type has no
+        route; its return value is the ack, as for :meth:`route`. Raises ValueError when the
+        hub has no codec."""
+        self._routing().set_fallback(fn, 10.0)
+        self._rebuild_dispatch()
+        return fn
+
+    def authorize(self, fn: Authorizer) -> Authorizer:
+        """Let clients subscribe and publish, as decided by ``fn(session, action, topic)``.
+
+        Turns on the built-in route types ``subscribe``, ``unsubscribe`` and ``publish``
+        (wire format in ``melody.routing``); ``fn`` returns True to allow ``action``
+        (``"subscribe"`` or ``"publish"``) on ``topic``. Denied requests get the error reply
+        ``"forbidden"`` and are counted in ``stats()["denied"]``. ``fn`` is called inline for
+        every request: keep it cheap (``melody.auth.roles`` reads roles from session keys).
+        Server-side ``hub.subscribe``/``publish`` calls are not checked. Raises ValueError
+        when the hub has no codec.
+        """
+        self._routing().set_authorizer(fn)
+        self._rebuild_dispatch()
+        return fn
+
+    def broadcast_json(self, obj: Any) -> int:
+        """Send ``obj`` as JSON to every session: encoded once, framed once, for all.
+
+        Encodes with the hub's codec when it is a text codec, else with
+        ``melody.codecs.JSON`` (orjson). Returns how many sessions took it; raises TypeError
+        when ``obj`` cannot be encoded, ``HubClosed`` after :meth:`close`.
+        """
+        text = self._json_text(obj)
+        self._share(None, text, False)
+        return self._fan_out(text, False, self._all)
+
+    def publish_json(self, topic: str, obj: Any) -> int:
+        """:meth:`publish` ``obj`` as JSON (encoded once, as :meth:`broadcast_json`)."""
+        return self._publish(topic, self._json_text(obj), False, None)
+
     # -- topics (rooms) ---------------------------------------------------------------------
 
     def subscribe(self, session: Session, topic: str) -> bool:
@@ -621,6 +750,7 @@ class Melody:
         stats["topics"] = len(self._topics)
         stats["queued_frames"] = total
         stats["max_queue_depth"] = deepest
+        stats.update(self._message_stats)
         if self.backplane is not None:
             for key, value in self.backplane.stats().items():
                 stats[f"backplane_{key}"] = value

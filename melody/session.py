@@ -93,6 +93,13 @@ class Session:
         if self._hub._on_sent_text is not None:
             self._hub._sent(self, msg, False)
 
+    def write_json(self, obj: Any) -> None:
+        """Send ``obj`` as JSON text: the hub's text codec, else ``melody.codecs.JSON`` (orjson).
+
+        Raises TypeError when ``obj`` cannot be encoded; otherwise as :meth:`write`.
+        """
+        self.write(self._hub._json_text(obj))
+
     def write_binary(self, msg: bytes | bytearray | memoryview) -> None:
         """Send a binary message; errors as for :meth:`write`."""
         status = self._proto.send_binary(msg)

@@ -16,7 +16,8 @@ import melody
 import melody._core
 
 Py_TPFLAGS_HEAPTYPE = 1 << 9
-CORE_MODULES = ["connection", "frames", "mask", "utf8", "deflate", "protocol", "fanout", "asgi"]
+CORE_MODULES = ["connection", "frames", "mask", "utf8", "deflate", "protocol", "fanout", "asgi",
+                "packet"]
 
 
 @pytest.mark.parametrize("name", CORE_MODULES)

@@ -37,6 +37,7 @@ from melody._core._pure import connection as pure_connection
 from melody._core._pure import deflate as pure_deflate
 from melody._core._pure import frames as pure_frames
 from melody._core._pure import mask as pure_mask
+from melody._core._pure import packet as pure_packet
 from melody._core._pure import utf8 as pure_utf8
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +181,7 @@ if core.COMPILED:
     from melody._core import deflate as c_deflate
     from melody._core import frames as c_frames
     from melody._core import mask as c_mask
+    from melody._core import packet as c_packet
     from melody._core import utf8 as c_utf8
 
 needs_compiled = pytest.mark.skipif(
@@ -632,3 +634,34 @@ def test_negotiation_pure_equals_compiled(header: str, wishes: tuple[bool, bool,
         mine = outcome(pure_deflate.accept_response, header, offered=mine_offer[1])
         theirs = outcome(c_deflate.accept_response, header, offered=mine_offer[1])
         assert repr(mine) == repr(theirs)
+
+
+def packet_outcome(fn: Any, *args: Any) -> tuple[Any, ...]:
+    try:
+        return "ok", fn(*args)
+    except Exception as exc:  # the type, the message and a PacketError's status are compared
+        return "raised", type(exc).__name__, str(exc), getattr(exc, "status", None)
+
+
+packet_fields = st.one_of(st.integers(-3, 0x1_0000_0003),
+                          st.sampled_from([0, 1, 0xFF, 0x100, 0xFFFF, 0x10000, 0xFFFFFFFF, True]))
+
+
+@needs_compiled
+@DIFF
+@given(command=packet_fields, payload=st.binary(max_size=40), msg_id=packet_fields,
+       flags=packet_fields, magic=packet_fields, junk=st.binary(max_size=30),
+       cut=st.integers(0, 60), other_magic=st.integers(-(2**31), 2**31 - 1))
+def test_packet_pure_equals_compiled(command: int, payload: bytes, msg_id: int, flags: int,
+                                     magic: int, junk: bytes, cut: int,
+                                     other_magic: int) -> None:
+    built = packet_outcome(c_packet.build, command, payload, msg_id, flags, magic)
+    assert packet_outcome(pure_packet.build, command, payload, msg_id, flags, magic) == built
+    whole = built[1] if built[0] == "ok" else junk
+    for data in (whole, junk, whole[:cut], whole + junk, bytearray(whole)):
+        for m in (c_packet.DEFAULT_MAGIC, other_magic, magic if magic < 2**31 else 0):
+            assert (packet_outcome(pure_packet.parse, data, m)
+                    == packet_outcome(c_packet.parse, data, m))
+    for name in c_packet.__all__:
+        if name.isupper():
+            assert getattr(pure_packet, name) == getattr(c_packet, name), name

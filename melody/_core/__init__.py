@@ -24,7 +24,8 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from types import ModuleType
 
 #: The engine's modules, in import order (each imports only those before it).
-MODULES = ("mask", "utf8", "frames", "deflate", "connection", "protocol", "fanout", "asgi")
+MODULES = ("mask", "utf8", "frames", "deflate", "connection", "protocol", "fanout", "asgi",
+           "packet")
 
 #: ``MELODY_NO_EXTENSIONS=1``: the pure-Python core was asked for.
 NO_EXTENSIONS: bool = os.environ.get("MELODY_NO_EXTENSIONS", "") == "1"

@@ -17,7 +17,7 @@ __all__ = [
     "PacketError", "build", "parse",
 ]
 
-DEF MAX_LENGTH = 0xFFFFFFFF
+cdef unsigned long long MAX_LENGTH = 0xFFFFFFFF
 
 
 class PacketError(ValueError):
@@ -84,8 +84,8 @@ cdef object _check_range(str name, object value, unsigned long long limit):
         raise ValueError(f"{name} must be in 0..{limit:#x}, not {value!r}")
 
 
-def build(int command, object payload=b"", object msg_id=0, int flags=0,
-          int magic=DEFAULT_MAGIC):
+def build(object command, object payload=b"", object msg_id=0, object flags=0,
+          object magic=DEFAULT_MAGIC):
     """One packet as ``bytes``: the header, then ``payload`` (any bytes-like object).
 
     Copies the payload once. Raises ValueError for a field out of its range (command and
@@ -101,10 +101,10 @@ def build(int command, object payload=b"", object msg_id=0, int flags=0,
     ident = msg_id
     PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
     try:
-        if view.len > MAX_LENGTH:
+        if <unsigned long long>view.len > MAX_LENGTH:
             raise ValueError("payload longer than 4 GiB - 1")
-        return build_packet(magic, flags, command, ident, <const unsigned char*>view.buf,
-                            view.len)
+        return build_packet(magic, flags, command, ident,
+                            <const unsigned char*>view.buf, view.len)
     finally:
         PyBuffer_Release(&view)
 
@@ -138,7 +138,8 @@ def parse(object data, int magic=DEFAULT_MAGIC):
             elif status == PACKET_BAD_VERSION:
                 detail = f" ({buf[2]})"
             elif status == PACKET_LENGTH_MISMATCH:
-                detail = f" (header says {get32(buf + 10)}, message holds {view.len - HEADER_SIZE})"
+                detail = (f" (header says {get32(buf + 10)}, message holds "
+                          f"{view.len - HEADER_SIZE})")
             raise PacketError(status, _REASONS[status] + detail)
         return (get16(buf + 4), get32(buf + 6), buf[3],
                 PyBytes_FromStringAndSize(<const char*>buf + HEADER_SIZE,

@@ -56,6 +56,9 @@ def build_parser(prog: str = "melody bench") -> argparse.ArgumentParser:
     p.add_argument("--client-cpus", default=None,
                    help="CPUs for the client processes, e.g. 1 or 1-3 (default: the others)")
     p.add_argument("--no-pin", action="store_true", help="do not pin anything to CPUs")
+    p.add_argument("--nice", type=int, default=None,
+                   help="nice value for the server (with --server-pid) and the clients, e.g."
+                        " -10 on a shared machine (root only; default: unchanged)")
     p.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
     p.add_argument("--rate", type=float, default=5.0,
                    help="latency: broadcasts per second (default 5)")
@@ -80,7 +83,7 @@ def build_parser(prog: str = "melody bench") -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds for a handshake, a reply or a close (default 10)")
     p.add_argument("--seed", type=int, default=20240601,
-                   help="seed of the client-side random choices (default fixed)")
+                   help="seed of the payload padding (default fixed: the same bytes every run)")
     p.add_argument("--client-bound-threshold", type=float, default=90.0,
                    help="client CPU %% of a core from which a figure is flagged client-bound")
     p.add_argument("--contention-threshold", type=float, default=20.0,
@@ -119,6 +122,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         server_cpu=args.server_cpu,
         client_cpus=parse_cpus(args.client_cpus) if args.client_cpus else None,
         pin=not args.no_pin,
+        nice=args.nice,
         size=args.size,
         rate=args.rate,
         duration=float(picked["duration"]),

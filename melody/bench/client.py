@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import random
+import string
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,6 +36,7 @@ __all__ = [
     "KIND_ECHO",
     "BenchClient",
     "make_payload",
+    "seed_padding",
 ]
 
 #: A text message starting with this is broadcast by the benchmark hub to every connection.
@@ -44,6 +47,17 @@ KIND_ECHO = "E"
 # kind (1) + sequence (10 digits) + " " + monotonic ns (20 digits) + " ", then padding.
 HEADER_SIZE = 33
 _PAD = "x" * 65536
+
+
+def seed_padding(seed: int) -> None:
+    """Fill the padding of every payload with letters drawn from ``seed``.
+
+    Every process of a run gets the same seed, so the bytes on the wire are the same from one
+    run to the next, and not a run of one letter that a compressing peer would shrink to nothing.
+    """
+    global _PAD
+    rng = random.Random(seed)
+    _PAD = "".join(rng.choices(string.ascii_letters, k=65536))
 
 # A response head larger than this is not a WebSocket server's 101.
 _MAX_HEAD = 16384

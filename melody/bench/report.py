@@ -101,6 +101,8 @@ def _check_text(workload: Mapping[str, Any]) -> str:
         text += " CLIENT-BOUND"
     if workload.get("contended"):
         text += " CONTENDED"
+    if workload.get("figures", {}).get("overloaded"):
+        text += " OVERLOADED"
     return text
 
 

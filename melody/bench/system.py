@@ -21,6 +21,7 @@ __all__ = [
     "parse_cpus",
     "format_cpus",
     "pin",
+    "renice",
     "environment",
     "package_version",
 ]
@@ -148,6 +149,22 @@ def pin(pid: int, cpus: list[int] | None) -> bool:
         return False
     try:
         os.sched_setaffinity(pid, cpus)
+    except OSError:
+        return False
+    return True
+
+
+def renice(pid: int, nice: int | None) -> bool:
+    """Set the nice value of ``pid`` (0: this process); False when not permitted or None.
+
+    A negative value (root only) gives the benchmark's processes a larger share of their
+    cores than the other processes of a shared machine: the scheduler weighs nice -10 about
+    ten times nice 0. The value is reported with the figures.
+    """
+    if nice is None or not hasattr(os, "setpriority"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
     except OSError:
         return False
     return True

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import time
 import traceback
 from array import array
@@ -22,8 +21,8 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 from urllib.parse import urlsplit
 
-from melody.bench.client import BenchClient, make_payload
-from melody.bench.system import pin, raise_nofile
+from melody.bench.client import BenchClient, make_payload, seed_padding
+from melody.bench.system import pin, raise_nofile, renice
 
 __all__ = ["SLOTS", "SLOT", "Sampler", "Worker", "worker_main"]
 
@@ -101,7 +100,7 @@ class Worker:
         self.timeout: float = options["timeout"]
         self.max_message_size = max(1 << 20, self.size * 2)
         self.sample_cap: int = options["sample_cap"]
-        self.random = random.Random(options["seed"] * 1000 + index)
+        seed_padding(options["seed"])
 
         self.clients: list[BenchClient] = []
         self.open_count = 0
@@ -520,6 +519,7 @@ class Worker:
 def worker_main(index: int, pipe: Pipe, shared: Any, options: dict[str, Any]) -> None:
     """Entry point of a client process (``multiprocessing`` target)."""
     pin(0, options.get("cpus"))
+    renice(0, options.get("nice"))
     raise_nofile()
 
     async def main() -> None:

@@ -358,6 +358,8 @@ class Inflater:
         pos = 0
         feed: Any = None
         feed_end = 0
+        # True while ``feed`` is the input zlib left unseen last call (``unconsumed_tail``).
+        feed_is_tail = False
         while True:
             if feed is None:
                 if pos >= total:
@@ -369,10 +371,11 @@ class Inflater:
                     feed = view[pos:].tobytes() + _TAIL if pos < length else _TAIL[pos - length :]
                     feed_end = total
             # The compiled core reports OverflowError when zlib makes more than max_size bytes
-            # before any error, and zlib's own error (Python's zlib.error) discards the output
-            # of the call that failed. So each call stops one byte short of the limit, where
-            # an error proves the message was within it; the byte past it is asked for with
-            # room for that byte alone, on a stream copied beforehand in case that call fails.
+            # before any error, and Python's zlib.error discards the output of the call that
+            # failed. So each call stops one byte short of the limit, where an error proves
+            # the message was within it; the byte past it is asked for with room for that byte
+            # alone, on a stream copied beforehand: if that call fails, the copy says whether
+            # the byte came first (Decompress.flush reports output, not errors).
             room = limit - produced
             stream = self._stream
             saved = stream.copy() if room == 1 else None
@@ -380,7 +383,8 @@ class Inflater:
             try:
                 chunk = stream.decompress(feed, want)
             except zlib.error as exc:
-                if saved is not None and _output_before_error(saved, feed):
+                if saved is not None and (saved.flush() if feed_is_tail
+                                          else _output_before_error(saved, feed)):
                     raise OverflowError(f"decompressed message exceeds {max_size} bytes") from None
                 raise ValueError(f"invalid compressed data: {_zlib_message(exc)}") from None
             if chunk:
@@ -404,14 +408,17 @@ class Inflater:
                     # The message ended with a BFINAL block and nothing after it: complete.
                     return b"".join(parts)
                 feed = rest
+                feed_is_tail = False
                 continue
             if room > 1 and len(chunk) == want:
                 # One byte short of the limit: what zlib kept (input, or output it had no room
                 # for) goes round again, with room for one byte.
                 feed = stream.unconsumed_tail
+                feed_is_tail = True
                 continue
             pos = feed_end
             feed = None
+            feed_is_tail = False
         # The appended empty stored block must have closed the message: else it was truncated
         # or kept its own 00 00 ff ff, and with context takeover the next message would be read
         # from the middle of a block.
@@ -421,12 +428,13 @@ class Inflater:
 
 
 def _output_before_error(stream: Any, feed: Any) -> bool:
-    # ``stream`` (a copy) is at the message's size limit and ``feed`` makes it fail: was there
-    # one more byte of output before the failure (the compiled core then reports the size)?
-    # Fed a byte at a time, zlib shows output made before the input byte that fails. Output
-    # made within that very byte, just before an error found in the rest of its bits, stays
-    # unknown and counts as none: there alone the pure core says "invalid data" (1007) where
-    # the compiled one says "too big" (1009).
+    # ``stream`` (a copy) is at the message's size limit and new input ``feed`` makes it fail:
+    # was there one more byte of output before the failure (the compiled core then reports the
+    # size)? Fed a byte at a time, zlib shows output made before the input byte that fails.
+    # Output made within that very byte, just before an error found in the rest of its bits,
+    # stays unknown and counts as none: only there does the pure core say "invalid data"
+    # (1007) where the compiled one says "too big" (1009), and only when the limit falls
+    # exactly where a new piece of input (every 16 KiB) or a new final-block stream begins.
     for i in range(len(feed)):
         try:
             if stream.decompress(feed[i : i + 1], 1):

@@ -1,0 +1,213 @@
+"""Typed routing and acks: ``@hub.route("chat.send")``, replies matched by id.
+
+With a codec (``Melody(codec=melody.codecs.JSON)``) and at least one route, every decoded message
+is dispatched by its type (JSON ``type``, Packet command) with one dict lookup. Wire format
+(JSON codec; the Packet codec carries the same fields in its header)::
+
+    client -> hub   {"type": "chat.send", "id": 7, "data": {...}}     id optional (int or str)
+    hub -> client   {"id": 7, "ok": true, "data": <the handler's return value>}
+                    {"id": 7, "ok": false, "error": "<message>"}
+
+- A message with an ``id`` gets exactly one reply with that id: the handler's return value
+  (an ``async def`` handler is awaited), or an error: ``"timeout"`` when an async handler
+  runs past its route's ``timeout`` (it is cancelled), the text of a
+  :class:`~melody.errors.RequestError` it raised, or ``"internal error"`` for any other
+  exception (which goes to ``handle_error``).
+- A message without an ``id`` gets no success reply; failures still get an error reply, with
+  ``"id": null``.
+- A type with no route goes to ``@hub.route_fallback`` when there is one, else gets the error
+  reply ``"unknown type: ..."`` (counted in ``hub.stats()["unroutable"]``).
+
+Handlers are ``fn(session, data)`` (the fallback: ``fn(session, msg)``, the whole message).
+Sync handlers run inline on the loop (no task); async ones go through the session's queue, so
+one session's messages are handled in arrival order (see ``Config.concurrent_message_handling``).
+
+With ``hub.authorize(fn)`` the hub also answers three built-in types (a route of your own with
+the same name takes precedence):
+
+    {"type": "subscribe",   "id": 1, "data": "room:1"}   -> {"id": 1, "ok": true, "data": true}
+    {"type": "unsubscribe", "id": 2, "data": "room:1"}   -> {"id": 2, "ok": true, "data": true}
+    {"type": "publish",     "id": 3, "data": {"topic": "room:1", "data": {...}}}
+                                                         -> {"id": 3, "ok": true, "data": <n>}
+
+(``subscribe``/``unsubscribe`` answer whether anything changed; ``publish`` how many sessions
+here took the message.)
+
+``fn(session, action, topic) -> bool`` decides ``"subscribe"`` and ``"publish"``; a refusal is the
+error reply ``"forbidden"``, counted in ``hub.stats()["denied"]``. Subscribers of a topic receive
+``{"type": "publish", "topic": "room:1", "data": {...}}`` (not the publisher itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from melody.errors import AckTimeout, RequestError
+
+if TYPE_CHECKING:
+    from melody.codecs import Codec
+    from melody.hub import Melody
+    from melody.session import Session
+
+__all__ = ["Authorizer", "RequestError", "Router"]
+
+#: ``fn(session, action, topic) -> bool``: ``action`` is ``"subscribe"`` or ``"publish"``.
+Authorizer = Callable[["Session", str, str], bool]
+
+BUILTIN_TYPES = ("subscribe", "unsubscribe", "publish")
+
+
+class _Route:
+    __slots__ = ("fn", "is_async", "timeout", "whole")
+
+    def __init__(self, fn: Callable[..., Any], timeout: float | None, whole: bool) -> None:
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.timeout = timeout
+        self.whole = whole
+
+
+class Router:
+    """The hub's message handler when routes are registered; made by ``hub.route``.
+
+    Not constructed by applications: use ``hub.route``, ``hub.route_fallback`` and
+    ``hub.authorize``.
+    """
+
+    __slots__ = ("_authorizer", "_builtins", "_codec", "_fallback", "_hub", "_routes", "_table")
+
+    def __init__(self, hub: Melody, codec: Codec) -> None:
+        self._hub = hub
+        self._codec = codec
+        self._routes: dict[Hashable, _Route] = {}
+        self._builtins: dict[Hashable, _Route] = {}
+        # What dispatch looks up: the built-ins overlaid with the application's routes.
+        self._table: dict[Hashable, _Route] = {}
+        self._fallback: _Route | None = None
+        self._authorizer: Authorizer | None = None
+
+    # -- registration --------------------------------------------------------------------------
+
+    def add(self, key: Hashable, fn: Callable[..., Any], timeout: float | None) -> None:
+        self._routes[key] = _Route(fn, timeout, False)
+        self._table = {**self._builtins, **self._routes}
+
+    def set_fallback(self, fn: Callable[..., Any], timeout: float | None) -> None:
+        self._fallback = _Route(fn, timeout, True)
+
+    def set_authorizer(self, fn: Authorizer) -> None:
+        self._authorizer = fn
+        self._builtins = {
+            "subscribe": _Route(self._subscribe, None, False),
+            "unsubscribe": _Route(self._unsubscribe, None, False),
+            "publish": _Route(self._publish, None, False),
+        }
+        self._table = {**self._builtins, **self._routes}
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def __call__(self, session: Session, msg: Any) -> None:
+        """Dispatch one decoded message (called by the hub for every message)."""
+        key, msg_id, data = self._codec.envelope(msg)
+        route = self._table.get(key) if key is not None else None
+        if route is None:
+            route = self._fallback
+            if route is None:
+                self._hub._message_stats["unroutable"] += 1
+                what = f"unknown type: {key!r}" if key is not None else "message has no type"
+                self._reply(session, msg, msg_id, False, what)
+                return
+        arg = msg if route.whole else data
+        if route.is_async:
+            self._hub._enqueue(session, self._run_async, (route, msg, msg_id, arg))
+        elif session._inbox:
+            # Async calls are pending for this session: keep its arrival order.
+            self._hub._enqueue(session, self._run_sync, (route, msg, msg_id, arg))
+        else:
+            self._run_sync(session, route, msg, msg_id, arg)
+
+    def _run_sync(self, session: Session, route: _Route, msg: Any, msg_id: Any,
+                  arg: Any) -> None:
+        try:
+            result = route.fn(session, arg)
+        except RequestError as exc:
+            self._reply(session, msg, msg_id, False, str(exc))
+            return
+        except Exception as exc:
+            self._hub._report(session, exc)
+            self._reply(session, msg, msg_id, False, "internal error")
+            return
+        if msg_id is not None:
+            self._reply(session, msg, msg_id, True, result)
+
+    async def _run_async(self, session: Session, route: _Route, msg: Any, msg_id: Any,
+                         arg: Any) -> None:
+        deadline = asyncio.timeout(route.timeout)
+        try:
+            async with deadline:
+                result = await route.fn(session, arg)
+        except RequestError as exc:
+            self._reply(session, msg, msg_id, False, str(exc))
+            return
+        except TimeoutError as exc:
+            if not deadline.expired():
+                self._hub._report(session, exc)
+                self._reply(session, msg, msg_id, False, "internal error")
+                return
+            self._hub._message_stats["ack_timeouts"] += 1
+            self._hub._report(session, AckTimeout(
+                f"handler for {self._codec.envelope(msg)[0]!r} ran past {route.timeout} s"))
+            self._reply(session, msg, msg_id, False, "timeout")
+            return
+        except Exception as exc:
+            self._hub._report(session, exc)
+            self._reply(session, msg, msg_id, False, "internal error")
+            return
+        if msg_id is not None:
+            self._reply(session, msg, msg_id, True, result)
+
+    def _reply(self, session: Session, request: Any, msg_id: Any, ok: bool,
+               value: Any) -> None:
+        if session.is_closed:
+            return  # nobody to answer: the session ended while the handler ran
+        codec = self._codec
+        try:
+            payload = codec.reply(request, msg_id, ok, value)
+        except (TypeError, ValueError) as exc:
+            self._hub._report(session, exc)
+            payload = codec.reply(request, msg_id, False, "reply not serializable")
+        self._hub._send_encoded(session, payload)
+
+    # -- the built-in topic routes (with hub.authorize) -----------------------------------------
+
+    def _check(self, session: Session, action: str, topic: str) -> None:
+        authorizer = self._authorizer
+        assert authorizer is not None
+        if not authorizer(session, action, topic):
+            self._hub._message_stats["denied"] += 1
+            raise RequestError("forbidden")
+
+    def _subscribe(self, session: Session, data: Any) -> bool:
+        topic = _topic(data)
+        self._check(session, "subscribe", topic)
+        return self._hub.subscribe(session, topic)
+
+    def _unsubscribe(self, session: Session, data: Any) -> bool:
+        return self._hub.unsubscribe(session, _topic(data))
+
+    def _publish(self, session: Session, data: Any) -> int:
+        if not isinstance(data, Mapping) or not isinstance(data.get("topic"), str):
+            raise RequestError('publish takes {"topic": str, "data": ...}')
+        topic: str = data["topic"]
+        self._check(session, "publish", topic)
+        text = self._hub._json_text({"type": "publish", "topic": topic, "data": data.get("data")})
+        return self._hub._publish(topic, text, False, session._proto)
+
+
+def _topic(data: Any) -> str:
+    if not isinstance(data, str) or not data:
+        raise RequestError("the topic must be a non-empty string")
+    return data
