@@ -87,7 +87,7 @@ def run_suite(cases: list[str] | None = None, uvloop: bool = True) -> dict[str, 
             t0 = time.monotonic()
             try:
                 results = asyncio.run(run_group(url, selection, deadline))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 timeouts.append(selection)
                 print(f"{selection:6} TIMED OUT after {deadline:.0f}s", flush=True)
                 continue

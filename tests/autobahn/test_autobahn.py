@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from run_suite import GROUPS, run_suite  # type: ignore[import-not-found]
 
 pytestmark = [pytest.mark.autobahn, pytest.mark.timeout(3600)]

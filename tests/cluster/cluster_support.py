@@ -261,7 +261,7 @@ async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], what: str,
 
     try:
         await asyncio.wait_for(poll(), timeout)
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise AssertionError(f"timed out waiting for: {what}") from None
 
 

@@ -118,7 +118,7 @@ async def test_rate_limit_counts_bytes_too(serve_hub, ws_connect):
 async def test_rate_limit_close_policy_closes_with_1008(serve_hub, ws_connect):
     import websockets
 
-    hub, url = await serve_hub(rate_limit=RateLimit(messages_per_second=0.001,
+    _hub, url = await serve_hub(rate_limit=RateLimit(messages_per_second=0.001,
                                                    burst_messages=2, policy="close"))
     ws = await ws_connect(url)
     for i in range(3):
