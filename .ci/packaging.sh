@@ -2,7 +2,8 @@
 # Packaging checks that run on this machine, without Docker (cibuildwheel's Linux builds need a
 # container engine, so the wheels themselves are built by .github/workflows/wheels.yml):
 #   1. cibuildwheel lists exactly the intended wheels per platform, and wheels.yml's matrix
-#      builds each of them once; [tool.cibuildwheel] passes cibuildwheel's own schema.
+#      builds each of them once; [tool.cibuildwheel] passes cibuildwheel's own schema, and its
+#      before-test commands (test dependencies where one has no wheel) install what they should.
 #   2. The workflow files pass the GitHub-workflow JSON schema (offline), actions pinned by SHA.
 #   3. `python -m build` makes an sdist (the .pyx/.pxd/.pyi, no generated C) and, from it, a
 #      wheel (compiled modules, .pyi, py.typed, every Python module; no .c, no .pyx).
@@ -133,40 +134,56 @@ grep -q -- "-eq $total " .github/workflows/wheels.yml \
     || fail "the publish job's wheel count in wheels.yml is not $total"
 pass "$(wc -l < "$WORK/matrix.txt") jobs build the $total wheels, each once"
 
-step "[tool.cibuildwheel] schema"
+step "[tool.cibuildwheel] settings"
 "$TOOLS/python" - "$ROOT/pyproject.toml" "$WORK/cibuildwheel.json" <<'PY'
 import json, sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))
-cibw = project["tool"]["cibuildwheel"]
-json.dump(cibw, open(sys.argv[2], "w"))
-# Where a test dependency has no wheel, an override replaces the test extra by a copy of it
-# without that package; each copy must stay the test extra less exactly those packages.
-from packaging.requirements import Requirement
-LEFT_OUT = {"*-musllinux_*": {"playwright"}, "*-macosx_x86_64": {"kosoku"}}
-test = project["project"]["optional-dependencies"]["test"]
-overrides = cibw.get("overrides", [])
-problems = []
-for override in overrides:
-    if "test-requires" in override and override["select"] not in LEFT_OUT:
-        problems.append(f"override {override['select']!r} replaces the test extra unexplained")
-for select, left_out in LEFT_OUT.items():
-    found = [o for o in overrides if o["select"] == select and "test-requires" in o]
-    if len(found) != 1 or found[0].get("test-extras") != []:
-        problems.append(f"no single override {select!r} replacing the test extra")
-        continue
-    copy = sorted(found[0]["test-requires"])
-    want = sorted(r for r in test if Requirement(r).name.lower() not in left_out)
-    if copy != want:
-        problems.append(f"override {select!r}: test-requires is not the test extra less "
-                        f"{sorted(left_out)}: only in the extra {sorted(set(want) - set(copy))}, "
-                        f"only in the override {sorted(set(copy) - set(want))}")
-if problems:
-    sys.exit("\n".join(problems))
+json.dump(tomllib.load(open(sys.argv[1], "rb"))["tool"]["cibuildwheel"], open(sys.argv[2], "w"))
 PY
 "$TOOLS/check-jsonschema" --schemafile \
     "$("$TOOLS/python" -c 'import cibuildwheel, pathlib; print(pathlib.Path(cibuildwheel.__file__).parent / "resources/cibuildwheel.schema.json")')" \
     "$WORK/cibuildwheel.json"
-pass "valid; the test extra copies for musllinux and macOS x86_64 match"
+# Where a test dependency has no wheel, an override's before-test installs the test extra without
+# it. Run each such command as cibuildwheel would (pip in dry-run mode: it resolves, installs
+# nothing) and check that it installs the test extra less exactly the intended package.
+PATH="$TOOLS:$PATH" PIP_DRY_RUN=1 PIP_NO_DEPS=1 "$TOOLS/python" - "$ROOT" <<'PY'
+import ast, os, subprocess, sys, tomllib
+from cibuildwheel.util.helpers import prepare_command
+from packaging.requirements import Requirement
+
+LEFT_OUT = {"*-musllinux_*": "playwright", "*-macosx_x86_64": "kosoku"}
+root = sys.argv[1]
+project = tomllib.load(open(os.path.join(root, "pyproject.toml"), "rb"))
+extra = project["project"]["optional-dependencies"]["test"]
+overrides = project["tool"]["cibuildwheel"].get("overrides", [])
+problems = []
+for override in overrides:
+    select = override["select"]
+    if "before-test" not in override and override.get("test-extras") != []:
+        continue
+    if select not in LEFT_OUT or override.get("test-extras") != []:
+        problems.append(f"override {select!r}: before-test and test-extras = [] go together, "
+                        "for the platforms listed in LEFT_OUT")
+        continue
+    command = prepare_command(override["before-test"], project=root, package=root)
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("test requirements: ")]
+    if done.returncode or len(lines) != 1:
+        problems.append(f"override {select!r}: before-test failed:\n{done.stdout}{done.stderr}")
+        continue
+    reqs = ast.literal_eval(lines[0].removeprefix("test requirements: "))
+    want = [r for r in extra if Requirement(r).name.lower() != LEFT_OUT[select]]
+    if reqs != want or len(want) != len(extra) - 1:
+        problems.append(f"override {select!r} installs {reqs}, not the test extra less "
+                        f"{LEFT_OUT[select]}")
+    else:
+        print(f"{select}: the test extra less {LEFT_OUT[select]}, "
+              f"{done.stdout.strip().splitlines()[-1]}")
+missing = set(LEFT_OUT) - {o["select"] for o in overrides if "before-test" in o}
+problems += [f"no override {m!r} installing the test extra without {LEFT_OUT[m]}"
+             for m in sorted(missing)]
+sys.exit("\n".join(problems) if problems else None)
+PY
+pass "valid; musllinux and macOS x86_64 get the test extra less the package without a wheel"
 
 # -- 2. the workflows -------------------------------------------------------------------------
 step "workflow schema"

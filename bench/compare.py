@@ -220,7 +220,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         with_latency = [r for r in reports if "latency" in r["workloads"]]
         cdf: list[list[float]] = []
         if with_latency:
-            with_latency.sort(key=lambda r: lookup(r, FIGURES[2]) or 0.0)
+            p50 = next(f for f in FIGURES if f.path == "latency_ms.p50")
+            with_latency.sort(key=lambda r: lookup(r, p50) or 0.0)
             cdf = with_latency[len(with_latency) // 2]["workloads"]["latency"]["figures"]["cdf"]
         overloaded = any(r["workloads"]["latency"]["figures"].get("overloaded")
                          for r in with_latency)

@@ -80,6 +80,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from melody.hub import Melody
 
+try:  # redis-py >= 8
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    _MAINT_OFF: Any = MaintNotificationsConfig(enabled=False)
+except ImportError:  # pragma: no cover - older redis-py has no such feature
+    _MAINT_OFF = None
+
 __all__ = ["RedisBackplane", "BackplaneError"]
 
 logger = logging.getLogger("melody.backplane")
@@ -390,6 +397,11 @@ class RedisBackplane(Backplane):
             protocol=2,
             client_name=f"melody-{self._node_hex[:12].decode()}-{role}",
         )
+        if _MAINT_OFF is not None:
+            # redis-py 8 turns on "maintenance notifications" by default, which it supports
+            # only with hiredis or RESP3: on RESP2 without hiredis every connect would fail.
+            # This backplane reconnects by itself and needs none of it.
+            kwargs["maint_notifications_config"] = _MAINT_OFF
         return self._connection_class(**kwargs)
 
     def _backoff(self, attempt: int) -> float:

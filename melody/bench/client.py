@@ -153,11 +153,26 @@ class BenchClient(asyncio.Protocol):
         # The hot loop of every broadcast workload: locals only, counters written back once.
         expect = self.expect
         got = 0
+        # Every receiver expects the same sequence: "B" + 10 digits of each number is made once
+        # per process, and the message that is the one expected is recognised by a prefix
+        # comparison instead of parsing its number (the load generator must cost the server's
+        # side less per frame than the server itself).
+        prefixes = w.prefixes
+        base = w.prefix_base
         for event in events:
             if event[0] == "text":
                 msg = event[1]
+                i = expect - base
+                if 0 <= i < len(prefixes) and msg.startswith(prefixes[i]):
+                    expect += 1
+                    got += 1
+                    if sampler is not None:
+                        sampler.add(now - int(msg[12:32]))
+                    continue
                 kind = msg[0]
                 if kind == "B":
+                    if i >= 0 and i == len(prefixes):
+                        w.extend_prefixes()
                     seq = int(msg[1:11])
                     if seq != expect:
                         if seq < expect:

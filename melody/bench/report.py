@@ -36,17 +36,26 @@ class Figure(NamedTuple):
 
 FIGURES: tuple[Figure, ...] = (
     Figure("connect", "handshakes_per_s", "connect: handshakes/s", True, 0),
+    Figure("connect", "server_cpu_us_per_handshake", "connect: server CPU us/handshake", False,
+           1),
     Figure("idle", "kib_per_connection", "idle: server KiB per connection", False, 1),
     Figure("latency", "latency_ms.p50", "latency p50 ms", False, 2),
     Figure("latency", "latency_ms.p99", "latency p99 ms", False, 2),
     Figure("latency", "latency_ms.p99_9", "latency p99.9 ms", False, 2),
     Figure("latency", "latency_ms.max", "latency max ms", False, 2),
+    Figure("latency", "server_cpu_us_per_frame", "latency: server CPU us/frame", False, 2),
     Figure("saturation", "frames_per_s", "saturation: frames/s delivered", True, 0),
+    Figure("saturation", "server_cpu_us_per_frame", "saturation: server CPU us/frame", False,
+           2),
+    Figure("saturation", "client_cpu_us_per_frame", "saturation: client CPU us/frame", False,
+           2),
     Figure("echo", "roundtrips_per_s", "echo: round trips/s", True, 0),
     Figure("echo", "rtt_ms.p50", "echo p50 ms", False, 3),
     Figure("echo", "rtt_ms.p99", "echo p99 ms", False, 3),
+    Figure("echo", "server_cpu_us_per_roundtrip", "echo: server CPU us/round trip", False, 1),
     Figure("churn", "cycles_per_s", "churn: cycles/s", True, 0),
     Figure("churn", "rss_growth_pct", "churn: server RSS growth %", False, 2),
+    Figure("churn", "server_cpu_us_per_cycle", "churn: server CPU us/cycle", False, 0),
 )
 
 

@@ -104,6 +104,21 @@ class BenchOptions:
             raise ValueError("--rate and --duration must be > 0, --warmup >= 0, --window >= 1")
 
 
+def _per_op(cpu: dict[str, Any], ops: float, what: str) -> dict[str, float | None]:
+    """Server and client CPU microseconds per operation over a measured window.
+
+    CPU time per operation hardly moves when other processes share the machine (they take
+    wall-clock time, not the work each operation needs): on a noisy machine it is the figure
+    to compare servers by.
+    """
+    out: dict[str, float | None] = {}
+    for side in ("server", "client"):
+        seconds = cpu.get(f"{side}_cpu_s")
+        out[f"{side}_cpu_us_per_{what}"] = (
+            round(seconds / ops * 1e6, 3) if seconds is not None and ops > 0 else None)
+    return out
+
+
 class _CpuWindow:
     """CPU seconds of a set of processes over a wall-clock window, from /proc/<pid>/stat."""
 
@@ -504,6 +519,7 @@ class Runner:
             "handshakes_per_s": round(ok / elapsed, 1) if elapsed > 0 else None,
             "handshake_ms": summarize_ns(times),
             "concurrency": o.connect_concurrency,
+            **_per_op(cpu_used, ok, "handshake"),
         }
         errors = {k: v for r in replies for k, v in r["errors"].items()}
         if errors:
@@ -577,6 +593,7 @@ class Runner:
             "cdf": cdf_points(samples),
             "backlog_at_stop": round(backlog, 2),
             "overloaded": backlog > 2,
+            **_per_op(cpu_used, end["delivered"], "frame"),
         }
         phase.check = self._check(end["lost"], end["out_of_order"], drops)
         phase.cpu = cpu_used
@@ -641,6 +658,7 @@ class Runner:
             "receivers": receivers, "window": o.window, "published": done["published"],
             "delivered": end["delivered"], "measured_s": round(t1 - t0, 3),
             "frames_per_s": round(fps, 1), "broadcasts_per_s": round(fps / receivers, 2),
+            **_per_op(cpu_used, d1 - d0, "frame"),
         }
         phase.check = self._check(end["lost"], end["out_of_order"], drops)
         phase.cpu = cpu_used
@@ -693,6 +711,7 @@ class Runner:
             "connections": sum(opened), "depth": o.echo_depth, "measured_s": round(t1 - t0, 3),
             "roundtrips_per_s": round(rts, 1), "roundtrips": sum(e["roundtrips"] for e in ends),
             "rtt_ms": summarize_ns(samples),
+            **_per_op(cpu_used, r1 - r0, "roundtrip"),
         }
         phase.check = self._check(lost, sum(e["out_of_order"] for e in ends), drops, failed)
         phase.check["failed_connections"] = failed
@@ -762,6 +781,7 @@ class Runner:
             "rss_growth_bytes_per_cycle": round(growth * 1024 / cycles, 2)
             if growth is not None and cycles else None,
             "unclean_close": sum(r["unclean_close"] for r in replies),
+            **_per_op(cpu_used, cycles, "cycle"),
         }
         phase.check = self._check(sum(r["lost"] for r in replies),
                                   sum(r["out_of_order"] for r in replies), drops, failed)

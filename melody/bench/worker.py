@@ -118,6 +118,10 @@ class Worker:
         self.latency: Sampler | None = None
         self.rtt: Sampler | None = None
         self.receivers: list[BenchClient] = []
+        # "B" + the 10 digits of each broadcast sequence number from prefix_base on (see
+        # BenchClient.data_received), extended as the phase goes.
+        self.prefix_base = 0
+        self.prefixes: list[str] = []
 
         # The publisher (worker 0 only).
         self.next_seq = 1
@@ -147,6 +151,13 @@ class Worker:
 
     def note_error(self, text: str) -> None:
         self.errors[text[:120]] += 1
+
+    def extend_prefixes(self) -> None:
+        """Make the expected-message prefixes of the next 4096 sequence numbers."""
+        if len(self.prefixes) >= 1 << 20:
+            return  # enough for any phase; beyond, receivers parse every number
+        start = self.prefix_base + len(self.prefixes)
+        self.prefixes.extend([f"B{seq:010d}" for seq in range(start, start + 4096)])
 
     # -- the command loop ----------------------------------------------------------------------
 
@@ -271,6 +282,9 @@ class Worker:
         self.receivers = [c for c in self.clients if c.is_open]
         for c in self.receivers:
             c.expect = seq0
+        self.prefix_base = seq0
+        self.prefixes = []
+        self.extend_prefixes()
         self.delivered = self.gaps = self.disorder = self.unexpected = 0
         self.protocol_errors = 0
         self.latency = Sampler(self.sample_cap) if record_latency else None

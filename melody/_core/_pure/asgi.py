@@ -208,6 +208,7 @@ class AsgiConnection(ProtocolCore):
                             self._too_big(n)
                             continue
                         d.bytes_in += n
+                        self.message_size = n  # what the rate limit's byte bucket counts
                         self._on_text(text)
                     else:
                         data = message.get("bytes")
@@ -218,6 +219,7 @@ class AsgiConnection(ProtocolCore):
                             self._too_big(n)
                             continue
                         d.bytes_in += n
+                        self.message_size = n
                         self._on_binary(data)
                 elif kind == "websocket.disconnect":
                     self._peer_closed(message)
@@ -234,7 +236,7 @@ class AsgiConnection(ProtocolCore):
             self.dispatch.on_protocol_error(self.session, 1009, reason)
 
     def _peer_closed(self, message: _Message) -> None:
-        code = operator.index(message.get("code", 1005))
+        code = operator.index(message.get("code") or 1005)  # ASGI's default: no status given
         reason = message.get("reason") or ""
         was_open = self.state == STATE_OPEN
         self.state = STATE_CLOSED
@@ -408,8 +410,8 @@ class AsgiConnection(ProtocolCore):
         # Step the send coroutine here instead of in a task: a server under its write-buffer
         # mark finishes it in this one step, and the message is written before this returns,
         # like a native write, at no task switch per message and recipient.
-        it = self._send(message).__await__()
         try:
+            it = self._send(message).__await__()
             step = it.send(None)
         except StopIteration:
             self._progress += 1
@@ -442,7 +444,12 @@ class AsgiConnection(ProtocolCore):
                 self._progress += 1
                 self.dispatch.writes += 1
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)
+            if self.state == STATE_CLOSED or cancelling is None or cancelling():
+                raise  # abort(), or the loop shutting down
+            # What the send waited for was cancelled, not this task: the send failed.
+            self._send_failed(RuntimeError("an ASGI send was cancelled"))
         except Exception as exc:
             self._send_failed(exc)
         finally:
