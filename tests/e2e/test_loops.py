@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import uvloop
 
 pytestmark = pytest.mark.asyncio
 
@@ -13,10 +12,12 @@ pytestmark = pytest.mark.asyncio
 async def test_each_test_runs_on_the_loop_its_id_names(request: pytest.FixtureRequest) -> None:
     loop = asyncio.get_running_loop()
     if request.node.callspec.id.endswith("uvloop"):
+        import uvloop
+
         assert isinstance(loop, uvloop.Loop)
     else:
         assert request.node.callspec.id.endswith("asyncio")
-        assert not isinstance(loop, uvloop.Loop)
+        assert type(loop).__module__.startswith("asyncio")
 
 
 async def test_hub_fixture_serves_on_port_zero(hub_url, ws_connect) -> None:
