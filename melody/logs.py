@@ -4,14 +4,14 @@ Every record melody emits about a connection carries its facts as attributes (``
 ``extra=``), so that a JSON or logfmt formatter — :class:`JsonFormatter`, python-json-logger,
 structlog's stdlib bridge — writes them as fields instead of parsing the message text:
 
-=================  ===============================================================================
-logger             records
-=================  ===============================================================================
-``melody.session`` ``connect`` and ``disconnect`` (INFO), one each per session
-``melody``         ``error``: what goes to ``handle_error`` when no handler is registered
-``melody.access``  ``upgrade`` (INFO), one per upgrade request, when
-                   :class:`melody.middleware.AccessLog` is used
-=================  ===============================================================================
+==================  ==============================================================================
+logger              records
+==================  ==============================================================================
+``melody.session``  ``connect`` and ``disconnect`` (INFO), one each per session
+``melody``          ``error``: what goes to ``handle_error`` when no handler is registered
+``melody.access``   ``upgrade`` (INFO), one per upgrade request, when
+                    :class:`melody.middleware.AccessLog` is used
+==================  ==============================================================================
 
 Fields: ``event`` (the names above), ``session_id`` (a hex id, the same for a session's records),
 ``peer`` (``"host:port"``), ``path``, and per event ``close_code``, ``close_reason``,

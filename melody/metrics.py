@@ -11,28 +11,28 @@ No per-message Python work: the message and byte counters are the compiled core'
 rarely or once per broadcast: handshake refusals (by HTTP status), disconnects (by close-code
 class) and the duration of each broadcast's fan-out (a histogram, two clock reads per broadcast).
 
-=========================================  ======  ==========================================
-metric                                     type    labels
-=========================================  ======  ==========================================
+=========================================  =========  ==========================================
+metric                                     type       labels
+=========================================  =========  ==========================================
 ``melody_sessions``                        gauge
 ``melody_topics``                          gauge
 ``melody_connects_total``                  counter
-``melody_disconnects_total``               counter ``reason``: normal, going_away, no_status,
-                                                   abnormal, protocol, policy, server_error,
-                                                   tls, application, other
+``melody_disconnects_total``               counter    ``reason``: normal, going_away, no_status,
+                                                      abnormal, protocol, policy, server_error,
+                                                      tls, application, other
 ``melody_messages_received_total``         counter
-``melody_messages_sent_total``             counter (per recipient: a broadcast to N is N)
-``melody_received_bytes_total``            counter (wire bytes, handshakes and frames)
-``melody_sent_bytes_total``                counter (frame bytes)
+``melody_messages_sent_total``             counter    (per recipient: a broadcast to N is N)
+``melody_received_bytes_total``            counter    (wire bytes, handshakes and frames)
+``melody_sent_bytes_total``                counter    (frame bytes)
 ``melody_broadcasts_total``                counter
-``melody_frames_dropped_total``            counter ``reason``: queue_full (outbound, a slow
-                                                   reader), rate_limited (inbound)
-``melody_writes_total``                    counter (transport writes)
-``melody_queued_frames``                   gauge   (frames waiting for slow readers)
+``melody_frames_dropped_total``            counter    ``reason``: queue_full (outbound, a slow
+                                                      reader), rate_limited (inbound)
+``melody_writes_total``                    counter    (transport writes)
+``melody_queued_frames``                   gauge      (frames waiting for slow readers)
 ``melody_max_queue_depth``                 gauge
-``melody_handshake_rejections_total``      counter ``status``
+``melody_handshake_rejections_total``      counter    ``status``
 ``melody_broadcast_fanout_seconds``        histogram
-=========================================  ======  ==========================================
+=========================================  =========  ==========================================
 
 Served from a registry of the hub's own (with the process and GC collectors) unless
 ``registry=`` is given (e.g. ``prometheus_client.REGISTRY`` to serve your own metrics too).

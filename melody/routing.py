@@ -23,7 +23,7 @@ Sync handlers run inline on the loop (no task); async ones go through the sessio
 one session's messages are handled in arrival order (see ``Config.concurrent_message_handling``).
 
 With ``hub.authorize(fn)`` the hub also answers three built-in types (a route of your own with
-the same name takes precedence):
+the same name takes precedence)::
 
     {"type": "subscribe",   "id": 1, "data": "room:1"}   -> {"id": 1, "ok": true, "data": true}
     {"type": "unsubscribe", "id": 2, "data": "room:1"}   -> {"id": 2, "ok": true, "data": true}
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from melody.hub import Melody
     from melody.session import Session
 
-__all__ = ["Authorizer", "RequestError", "Router"]
+__all__ = ["Authorizer", "Router"]  # RequestError lives in melody.errors
 
 #: ``fn(session, action, topic) -> bool``: ``action`` is ``"subscribe"`` or ``"publish"``.
 Authorizer = Callable[["Session", str, str], bool]
