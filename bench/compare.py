@@ -34,7 +34,7 @@ try:
 except ImportError:  # a source checkout not installed: use it in place (built with pip -e)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import melody
-from melody.bench import WORKLOADS, BenchError, BenchOptions, run_bench
+from melody.bench import DEFAULT_WORKLOADS, WORKLOADS, BenchError, BenchOptions, run_bench
 from melody.bench.report import FIGURES, Figure, format_value, lookup, plot, write_json
 from melody.bench.stats import median
 from melody.bench.system import environment, parse_cpus
@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-n", "--connections", type=int, default=None,
                    help="connections (default 10000; --quick 1000)")
     p.add_argument("-w", "--workload", default="all",
-                   help=f"comma-separated workloads or 'all': {', '.join(WORKLOADS)}")
+                   help="comma-separated workloads or 'all' (every one but cluster, which"
+                        f" bench/cluster.py runs): {', '.join(DEFAULT_WORKLOADS)}")
     p.add_argument("--repeats", type=int, default=None,
                    help="interleaved runs per server; the table shows medians (default 3)")
     p.add_argument("--duration", type=float, default=None,
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.server_list) - set(SERVERS)
     if unknown:
         p.error(f"unknown server(s) {sorted(unknown)}; known: {', '.join(SERVERS)}")
-    args.workloads = list(WORKLOADS) if args.workload == "all" else [
+    args.workloads = list(DEFAULT_WORKLOADS) if args.workload == "all" else [
         w.strip() for w in args.workload.split(",") if w.strip()]
     return args
 
@@ -108,8 +109,9 @@ def say(args: argparse.Namespace, msg: str) -> None:
 
 
 @contextlib.contextmanager
-def server_process(name: str, log_dir: str) -> Any:
-    """Start ``bench/servers/<name>_hub.py --port 0``; yield ``(process, port)``; stop it."""
+def server_process(name: str, log_dir: str, extra_args: list[str] | None = None) -> Any:
+    """Start ``bench/servers/<name>_hub.py --port 0 [extra_args]``; yield ``(process, port)``;
+    stop it."""
     env = dict(os.environ)
     # The server imports the very melody this harness runs (a source checkout built in place
     # or an installed wheel), whatever the current directory.
@@ -119,8 +121,8 @@ def server_process(name: str, log_dir: str) -> Any:
     script = os.path.join(HERE, "servers", f"{name}_hub.py")
     log = tempfile.NamedTemporaryFile(
         "w+", prefix=f"{name}-", suffix=".log", dir=log_dir, delete=False)
-    proc = subprocess.Popen([sys.executable, script, "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=log, env=env, text=True)
+    proc = subprocess.Popen([sys.executable, script, "--port", "0", *(extra_args or [])],
+                            stdout=subprocess.PIPE, stderr=log, env=env, text=True)
     keep_log = True
     try:
         port = None

@@ -36,10 +36,11 @@ def _env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def melody_hub() -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """The benchmark hub of bench/servers/melody_hub.py on a free port."""
-    proc = subprocess.Popen([sys.executable, str(SERVERS / "melody_hub.py"), "--port", "0"],
-                            stdout=subprocess.PIPE, text=True, env=_env())
+def bench_hub(name: str = "melody", *extra: str
+              ) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """The benchmark hub of bench/servers/<name>_hub.py on a free port."""
+    proc = subprocess.Popen([sys.executable, str(SERVERS / f"{name}_hub.py"), "--port", "0",
+                             *extra], stdout=subprocess.PIPE, text=True, env=_env())
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -59,7 +60,7 @@ def test_every_workload_reports_figures_and_loses_nothing(tmp_path: Path,
                                                           client_loop: str) -> None:
     json_path = tmp_path / "report.json"
     png_path = tmp_path / "report.png"
-    with melody_hub() as (server, port):
+    with bench_hub() as (server, port):
         args = [
             sys.executable, "-m", "melody", "bench", f"ws://127.0.0.1:{port}/",
             "--connections", "50", "--processes", "2", "--workload", "all",
@@ -79,8 +80,9 @@ def test_every_workload_reports_figures_and_loses_nothing(tmp_path: Path,
     assert report["ok"] is True
     # The pid came from the hub's /stats; RSS and CPU figures need it.
     assert report["target"]["server_pid"] == server.pid
-    assert set(report["workloads"]) == {"connect", "idle", "latency", "saturation", "echo",
-                                        "churn"}
+    # "all" is every workload but cluster (several hub processes: its own test below).
+    assert set(report["workloads"]) == {"connect", "idle", "latency", "saturation", "json",
+                                        "echo", "churn"}
     for name, workload in report["workloads"].items():
         check = workload["check"]
         assert check["lost"] == 0, (name, check)
@@ -92,7 +94,7 @@ def test_every_workload_reports_figures_and_loses_nothing(tmp_path: Path,
         assert isinstance(workload["client_bound"], bool)
         assert workload["cpu"]["client_pct"] is not None
     for figure in FIGURES:
-        if figure.path == "rss_growth_pct":
+        if figure.path == "rss_growth_pct" or figure.workload == "cluster":
             continue  # None when the RSS did not move: a valid outcome
         assert lookup(report, figure) is not None, figure
 
@@ -104,6 +106,8 @@ def test_every_workload_reports_figures_and_loses_nothing(tmp_path: Path,
         w["latency"]["figures"]["published"] * 50)
     assert w["saturation"]["figures"]["delivered"] == (
         w["saturation"]["figures"]["published"] * 50)
+    assert w["json"]["figures"]["published"] > 0
+    assert w["json"]["figures"]["delivered"] == w["json"]["figures"]["published"] * 50
     assert w["echo"]["figures"]["connections"] == 10
     assert w["churn"]["figures"]["cycles"] > 0
     assert w["churn"]["check"]["failed_connections"] == 0
@@ -163,3 +167,120 @@ def test_cpu_lists_round_trip() -> None:
     assert format_cpus([0, 1, 2, 5]) == "0-2,5"
     with pytest.raises(ValueError):
         parse_cpus("3-1")
+
+
+@pytest.mark.parametrize("server", ["melody", "picows", "websockets", "aiohttp"])
+def test_the_json_workload_runs_against_every_hub(tmp_path: Path, server: str) -> None:
+    """Each benchmark hub decodes the published JSON objects and broadcasts them as JSON; every
+    receiver decodes every frame and checks the sequence numbers."""
+    json_path = tmp_path / "report.json"
+    with bench_hub(server) as (proc, port):
+        done = subprocess.run(
+            [sys.executable, "-m", "melody", "bench", f"ws://127.0.0.1:{port}/",
+             "-n", "40", "--processes", "1", "--workload", "json", "--duration", "1",
+             "--warmup", "0.2", "--json", str(json_path), "--no-plot", "--quiet",
+             "--server-pid", str(proc.pid)],
+            capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path)
+        assert proc.poll() is None, f"the {server} hub died during the run"
+    assert done.returncode == 0, done.stdout + done.stderr
+    workload = json.loads(json_path.read_text())["workloads"]["json"]
+    figures, check = workload["figures"], workload["check"]
+    assert figures["published"] > 0
+    assert figures["delivered"] == figures["published"] * 40
+    assert figures["frames_per_s"] > 0 and figures["server_cpu_us_per_frame"] is not None
+    assert check["ok"] and check["lost"] == 0 and check["out_of_order"] == 0, check
+
+
+BROKEN_JSON_HUB = """
+import asyncio
+import melody
+
+hub = melody.Melody()
+
+@hub.handle_message
+def on_message(session, msg):
+    if msg.startswith("{"):
+        hub.broadcast(msg[:-1])  # the closing brace cut off: not JSON
+    else:
+        session.write(msg)
+
+async def main():
+    server = await hub.serve("127.0.0.1", 0)
+    print("READY", server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def test_a_hub_that_broadcasts_invalid_json_fails_the_json_check(tmp_path: Path) -> None:
+    """Receivers decode every frame: text that is not the JSON object published is counted
+    as unexpected, never as delivered, and the run fails instead of reporting a figure."""
+    script = tmp_path / "broken_hub.py"
+    script.write_text(BROKEN_JSON_HUB)
+    json_path = tmp_path / "report.json"
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "melody", "bench", f"ws://127.0.0.1:{port}/", "-n", "5",
+             "--processes", "1", "--workload", "json", "--duration", "0.5", "--warmup", "0",
+             "--json", str(json_path), "--no-plot", "--quiet"],
+            capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert done.returncode == 1, done.stdout + done.stderr
+    workload = json.loads(json_path.read_text())["workloads"]["json"]
+    assert workload["figures"]["delivered"] == 0
+    assert workload["check"]["ok"] is False and workload["check"]["lost"] > 0
+    assert any("invalid JSON broadcast" in note for note in workload["notes"]), workload
+
+
+def test_the_json_workload_refuses_a_size_too_small_for_its_object(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "melody", "bench", "ws://127.0.0.1:9/", "-n", "5",
+         "--workload", "json", "--size", "40", "--quiet"],
+        capture_output=True, text=True, timeout=60, env=_env(), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--size must be at least" in done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the cluster runs POSIX hub processes and a"
+                    " redis-server, as tests/cluster does")
+def test_the_cluster_workload_spreads_clients_over_nodes_and_publishes_once(
+        tmp_path: Path) -> None:
+    """bench/cluster.py: one hub process, then two sharing Redis; every receiver on either
+    node gets every broadcast once, in order, and Redis executed exactly one PUBLISH per
+    broadcast (counted by Redis itself, INFO commandstats)."""
+    args = [sys.executable, str(ROOT / "bench" / "cluster.py"), "--quick", "-n", "60",
+            "--duration", "1", "--warmup", "0.2", "--rate", "20", "--out", str(tmp_path),
+            "--quiet"]
+    if os.environ.get("MELODY_REDIS_URL"):
+        # .ci/run's redis-server; without it, cluster.py starts a redis-server of its own and
+        # fails (never skips) when there is none.
+        args += ["--redis", os.environ["MELODY_REDIS_URL"]]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=_env(),
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all checks passed" in done.stdout
+    (path,) = tmp_path.glob("cluster-*.json")
+    document = json.loads(path.read_text())
+    single = document["runs"]["single"][0]["workloads"]["cluster"]
+    cluster = document["runs"]["cluster x2"][0]["workloads"]["cluster"]
+    assert single["figures"]["nodes"] == 1 and cluster["figures"]["nodes"] == 2
+    # Round-robin over the nodes: both hold half of the connections.
+    assert cluster["figures"]["sessions_per_node"] == [30, 30]
+    for workload in (single, cluster):
+        figures, check = workload["figures"], workload["check"]
+        assert check["ok"] and check["lost"] == 0 and check["out_of_order"] == 0, check
+        assert figures["receivers"] == 60 and figures["frames_per_s"] > 0
+        assert figures["latency_ms"]["p99"] is not None
+    figures = cluster["figures"]
+    assert figures["broadcasts"] > 0
+    assert figures["redis_publishes"] == figures["broadcasts"]
+    assert figures["redis_publishes_per_broadcast"] == 1.0
+    # The single process has no backplane and no broker to count.
+    assert single["figures"]["redis_publishes"] is None

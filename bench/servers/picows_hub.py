@@ -3,12 +3,14 @@
     python bench/servers/picows_hub.py --port 0     # prints "READY <port>" once listening
 
 picows's own API (``ws_create_server``, a ``WSListener`` per connection, ``transport.send``),
-on uvloop; picows has no compression.
+on uvloop; picows has no compression. A JSON object ("{...") is decoded and broadcast after one
+``json.dumps`` (the ``json`` workload).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
@@ -29,6 +31,10 @@ class HubListener(WSListener):
             if payload.startswith(b"B"):
                 for peer in CLIENTS:
                     peer.send(WSMsgType.TEXT, payload)
+            elif payload.startswith(b"{"):
+                data = json.dumps(json.loads(payload)).encode()
+                for peer in CLIENTS:
+                    peer.send(WSMsgType.TEXT, data)
             else:
                 transport.send(WSMsgType.TEXT, payload)
         elif frame.msg_type == WSMsgType.CLOSE:

@@ -3,11 +3,13 @@
     python bench/servers/websockets_hub.py --port 0     # prints "READY <port>" once listening
 
 ``websockets.asyncio.server.serve`` with ``websockets.broadcast``, on uvloop, compression off.
+A JSON object ("{...") is decoded and broadcast after one ``json.dumps`` (the ``json`` workload).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
@@ -21,6 +23,8 @@ async def handler(ws: ServerConnection) -> None:
         async for msg in ws:
             if isinstance(msg, str) and msg.startswith("B"):
                 broadcast(CLIENTS, msg)
+            elif isinstance(msg, str) and msg.startswith("{"):
+                broadcast(CLIENTS, json.dumps(json.loads(msg)))
             else:
                 await ws.send(msg)
     finally:

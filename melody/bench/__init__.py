@@ -19,6 +19,6 @@ From Python::
 from __future__ import annotations
 
 from melody.bench.cli import main
-from melody.bench.runner import WORKLOADS, BenchError, BenchOptions, run_bench
+from melody.bench.runner import DEFAULT_WORKLOADS, WORKLOADS, BenchError, BenchOptions, run_bench
 
-__all__ = ["WORKLOADS", "BenchError", "BenchOptions", "main", "run_bench"]
+__all__ = ["DEFAULT_WORKLOADS", "WORKLOADS", "BenchError", "BenchOptions", "main", "run_bench"]

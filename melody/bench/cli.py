@@ -8,7 +8,13 @@ import time
 from collections.abc import Sequence
 
 from melody.bench.report import extract, format_table, plot, write_json
-from melody.bench.runner import WORKLOADS, BenchError, BenchOptions, run_bench
+from melody.bench.runner import (
+    DEFAULT_WORKLOADS,
+    WORKLOADS,
+    BenchError,
+    BenchOptions,
+    run_bench,
+)
 from melody.bench.system import parse_cpus
 
 __all__ = ["build_parser", "options_from_args", "main"]
@@ -20,13 +26,20 @@ _DESCRIPTION = """\
 Drive a WebSocket server with many client connections and report what it sustains.
 
 The server must implement the benchmark hub: a text message starting with "B" is broadcast to
-every connection, anything else is echoed to its sender. Workloads (comma-separated, or all):
+every connection, one starting with "{" is a JSON object the hub decodes and broadcasts encoded
+again as JSON (json workload only), anything else is echoed to its sender. Workloads
+(comma-separated, or all = every one but cluster):
   connect     open N connections, at most --connect-concurrency handshakes in flight
   idle        server RSS before/after N idle connections: KiB per connection
   latency     --rate stamped broadcasts/s to all N; publish-to-receive latency percentiles
   saturation  broadcasts as fast as the hub delivers them (at most --window in flight)
+  json        saturation with JSON objects: decoded and re-encoded by the hub, decoded by
+              every receiver
   echo        --echo-connections doing closed-loop round trips: round trips/s, RTT
   churn       connect, one echo, close, repeated: cycles/s and server RSS growth
+  cluster     several URLs, the nodes of one hub sharing a broker: N connections spread over
+              them, broadcasts published on the first; latency and saturation across nodes,
+              and with --redis the broker's PUBLISH commands per broadcast (must be 1)
 Every figure comes with its check: each receiver verifies sequence numbers, and messages
 lost must be 0 (or equal the server's own drop counter when its /stats reports one).
 Server RSS and CPU need its pid (--server-pid, or a --stats-url JSON with "pid"; a GET of
@@ -40,11 +53,17 @@ def build_parser(prog: str = "melody bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("url", help="the server, ws://HOST:PORT/PATH")
+    p.add_argument("url", nargs="+",
+                   help="the server, ws://HOST:PORT/PATH; several: connections are spread over"
+                        " them (the nodes of one hub), the publisher on the first")
+    p.add_argument("--redis", default=None, metavar="URL",
+                   help="cluster: the broker the nodes share (redis://HOST:PORT), to count its"
+                        " PUBLISH commands per broadcast")
     p.add_argument("-n", "--connections", type=int, default=None,
                    help="connections for connect/idle/latency/saturation (default 10000)")
     p.add_argument("-w", "--workload", default="all",
-                   help=f"comma-separated workloads or 'all' (default): {', '.join(WORKLOADS)}")
+                   help="comma-separated workloads or 'all' (default: every one but"
+                        f" cluster): {', '.join(WORKLOADS)}")
     p.add_argument("--processes", type=int, default=None,
                    help="client processes (default: one per client CPU)")
     p.add_argument("--server-pid", type=int, default=None,
@@ -105,7 +124,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
 
     Raises ValueError for invalid values.
     """
-    workloads = list(WORKLOADS) if args.workload == "all" else [
+    workloads = list(DEFAULT_WORKLOADS) if args.workload == "all" else [
         w.strip() for w in args.workload.split(",") if w.strip()]
     defaults = {"connections": 10_000, "duration": 10.0, "warmup": 1.0, "settle": 2.0}
     if args.quick:
@@ -113,7 +132,9 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     picked = {k: getattr(args, k) if getattr(args, k) is not None else v
               for k, v in defaults.items()}
     options = BenchOptions(
-        url=args.url,
+        url=args.url[0],
+        extra_urls=list(args.url[1:]),
+        redis_url=args.redis,
         connections=int(picked["connections"]),
         workloads=workloads,
         processes=args.processes,

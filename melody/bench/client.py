@@ -23,17 +23,21 @@ import string
 import time
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+
 from melody._core.connection import Connection
 from melody.errors import HandshakeError
 from melody.handshake import accept_key, build_client_request, parse_response_head
 
 if TYPE_CHECKING:
-    from melody.bench.worker import Worker
+    from melody.bench.worker import Target, Worker
 
 __all__ = [
     "HEADER_SIZE",
     "KIND_BROADCAST",
     "KIND_ECHO",
+    "KIND_JSON",
+    "JSON_HEADER_SIZE",
     "BenchClient",
     "make_payload",
     "seed_padding",
@@ -43,6 +47,9 @@ __all__ = [
 KIND_BROADCAST = "B"
 #: Anything else is echoed to its sender; the harness sends these for round trips.
 KIND_ECHO = "E"
+#: A text message starting with this is a JSON object: the hub decodes it and broadcasts it
+#: encoded again as JSON (the ``json`` workload; see :func:`make_json_payload`).
+KIND_JSON = "{"
 
 # kind (1) + sequence (10 digits) + " " + monotonic ns (20 digits) + " ", then padding.
 HEADER_SIZE = 33
@@ -63,6 +70,7 @@ def seed_padding(seed: int) -> None:
 _MAX_HEAD = 16384
 
 _monotonic_ns = time.monotonic_ns
+_json_loads = orjson.loads
 
 
 def make_payload(kind: str, seq: int, stamp_ns: int, size: int) -> str:
@@ -73,6 +81,23 @@ def make_payload(kind: str, seq: int, stamp_ns: int, size: int) -> str:
     if size < HEADER_SIZE:
         raise ValueError(f"message size must be at least {HEADER_SIZE} bytes")
     return f"{kind}{seq:010d} {stamp_ns:020d} " + _PAD[: size - HEADER_SIZE]
+
+
+#: The smallest ``--size`` of the json workload: its object with short numbers, no text.
+JSON_HEADER_SIZE = len('{"type":"J","seq":1,"ts":1,"text":""}') + 24
+
+
+def make_json_payload(seq: int, stamp_ns: int, size: int) -> str:
+    """The JSON object of one ``json``-workload broadcast, its text padded to ``size`` bytes.
+
+    ``{"type":"J","seq":N,"ts":T,"text":"..."}``, numbers as JSON numbers (zero-padding would
+    not be JSON): a message is ``size`` bytes unless the numbers alone make it longer.
+    ``size`` is at least :data:`JSON_HEADER_SIZE`; raises ValueError otherwise.
+    """
+    if size < JSON_HEADER_SIZE:
+        raise ValueError(f"JSON message size must be at least {JSON_HEADER_SIZE} bytes")
+    head = f'{{"type":"J","seq":{seq},"ts":{stamp_ns},"text":"'
+    return head + _PAD[: max(0, size - len(head) - 2)] + '"}'
 
 
 class BenchClient(asyncio.Protocol):
@@ -98,12 +123,14 @@ class BenchClient(asyncio.Protocol):
         "key",
         "lost_future",
         "opened",
+        "target",
         "transport",
         "worker",
     )
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, target: Target) -> None:
         self.worker = worker
+        self.target = target
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.key = base64.b64encode(os.urandom(16)).decode("ascii")
@@ -126,8 +153,8 @@ class BenchClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         self.transport = cast("asyncio.Transport", transport)
-        w = self.worker
-        self.transport.write(build_client_request(w.host_header, w.path, self.key))
+        target = self.target
+        self.transport.write(build_client_request(target.host_header, target.path, self.key))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
@@ -187,6 +214,28 @@ class BenchClient(asyncio.Protocol):
                     if not now:
                         now = _monotonic_ns()
                     self._echo_reply(msg, now)
+                elif kind == "{":
+                    # A broadcast of the json workload: decoded in full (the check is that
+                    # the hub sent valid JSON with the fields that were published).
+                    try:
+                        obj = _json_loads(msg)
+                        seq = obj["seq"]
+                        stamp = obj["ts"]
+                        if obj["type"] != "J" or type(seq) is not int:
+                            raise ValueError("not a json-workload message")
+                    except (ValueError, KeyError, TypeError):
+                        w.unexpected += 1
+                        w.note_error(f"invalid JSON broadcast: {msg[:60]!r}")
+                        continue
+                    if seq != expect:
+                        if seq < expect:
+                            w.disorder += 1
+                            continue
+                        w.gaps += seq - expect
+                    expect = seq + 1
+                    got += 1
+                    if sampler is not None:
+                        sampler.add(now - stamp)
                 else:
                     w.unexpected += 1
             else:

@@ -49,6 +49,8 @@ FIGURES: tuple[Figure, ...] = (
            2),
     Figure("saturation", "client_cpu_us_per_frame", "saturation: client CPU us/frame", False,
            2),
+    Figure("json", "frames_per_s", "json: frames/s delivered", True, 0),
+    Figure("json", "server_cpu_us_per_frame", "json: server CPU us/frame", False, 2),
     Figure("echo", "roundtrips_per_s", "echo: round trips/s", True, 0),
     Figure("echo", "rtt_ms.p50", "echo p50 ms", False, 3),
     Figure("echo", "rtt_ms.p99", "echo p99 ms", False, 3),
@@ -56,6 +58,13 @@ FIGURES: tuple[Figure, ...] = (
     Figure("churn", "cycles_per_s", "churn: cycles/s", True, 0),
     Figure("churn", "rss_growth_pct", "churn: server RSS growth %", False, 2),
     Figure("churn", "server_cpu_us_per_cycle", "churn: server CPU us/cycle", False, 0),
+    Figure("cluster", "frames_per_s", "cluster: frames/s delivered", True, 0),
+    Figure("cluster", "saturation_server_cpu_us_per_frame", "cluster: server CPU us/frame",
+           False, 2),
+    Figure("cluster", "latency_ms.p50", "cluster latency p50 ms", False, 2),
+    Figure("cluster", "latency_ms.p99", "cluster latency p99 ms", False, 2),
+    Figure("cluster", "redis_publishes_per_broadcast", "cluster: Redis PUBLISH per broadcast",
+           False, 2),
 )
 
 
@@ -188,6 +197,7 @@ def _jsonable(value: Any) -> Any:
 
 _BARS = (
     ("saturation.frames_per_s", "saturation", "saturation: frames/s delivered"),
+    ("json.frames_per_s", "json", "json: frames/s delivered"),
     ("echo.roundtrips_per_s", "echo", "echo: round trips/s"),
     ("connect.handshakes_per_s", "connect", "connect: handshakes/s"),
     ("idle.kib_per_connection", "idle", "idle: server KiB per connection (lower is better)"),
@@ -212,7 +222,7 @@ def plot(path: str, labels: Sequence[str], values: Mapping[str, Mapping[str, flo
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 9))
     ax = axes[0][0]
     for label in labels:
         points = cdfs.get(label) or []
@@ -226,7 +236,10 @@ def plot(path: str, labels: Sequence[str], values: Mapping[str, Mapping[str, flo
     if any(cdfs.get(label) for label in labels):
         ax.legend()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (key, workload, name) in zip([a for row in axes for a in row][1:], _BARS):
+    panels = [a for row in axes for a in row][1:]
+    for ax in panels[len(_BARS):]:
+        ax.axis("off")
+    for ax, (key, workload, name) in zip(panels, _BARS):
         heights = [values.get(label, {}).get(key) or 0.0 for label in labels]
         bars = ax.bar(range(len(labels)), heights,
                       color=[colors[i % len(colors)] for i in range(len(labels))])

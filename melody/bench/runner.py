@@ -25,6 +25,8 @@ from multiprocessing.connection import wait as wait_pipes
 from typing import Any
 from urllib.parse import urlsplit
 
+from melody.bench.client import JSON_HEADER_SIZE, KIND_JSON
+from melody.bench.redis_probe import RedisProbeError, publish_calls
 from melody.bench.stats import cdf_points, summarize_ns
 from melody.bench.system import (
     cpu_seconds,
@@ -38,12 +40,16 @@ from melody.bench.system import (
 )
 from melody.bench.worker import SLOT, SLOTS, worker_main
 
-__all__ = ["WORKLOADS", "BenchOptions", "BenchError", "Runner", "run_bench"]
+__all__ = ["WORKLOADS", "DEFAULT_WORKLOADS", "BenchOptions", "BenchError", "Runner",
+           "run_bench"]
 
-#: Every workload, in the order a full run performs them.
-WORKLOADS = ("connect", "idle", "latency", "saturation", "echo", "churn")
+#: Every workload, in the order a run performs them.
+WORKLOADS = ("connect", "idle", "latency", "saturation", "json", "echo", "churn", "cluster")
+#: What ``--workload all`` runs: every workload but ``cluster``, which is about several hub
+#: processes sharing a broker and is asked for by name (see ``bench/cluster.py``).
+DEFAULT_WORKLOADS = tuple(w for w in WORKLOADS if w != "cluster")
 
-_POOL_WORKLOADS = frozenset(("connect", "idle", "latency", "saturation"))
+_POOL_WORKLOADS = frozenset(("connect", "idle", "latency", "saturation", "json", "cluster"))
 
 # The CPUs this process may use before any run pinned it to the client CPUs: a second run in
 # the same process (bench/compare.py) must plan from the whole set again.
@@ -61,7 +67,13 @@ class BenchOptions:
 
     url: str
     connections: int = 10_000
-    workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
+    workloads: list[str] = field(default_factory=lambda: list(DEFAULT_WORKLOADS))
+    #: More servers (nodes of one logical hub): connections are spread over ``url`` and these
+    #: round-robin; the publisher is on ``url``.
+    extra_urls: list[str] = field(default_factory=list)
+    #: The broker the nodes share (``redis://host:port``): the ``cluster`` workload counts the
+    #: PUBLISH commands it executed per broadcast.
+    redis_url: str | None = None
     processes: int | None = None
     server_pid: int | None = None
     stats_url: str | None = None
@@ -89,10 +101,21 @@ class BenchOptions:
     label: str | None = None
     quiet: bool = False
 
+    @property
+    def urls(self) -> list[str]:
+        """Every server driven: ``url`` first, then ``extra_urls``."""
+        return [self.url, *self.extra_urls]
+
     def validate(self) -> None:
         """Raise ValueError for an option that cannot work."""
-        if urlsplit(self.url).scheme != "ws":
-            raise ValueError(f"URL must be ws://HOST:PORT/PATH, got {self.url!r}")
+        for url in self.urls:
+            if urlsplit(url).scheme != "ws":
+                raise ValueError(f"URL must be ws://HOST:PORT/PATH, got {url!r}")
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme != "redis":
+            raise ValueError(f"--redis must be redis://HOST:PORT, got {self.redis_url!r}")
+        if "json" in self.workloads and self.size < JSON_HEADER_SIZE:
+            raise ValueError(f"--size must be at least {JSON_HEADER_SIZE} bytes for the json"
+                             " workload (its JSON header)")
         unknown = set(self.workloads) - set(WORKLOADS)
         if unknown:
             raise ValueError(f"unknown workload(s) {sorted(unknown)}; known: {WORKLOADS}")
@@ -122,18 +145,18 @@ def _per_op(cpu: dict[str, Any], ops: float, what: str) -> dict[str, float | Non
 class _CpuWindow:
     """CPU seconds of a set of processes over a wall-clock window, from /proc/<pid>/stat."""
 
-    def __init__(self, server_pid: int | None, client_pids: list[int]) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pids: list[int], client_pids: list[int]) -> None:
+        self.server_pids = server_pids
         self.client_pids = client_pids
         self.t0 = time.monotonic()
-        self.server0 = cpu_seconds(server_pid) if server_pid else None
+        self.server0 = self._server_seconds()
         self.client0 = [cpu_seconds(p) for p in client_pids]
         self.self0 = cpu_seconds(os.getpid())
         self.machine0 = machine_busy_seconds()
 
     def stop(self) -> dict[str, Any]:
         wall = max(time.monotonic() - self.t0, 1e-9)
-        server1 = cpu_seconds(self.server_pid) if self.server_pid else None
+        server1 = self._server_seconds()
         client1 = [cpu_seconds(p) for p in self.client_pids]
         per = [
             (b - a) / wall * 100 if a is not None and b is not None else None
@@ -160,6 +183,15 @@ class _CpuWindow:
             "client_pct_per_process": [round(p, 1) if p is not None else None for p in per],
             "other_pct": round(other / wall * 100, 1) if other is not None else None,
         }
+
+    def _server_seconds(self) -> float | None:
+        # Several servers (the nodes of a cluster run) are one server to the figures: their
+        # CPU seconds add up.
+        if not self.server_pids:
+            return None
+        seconds = [cpu_seconds(pid) for pid in self.server_pids]
+        return None if any(s is None for s in seconds) else sum(
+            s for s in seconds if s is not None)
 
 
 @dataclass
@@ -191,6 +223,9 @@ class Runner:
         self.next_seq = 1
         self.server_pid = options.server_pid
         self.stats_url = options.stats_url
+        # Every server's pid and stats URL (the first is server_pid / stats_url).
+        self.server_pids: list[int] = []
+        self.stats_urls: list[str] = []
         self.server_pinned = False
         self.reniced = False
         self.client_cpus: list[int] | None = None
@@ -200,21 +235,32 @@ class Runner:
     # -- the server: pid, stats, RSS, CPU ------------------------------------------------------
 
     def _discover_server(self) -> None:
-        if self.stats_url is None:
-            # Probed even when the pid is known: the server's own drop counter is what lost
-            # messages are checked against.
-            url = urlsplit(self.o.url)
-            probe = f"http://{url.netloc}/stats"
-            if self._fetch_stats(probe) is not None:
-                self.stats_url = probe
-        if self.server_pid is None and self.stats_url is not None:
-            body = self._fetch_stats(self.stats_url)
-            if body is not None and isinstance(body.get("pid"), int):
-                self.server_pid = body["pid"]
-        if self.server_pid is not None and not os.path.exists(f"/proc/{self.server_pid}"):
-            self.say(f"melody bench: server pid {self.server_pid} is not visible here:"
-                     " no RSS or server CPU figures")
-            self.server_pid = None
+        for k, server_url in enumerate(self.o.urls):
+            stats_url = self.stats_url if k == 0 else None
+            pid = self.server_pid if k == 0 else None
+            if stats_url is None:
+                # Probed even when the pid is known: the server's own drop counter is what
+                # lost messages are checked against.
+                probe = f"http://{urlsplit(server_url).netloc}/stats"
+                if self._fetch_stats(probe) is not None:
+                    stats_url = probe
+            if pid is None and stats_url is not None:
+                body = self._fetch_stats(stats_url)
+                if body is not None and isinstance(body.get("pid"), int):
+                    pid = body["pid"]
+            if pid is not None and not os.path.exists(f"/proc/{pid}"):
+                self.say(f"melody bench: server pid {pid} is not visible here:"
+                         " no RSS or server CPU figures")
+                pid = None
+            if k == 0:
+                self.stats_url, self.server_pid = stats_url, pid
+            if stats_url is not None:
+                self.stats_urls.append(stats_url)
+            if pid is not None:
+                self.server_pids.append(pid)
+        if len(self.server_pids) != len(self.o.urls):
+            # CPU and RSS of some of the servers only would be read as those of all.
+            self.server_pids = []
 
     @staticmethod
     def _fetch_stats(url: str) -> dict[str, Any] | None:
@@ -226,14 +272,24 @@ class Runner:
         return body if isinstance(body, dict) else None
 
     def server_stats(self) -> dict[str, Any] | None:
-        """The server's own counters (``stats`` of its /stats JSON), when it publishes them."""
-        if self.stats_url is None:
+        """The server's own counters (``stats`` of its /stats JSON), when it publishes them.
+
+        With several servers, their integer counters added up (and None unless every server
+        answered: a partial sum would pass for the whole).
+        """
+        if not self.stats_urls or len(self.stats_urls) != len(self.o.urls):
             return None
-        body = self._fetch_stats(self.stats_url)
-        if body is None:
-            return None
-        stats = body.get("stats")
-        return stats if isinstance(stats, dict) else None
+        merged: dict[str, Any] = {}
+        for stats_url in self.stats_urls:
+            body = self._fetch_stats(stats_url)
+            if body is None or not isinstance(body.get("stats"), dict):
+                return None
+            if len(self.stats_urls) == 1:
+                return dict(body["stats"])
+            for key, value in body["stats"].items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    merged[key] = merged.get(key, 0) + value
+        return merged
 
     @staticmethod
     def _drops(stats: dict[str, Any] | None) -> int | None:
@@ -245,10 +301,14 @@ class Runner:
         return sum(found) if found else None
 
     def server_rss(self) -> int | None:
-        return rss_kib(self.server_pid) if self.server_pid else None
+        """The servers' resident memory, KiB (their sum when there are several)."""
+        if not self.server_pids:
+            return None
+        sizes = [rss_kib(pid) for pid in self.server_pids]
+        return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
 
     def cpu_window(self) -> _CpuWindow:
-        return _CpuWindow(self.server_pid, [p.pid for p in self.workers])
+        return _CpuWindow(self.server_pids, [p.pid for p in self.workers])
 
     # -- client processes ----------------------------------------------------------------------
 
@@ -291,17 +351,17 @@ class Runner:
         self._plan_cpus()
         if self.client_cpus:
             pin(0, self.client_cpus)
-        if self.server_pid is not None and self.server_cpu is not None and self.o.pin:
-            self.server_pinned = pin(self.server_pid, [self.server_cpu])
+        if self.server_pids and self.server_cpu is not None and self.o.pin:
+            self.server_pinned = all(pin(pid, [self.server_cpu]) for pid in self.server_pids)
         if self.o.nice is not None:
-            self.reniced = renice(0, self.o.nice) and (
-                self.server_pid is None or renice(self.server_pid, self.o.nice))
+            self.reniced = renice(0, self.o.nice) and all(
+                renice(pid, self.o.nice) for pid in self.server_pids)
         ctx = multiprocessing.get_context("spawn")
         n = len(self.process_cpus)
         self.shared = ctx.RawArray("q", n * SLOTS)
         self.view = memoryview(self.shared).cast("B").cast("q")
         base = {
-            "url": self.o.url, "size": self.o.size, "timeout": self.o.timeout,
+            "url": self.o.url, "urls": self.o.urls, "size": self.o.size, "timeout": self.o.timeout,
             "sample_cap": max(self.o.sample_cap // n, 1000), "seed": self.o.seed,
             "uvloop": self.o.uvloop, "nice": self.o.nice,
         }
@@ -559,18 +619,18 @@ class Runner:
                  f"{verify['receivers']:,} delivered, lost {verify['lost']}")
         return connect, idle
 
-    def phase_latency(self) -> _Phase:
+    def phase_latency(self, tag: str = "latency") -> _Phase:
         o = self.o
         phase = _Phase()
         stats0 = self.server_stats()
         receivers = self._rx_start(True)
-        self.say(f"[latency] {o.rate:g} broadcasts/s of {o.size} B to {receivers:,} "
+        self.say(f"[{tag}] {o.rate:g} broadcasts/s of {o.size} B to {receivers:,} "
                  f"connections for {o.duration:g} s")
         cpu = self.cpu_window()
         self.call("publish", ("rate", o.rate, o.window, receivers), only=[0])
 
         def progress(elapsed: float) -> None:
-            self.say(f"[latency] {elapsed:4.1f}/{o.duration:g} s: "
+            self.say(f"[{tag}] {elapsed:4.1f}/{o.duration:g} s: "
                      f"{self.total('published'):,} published, "
                      f"{self.total('delivered'):,} delivered")
 
@@ -618,7 +678,7 @@ class Runner:
         if end["errors"]:
             phase.notes.append(f"errors: {end['errors']}")
         lat = phase.figures["latency_ms"]
-        self.say(f"[latency] p50 {lat['p50'] or 0:.2f} ms, p99 {lat['p99'] or 0:.2f} ms, "
+        self.say(f"[{tag}] p50 {lat['p50'] or 0:.2f} ms, p99 {lat['p99'] or 0:.2f} ms, "
                  f"max {lat['max'] or 0:.2f} ms; lost {end['lost']}")
         return phase
 
@@ -627,21 +687,24 @@ class Runner:
         after = self._drops(self.server_stats())
         return after - before if before is not None and after is not None else None
 
-    def phase_saturation(self) -> _Phase:
+    def phase_saturation(self, tag: str = "saturation", kind: str = "B") -> _Phase:
+        """Broadcasts as fast as they are delivered; ``kind`` "{" publishes JSON objects that
+        the hub decodes and broadcasts encoded again (the ``json`` workload)."""
         o = self.o
         phase = _Phase()
         stats0 = self.server_stats()
         receivers = self._rx_start(False)
-        self.say(f"[saturation] publishing to {receivers:,} connections, at most {o.window}"
-                 f" broadcasts in flight, {o.warmup:g} s warm-up + {o.duration:g} s")
-        self.call("publish", ("window", 0, o.window, receivers), only=[0])
+        what = "JSON objects" if kind == "{" else "broadcasts"
+        self.say(f"[{tag}] publishing {what} to {receivers:,} connections, at most {o.window}"
+                 f" in flight, {o.warmup:g} s warm-up + {o.duration:g} s")
+        self.call("publish", ("window", 0, o.window, receivers, kind), only=[0])
         self.sleep(o.warmup)
         d0, t0 = self.total("delivered"), time.monotonic()
         cpu = self.cpu_window()
 
         def progress(elapsed: float) -> None:
             d = self.total("delivered")
-            self.say(f"[saturation] {elapsed:4.1f}/{o.duration:g} s: "
+            self.say(f"[{tag}] {elapsed:4.1f}/{o.duration:g} s: "
                      f"{(d - d0) / max(time.monotonic() - t0, 1e-9):,.0f} frames/s delivered")
 
         self.sleep(o.duration, progress)
@@ -667,8 +730,95 @@ class Runner:
             phase.notes.append("drain incomplete: some broadcasts never arrived")
         if end["errors"]:
             phase.notes.append(f"errors: {end['errors']}")
-        self.say(f"[saturation] {fps:,.0f} frames/s; lost {end['lost']}")
+        self.say(f"[{tag}] {fps:,.0f} frames/s; lost {end['lost']}")
         return phase
+
+    def phase_json(self) -> _Phase:
+        """The saturation workload with JSON: each message published is a JSON object the hub
+        decodes and broadcasts encoded again, its way (melody: ``broadcast_json``, encoded
+        once; a peer: ``json.dumps`` as its API has it). Every receiver decodes every frame."""
+        phase = self.phase_saturation("json", KIND_JSON)
+        phase.figures["message"] = "json"
+        return phase
+
+    def phase_cluster(self) -> _Phase:
+        """Broadcasts over the nodes of one logical hub: connections spread over every URL,
+        published on the first node; every receiver, wherever it is connected, must get every
+        broadcast once, in order. The ``--rate`` latency and the saturation figures, and the
+        PUBLISH commands the broker executed per broadcast (one is the design: a broadcast is
+        published once, not once per node)."""
+        o = self.o
+        phase = _Phase()
+        counts = self._sessions_per_node()
+        self.say(f"[cluster] {len(o.urls)} node(s); sessions per node: {counts}")
+        redis0 = self._publish_calls()
+        latency = self.phase_latency("cluster latency")
+        saturation = self.phase_saturation("cluster saturation")
+        redis1 = self._publish_calls()
+        broadcasts = latency.figures["published"] + saturation.figures["published"]
+        publishes = redis1 - redis0 if redis0 is not None and redis1 is not None else None
+        per = round(publishes / broadcasts, 4) if publishes is not None and broadcasts else None
+        phase.figures = {
+            "nodes": len(o.urls),
+            "sessions_per_node": counts,
+            "receivers": saturation.figures["receivers"],
+            "frames_per_s": saturation.figures["frames_per_s"],
+            "saturation_server_cpu_us_per_frame":
+                saturation.figures["server_cpu_us_per_frame"],
+            "latency_rate_per_s": o.rate,
+            "latency_ms": latency.figures["latency_ms"],
+            "cdf": latency.figures["cdf"],
+            "broadcasts": broadcasts,
+            "redis_publishes": publishes,
+            "redis_publishes_per_broadcast": per,
+        }
+        phase.check = {
+            "lost": latency.check["lost"] + saturation.check["lost"],
+            "out_of_order": latency.check["out_of_order"] + saturation.check["out_of_order"],
+            "server_drops": None if latency.check["server_drops"] is None
+            or saturation.check["server_drops"] is None
+            else latency.check["server_drops"] + saturation.check["server_drops"],
+            "rule": latency.check["rule"] + " in both phases"
+            + ("; one PUBLISH per broadcast" if o.redis_url and len(o.urls) > 1 else ""),
+            "ok": latency.check["ok"] and saturation.check["ok"],
+        }
+        if o.redis_url and len(o.urls) > 1:
+            # Several nodes share the broker: every broadcast must cross it exactly once.
+            phase.check["ok"] = phase.check["ok"] and publishes == broadcasts
+        # The saturation phase's CPU (what the figures of a table show), the latency's beside.
+        phase.cpu = dict(saturation.cpu, latency=latency.cpu)
+        phase.client_bound = latency.client_bound or saturation.client_bound
+        phase.client_bound_reason = "; ".join(
+            f"{name}: {p.client_bound_reason}" for name, p in
+            (("latency", latency), ("saturation", saturation)) if p.client_bound_reason) or None
+        phase.contended = latency.contended or saturation.contended
+        phase.notes = [f"latency: {n}" for n in latency.notes] + [
+            f"saturation: {n}" for n in saturation.notes]
+        if latency.figures.get("overloaded"):
+            phase.figures["overloaded"] = True
+        if o.redis_url is None:
+            phase.notes.append("no --redis: the broker's PUBLISH count is not checked")
+        self.say(f"[cluster] {saturation.figures['frames_per_s']:,.0f} frames/s, latency p99 "
+                 f"{latency.figures['latency_ms']['p99'] or 0:.2f} ms, "
+                 f"{per if per is not None else '?'} Redis PUBLISH per broadcast")
+        return phase
+
+    def _sessions_per_node(self) -> list[int | None]:
+        counts: list[int | None] = []
+        for url in self.stats_urls:
+            body = self._fetch_stats(url)
+            stats = body.get("stats") if body is not None else None
+            counts.append(stats.get("sessions") if isinstance(stats, dict) else None)
+        return counts
+
+    def _publish_calls(self) -> int | None:
+        if self.o.redis_url is None:
+            return None
+        try:
+            return publish_calls(self.o.redis_url)
+        except RedisProbeError as exc:
+            raise BenchError(f"the cluster workload cannot read the broker's counters: {exc}"
+                             ) from None
 
     def close_pool(self) -> dict[str, Any]:
         replies = self.call("close_all", (self.o.timeout,))
@@ -821,6 +971,10 @@ class Runner:
                     results["latency"] = self.phase_latency()
                 if "saturation" in wanted:
                     results["saturation"] = self.phase_saturation()
+                if "json" in wanted:
+                    results["json"] = self.phase_json()
+                if "cluster" in wanted:
+                    results["cluster"] = self.phase_cluster()
                 closed = self.close_pool()
             if "echo" in wanted:
                 results["echo"] = self.phase_echo()
@@ -843,7 +997,8 @@ class Runner:
             "started_unix": round(started, 3),
             "finished_unix": round(time.time(), 3),
             "target": {"url": o.url, "server_pid": self.server_pid,
-                       "stats_url": self.stats_url},
+                       "stats_url": self.stats_url, "urls": o.urls,
+                       "server_pids": self.server_pids, "redis_url": o.redis_url},
             "options": asdict(o),
             "environment": env,
             "pool_close": closed,

@@ -18,13 +18,13 @@ import traceback
 from array import array
 from collections import Counter
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from melody.bench.client import BenchClient, make_payload, seed_padding
+from melody.bench.client import BenchClient, make_json_payload, make_payload, seed_padding
 from melody.bench.system import pin, raise_nofile, renice
 
-__all__ = ["SLOTS", "SLOT", "Sampler", "Worker", "worker_main"]
+__all__ = ["SLOTS", "SLOT", "Sampler", "Target", "Worker", "worker_main"]
 
 #: int64 slots per worker in the shared array, and what each holds.
 SLOTS = 8
@@ -39,6 +39,23 @@ SLOT = {
 }
 
 _monotonic_ns = time.monotonic_ns
+
+
+class Target(NamedTuple):
+    """One server to connect to: where, and the Host header and path of the upgrade."""
+
+    host: str
+    port: int
+    host_header: str
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        url = urlsplit(text)
+        if url.scheme != "ws":
+            raise ValueError(f"only ws:// URLs are supported, not {url.scheme}://")
+        return cls(url.hostname or "127.0.0.1", url.port or 80, url.netloc,
+                   (url.path or "/") + (f"?{url.query}" if url.query else ""))
 
 
 class Sampler:
@@ -89,13 +106,11 @@ class Worker:
         self.o_failed = base + SLOT["failed"]
         self.o_connected = base + SLOT["connected"]
 
-        url = urlsplit(options["url"])
-        if url.scheme != "ws":
-            raise ValueError(f"only ws:// URLs are supported, not {url.scheme}://")
-        self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or 80
-        self.host_header = url.netloc
-        self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        # Every server of the run (one, or the nodes of a cluster): connection i of this
+        # process goes to targets[(index + i) % len(targets)], so worker 0's first connection,
+        # the publisher's, is on the first server.
+        self.targets = [Target.parse(u) for u in options.get("urls") or [options["url"]]]
+        self.next_target = index
         self.size: int = options["size"]
         self.timeout: float = options["timeout"]
         self.max_message_size = max(1 << 20, self.size * 2)
@@ -127,6 +142,7 @@ class Worker:
         self.next_seq = 1
         self.pub_client: BenchClient | None = None
         self.pub_mode = ""
+        self.pub_json = False
         self.pub_active = False
         self.pub_count = 0
         self.pub_target = 0
@@ -205,10 +221,14 @@ class Worker:
 
     # -- connecting ----------------------------------------------------------------------------
 
-    async def _open(self) -> BenchClient:
-        client = BenchClient(self)
+    async def _open(self, target: Target | None = None) -> BenchClient:
+        if target is None:
+            target = self.targets[self.next_target % len(self.targets)]
+            self.next_target += 1
+        client = BenchClient(self, target)
         await asyncio.wait_for(
-            self.loop.create_connection(lambda: client, self.host, self.port), self.timeout)
+            self.loop.create_connection(lambda: client, target.host, target.port),
+            self.timeout)
         try:
             await asyncio.wait_for(client.opened, self.timeout)
         except BaseException:
@@ -231,8 +251,9 @@ class Worker:
             nonlocal failed
             for i in remaining:
                 t0 = _monotonic_ns()
+                target = self.targets[(self.index + i) % len(self.targets)]
                 try:
-                    client = await self._open()
+                    client = await self._open(target)
                 except (TimeoutError, OSError, ConnectionError) as exc:
                     failed += 1
                     shared[self.o_failed] = failed
@@ -320,20 +341,25 @@ class Worker:
         return result
 
     async def cmd_publish(self, mode: str, value: float, window: int,
-                          receivers: int) -> dict[str, Any]:
+                          receivers: int, kind: str = "B") -> dict[str, Any]:
         """Worker 0: start publishing broadcasts from its first connection.
 
         ``mode`` is ``"rate"`` (``value`` per second, stamped when sent), ``"window"`` (as fast
         as at most ``window`` broadcasts are in flight, until stopped) or ``"count"``
         (``value`` broadcasts under the same window). In flight means published but not yet
         delivered to all ``receivers``, counted across every worker through the shared array.
+        ``kind`` is ``"B"`` (a stamped text broadcast) or ``"{"`` (a JSON object the hub decodes
+        and broadcasts encoded again).
         """
+        if kind not in ("B", "{"):
+            raise ValueError(f"unknown broadcast kind {kind!r}")
         live = [c for c in self.clients if c.is_open]
         if not live:
             raise RuntimeError("no open connection to publish from")
         self.pub_client = live[0]
         self.pub_client.is_publisher = True
         self.pub_mode = mode
+        self.pub_json = kind == "{"
         self.pub_count = 0
         self.pub_target = int(value) if mode == "count" else 0
         self.pub_rate = float(value) if mode == "rate" else 0.0
@@ -375,7 +401,10 @@ class Worker:
             return
         seq = self.next_seq
         self.next_seq = seq + 1
-        client.send_text(make_payload("B", seq, _monotonic_ns(), self.size))
+        if self.pub_json:
+            client.send_text(make_json_payload(seq, _monotonic_ns(), self.size))
+        else:
+            client.send_text(make_payload("B", seq, _monotonic_ns(), self.size))
         self.pub_count += 1
         self.shared[self.o_published] = self.pub_count
 
