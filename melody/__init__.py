@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 from melody import auth, codecs, errors, routing
 from melody._core import COMPILED as _COMPILED
 from melody.client import ClientConnection, Connect, ReconnectingClient, connect
-from melody.config import Compression, Config
+from melody.config import Compression, Config, RateLimit
 from melody.errors import (
     HandshakeError,
     HubClosed,
     MelodyError,
     MessageBufferFull,
+    RateLimited,
     RequestError,
     SessionClosed,
 )
@@ -54,6 +55,8 @@ __all__ = [
     "Melody",
     "MelodyError",
     "MessageBufferFull",
+    "RateLimit",
+    "RateLimited",
     "ReconnectingClient",
     "Request",
     "RequestError",

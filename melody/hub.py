@@ -85,7 +85,7 @@ class Melody:
         self._topics: dict[str, Group] = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._heartbeat: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -861,7 +861,7 @@ class Melody:
         reuse_port: bool = False,
         backlog: int = 1024,
         sock: Any = None,
-    ) -> asyncio.AbstractServer:
+    ) -> asyncio.Server:
         """Start listening inside the running loop; return the started ``asyncio.Server``.
 
         ``await hub.serve(...)`` returns at once; keep the loop running (for example with

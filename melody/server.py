@@ -322,7 +322,7 @@ async def serve(
     backlog: int = 1024,
     sock: Any = None,
     metrics: bool = False,
-) -> asyncio.AbstractServer:
+) -> asyncio.Server:
     """Listen for WebSocket connections to ``hub`` in the running loop; return the server.
 
     ``ssl`` serves wss://. ``metrics=True`` also answers ``GET /metrics`` (Prometheus) and
@@ -451,13 +451,14 @@ async def serve_until_stopped(
     *,
     ssl: _ssl.SSLContext | None = None,
     reuse_port: bool = False,
-    ready: Any = None,
+    ready: Callable[[asyncio.Server], object] | None = None,
     metrics: bool = False,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then ``hub.shutdown(shutdown_timeout)`` and return.
 
-    A second signal during the shutdown drops the remaining connections at once.
+    ``ready(server)`` is called once listening (``server.sockets`` gives the real port when
+    ``port=0``). A second signal during the shutdown drops the remaining connections at once.
     """
     loop = asyncio.get_running_loop()
     server = await serve(hub, host, port, ssl=ssl, reuse_port=reuse_port, metrics=metrics)
@@ -508,16 +509,19 @@ def run(
     use_uvloop: bool = True,
     metrics: bool = False,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    ready: Callable[[asyncio.Server], object] | None = None,
 ) -> None:
     """Serve ``hub`` until Ctrl-C or SIGTERM (blocking), then shut down gracefully.
 
     Uses uvloop when it is installed. ``metrics=True`` serves ``/metrics`` and ``/healthz``;
-    ``shutdown_timeout`` bounds the drain (see ``Melody.shutdown``).
+    ``shutdown_timeout`` bounds the drain (see ``Melody.shutdown``). ``ready(server)`` is
+    called once listening, e.g. to print the address (the real port when ``port=0``).
     """
     if use_uvloop:
         install_uvloop()
     try:
         asyncio.run(serve_until_stopped(hub, host, port, ssl=ssl, reuse_port=reuse_port,
-                                        metrics=metrics, shutdown_timeout=shutdown_timeout))
+                                        ready=ready, metrics=metrics,
+                                        shutdown_timeout=shutdown_timeout))
     except KeyboardInterrupt:
         pass

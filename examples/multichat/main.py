@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
-import signal
 from pathlib import Path
 
 import melody
@@ -86,19 +84,11 @@ def leave(session: melody.Session) -> None:
         hub.publish(room, presence(room, "someone left"))
 
 
-async def serve(host: str, port: int) -> None:
-    """Serve until Ctrl-C or SIGTERM, then close every session with 1001 (going away)."""
-    server = await hub.serve(host, port)  # listening from here on; returns at once
-    host, port = server.sockets[0].getsockname()[:2]  # the real port when --port 0
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C raises instead
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+def announce(server: asyncio.Server) -> None:
+    """Called by melody.run once listening: say where (the real port when --port 0)."""
+    host, port = server.sockets[0].getsockname()[:2]
     print(f"multichat: open http://{host}:{port}/ (rooms at /channel/<name>; Ctrl-C stops)",
           flush=True)
-    await stop.wait()
-    hub.close_with_msg(1001, "server shutting down")  # closes the listening socket too
-    await hub.wait_closed(timeout=2)
 
 
 def main() -> None:
@@ -106,11 +96,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000, help="port, 0 for any free one (5000)")
     args = parser.parse_args()
-    melody.install_uvloop()  # a no-op when uvloop is not installed
-    try:
-        asyncio.run(serve(args.host, args.port))
-    except KeyboardInterrupt:  # where signal handlers cannot be installed (Windows)
-        pass
+    # Serves until Ctrl-C or SIGTERM, then closes every session with 1001 (going away) and
+    # waits for them to go (Melody.shutdown). uvloop when it is installed.
+    melody.run(hub, args.host, args.port, ready=announce)
 
 
 if __name__ == "__main__":
