@@ -124,6 +124,7 @@ class Melody:
         d.read_buffer_size = cfg.read_buffer_size
         d.queue_bytes_limit = cfg.message_buffer_bytes
         d.overflow_policy = OVERFLOW_POLICIES.index(cfg.overflow_policy)
+        d.direct_writes = cfg.direct_writes
         limit = cfg.rate_limit
         if limit is not None:
             d.rate_limited = True

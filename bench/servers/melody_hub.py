@@ -24,10 +24,11 @@ import melody
 from melody.codecs import JSON
 
 
-def make_hub(redis_url: str | None = None) -> melody.Melody:
+def make_hub(redis_url: str | None = None, direct_writes: bool = True) -> melody.Melody:
     """The hub: broadcast "B..." to all, JSON "{..." to all as JSON, echo the rest, /stats."""
     backplane = melody.RedisBackplane(redis_url) if redis_url else None
-    hub = melody.Melody(melody.Config(compression=False), backplane=backplane)
+    hub = melody.Melody(melody.Config(compression=False, direct_writes=direct_writes),
+                        backplane=backplane)
     decode = JSON.decode
 
     @hub.handle_message
@@ -51,8 +52,8 @@ def make_hub(redis_url: str | None = None) -> melody.Melody:
     return hub
 
 
-async def main(host: str, port: int, redis_url: str | None) -> None:
-    hub = make_hub(redis_url)
+async def main(host: str, port: int, redis_url: str | None, direct_writes: bool) -> None:
+    hub = make_hub(redis_url, direct_writes)
     server = await hub.serve(host, port)
     print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
     await server.serve_forever()
@@ -64,6 +65,9 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
     parser.add_argument("--redis", default=None, metavar="URL",
                         help="join the cluster sharing this Redis (redis://HOST:PORT)")
+    parser.add_argument("--no-direct-writes", action="store_true",
+                        help="Config(direct_writes=False): every frame waits for the end of"
+                             " the loop iteration (to compare)")
     args = parser.parse_args()
     melody.install_uvloop()
-    asyncio.run(main(args.host, args.port, args.redis))
+    asyncio.run(main(args.host, args.port, args.redis, not args.no_direct_writes))

@@ -38,6 +38,11 @@ cdef class Dispatch:
     # Connections with frames waiting for the end of this loop iteration (see send_frame).
     cdef list _dirty
     cdef bint _flush_scheduled
+    # Write a session's first frame of an iteration at once (see send_frame); off: every frame
+    # waits for the end of the iteration. A switch so that both can be measured on one build.
+    cdef public bint direct_writes
+    # Loop iterations that wrote something, counted by flush: "this iteration" for send_frame.
+    cdef unsigned long long tick
 
     # Counters, kept here so that the hot paths pay one C increment each.
     cdef public unsigned long long messages_in
@@ -63,6 +68,8 @@ cdef class ProtocolCore(Connection):
     cdef object _pending
     cdef list _queued_pong
     cdef Py_ssize_t _pending_bytes
+    # Dispatch.tick when this connection last wrote a frame straight to the transport.
+    cdef unsigned long long _direct_tick
     cdef bint _writing_paused
     cdef bint _close_after_flush
     cdef bint _in_handshake

@@ -68,6 +68,10 @@ class Dispatch:
     """Bytes queued for a peer that is not reading before messages overflow (default 16 MiB)."""
     overflow_policy: int
     """0: drop the newest message, 1: drop the oldest queued one, 2: close the session (1008)."""
+    direct_writes: bool
+    """Write a connection's first frame of a loop iteration at once, the rest together at the
+    end of the iteration (default True: a lone reply leaves without waiting, a burst costs at
+    most two writes). False: every frame waits for the end of the iteration (one write)."""
     messages_in: int
     bytes_in: int
     messages_out: int

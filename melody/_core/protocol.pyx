@@ -7,10 +7,11 @@ calls the hub's handlers directly. ``WebSocketProtocol`` adds ``asyncio.Buffered
 base so that both event loops take the buffered read path (read into our buffer, no bytes object
 per read).
 
-Writes go straight to the transport while it is below its high-water mark. Above it (the peer
-is not reading) frames wait in a queue bounded by ``Dispatch.queue_limit``; a data frame over the
-bound is dropped and reported, never a close frame. If the peer reads nothing for ``write_wait``
-the connection is aborted as a slow reader.
+Writes go to the transport while it is below its high-water mark: a connection's first frame of
+a loop iteration at once, the frames after it together at the end of the iteration. Above the
+mark (the peer is not reading) frames wait in a queue bounded by ``Dispatch.queue_limit``; a data
+frame over the bound is dropped and reported, never a close frame. If the peer reads nothing for
+``write_wait`` the connection is aborted as a slow reader.
 """
 
 import asyncio
@@ -42,18 +43,23 @@ cdef class Dispatch:
         self.read_buffer_size = 16384
         self.queue_bytes_limit = 16 << 20
         self.overflow_policy = 0
+        self.direct_writes = True
+        # A new connection's _direct_tick is 0: never "already wrote in this iteration".
+        self.tick = 1
         self._dirty = []
 
     def flush(self):
         """Write what every connection gathered during this loop iteration (one write each).
 
         Scheduled with call_soon by the first frame of an iteration: a burst of broadcasts
-        then costs one system call per connection instead of one per frame.
+        then costs at most two system calls per connection (the direct first write and this
+        one) instead of one per frame. It also ends the iteration for send_frame (``tick``).
         """
         cdef ProtocolCore p
         cdef list dirty = self._dirty
         self._dirty = []
         self._flush_scheduled = False
+        self.tick += 1
         for obj in dirty:
             p = <ProtocolCore>obj
             try:
@@ -331,10 +337,15 @@ cdef class ProtocolCore(Connection):
         self._queued_bytes = kept_bytes
 
     cdef int send_frame(self, bytes frame, bint control) except -1:
-        # Frames gather in _pending during a loop iteration and leave in one write at its end
-        # (Dispatch.flush), or at once when they pass the write-buffer mark. A peer that has
-        # stopped reading (pause_writing) gets a bounded queue instead; control frames are
-        # marked in it (a 1-tuple) so that no overflow policy ever drops them.
+        # A connection's first frame of a loop iteration is written at once: the transport
+        # tries send() right away, so a lone reply (an echo) leaves now rather than one
+        # iteration later. The frames after it gather in _pending and leave in one write at
+        # the end of the iteration (Dispatch.flush), or at once when they pass the write-buffer
+        # mark: a burst of broadcasts costs two system calls per connection, not one per frame.
+        # Only a frame with nothing pending or queued before it goes direct, so none overtakes
+        # another. A peer that has stopped reading (pause_writing) gets a bounded queue
+        # instead; control frames are marked in it (a 1-tuple) so that no overflow policy ever
+        # drops them.
         cdef Dispatch d = self.dispatch
         cdef Py_ssize_t n = len(frame)
         if self.transport is None:
@@ -358,6 +369,27 @@ cdef class ProtocolCore(Connection):
             return SEND_QUEUED
         pending = self._pending
         if pending is None:
+            # Not paused means an empty queue (resume_writing drains all of it), so with
+            # nothing pending every earlier frame is already in the transport.
+            if d.direct_writes and self._direct_tick != d.tick:
+                self._direct_tick = d.tick
+                if not d._flush_scheduled:
+                    # Even with nothing pending: the flush is what ends the iteration (tick).
+                    d._flush_scheduled = True
+                    d.loop.call_soon(d.flush)
+                d.writes += 1
+                try:
+                    self.transport.write(frame)
+                except Exception as exc:
+                    # As in Dispatch.flush: one connection's failure must not reach the caller
+                    # (a broadcast would stop half way); it is reported and the connection
+                    # dropped.
+                    d.loop.call_exception_handler({
+                        "message": "melody: writing to a connection failed",
+                        "exception": exc, "protocol": self})
+                    self.abort()
+                    return SEND_CLOSED
+                return SEND_OK
             self._pending = frame
             d._dirty.append(self)
             if not d._flush_scheduled:

@@ -1,5 +1,6 @@
 """The fan-out engine's policies end to end: overflow policies, inbound rate limits, topics,
-write coalescing and the hub's counters. Real sockets, on asyncio and uvloop."""
+write coalescing (with and without direct writes) and the hub's counters. Real sockets, on
+asyncio and uvloop."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import struct
 import pytest
 from e2e_support import WAIT, Recorder, wait_until
 
-from melody._core.frames import OP_BINARY, OP_CLOSE
+from melody._core.frames import OP_BINARY, OP_CLOSE, OP_TEXT, encode_close, encode_frame
 from melody.config import RateLimit
 from melody.errors import MessageBufferFull, RateLimited
 
@@ -181,8 +182,9 @@ async def test_a_burst_of_broadcasts_leaves_in_one_write_per_session(serve_hub, 
     after = hub.stats()
     assert after["messages_out"] - before["messages_out"] == 300
     assert after["broadcasts"] - before["broadcasts"] == 100
-    # 300 frames, one write per session (heartbeat pings may add a write, not 100).
-    assert after["writes"] - before["writes"] <= 3 + 3
+    # 300 frames, at most two writes per session: the first frame direct, the other 99 in one
+    # write at the end of the iteration (heartbeat pings may add a write, not 100).
+    assert after["writes"] - before["writes"] <= 2 * 3 + 3
 
 
 async def test_stats_count_traffic_and_sessions(serve_hub, ws_connect):
@@ -219,3 +221,126 @@ async def test_slow_async_handlers_pause_reading_and_lose_nothing(serve_hub, ws_
     assert handled == [f"m{i}" for i in range(60)]
     (session,) = hub.sessions()
     assert not session._paused
+
+
+# Direct writes (Config.direct_writes, on by default): a session's first frame of a loop
+# iteration goes to the transport at once, the frames after it leave together at the end of
+# the iteration. Off, every frame waits for the end of the iteration. Both must deliver every
+# frame, in order, and cost what they promise in transport write calls.
+WRITE_MODES = pytest.mark.parametrize("direct", [True, False], ids=["direct", "deferred"])
+
+
+async def serve_in_mode(serve_hub, direct: bool, **config):
+    hub, url = await serve_hub(direct_writes=direct, **config)
+    # The Config reaches the compiled core.
+    assert hub._dispatch.direct_writes is direct
+    return hub, url
+
+
+@WRITE_MODES
+async def test_a_lone_write_costs_one_write_call(serve_hub, ws_connect, direct):
+    hub, url = await serve_in_mode(serve_hub, direct)
+    rec = Recorder(hub, skip=("message",))
+    hub.handle_message(lambda s, m: s.write(m))
+    ws = await ws_connect(url)
+    await rec.wait("connect")
+    (session,) = rec.sessions("connect")
+    for i in range(5):
+        before = hub.stats()["writes"]
+        session.write(f"lone {i}")
+        # Direct: handed to the transport before write() returned; deferred: at the end of
+        # this loop iteration.
+        assert hub.stats()["writes"] - before == (1 if direct else 0)
+        assert await asyncio.wait_for(ws.recv(), WAIT) == f"lone {i}"
+        assert hub.stats()["writes"] - before == 1
+    for i in range(5):  # an echo: the reply is written from the read callback
+        before = hub.stats()["writes"]
+        await ws.send(f"echo {i}")
+        assert await asyncio.wait_for(ws.recv(), WAIT) == f"echo {i}"
+        assert hub.stats()["writes"] - before == 1
+
+
+@WRITE_MODES
+async def test_a_burst_from_one_handler_call_costs_at_most_two_writes_per_session(
+        serve_hub, ws_connect, direct):
+    hub, url = await serve_in_mode(serve_hub, direct)
+    rec = Recorder(hub, skip=("message",))
+    count = 50
+
+    @hub.handle_message
+    def burst(session, msg):
+        for i in range(count):  # one synchronous run: one loop iteration
+            hub.broadcast(f"{msg} {i}")
+
+    clients = [await ws_connect(url) for _ in range(3)]
+    await rec.wait("connect", 3)
+    for round_ in range(3):
+        before = hub.stats()
+        await clients[round_].send(f"r{round_}")
+        for ws in clients:
+            got = [await asyncio.wait_for(ws.recv(), WAIT) for _ in range(count)]
+            assert got == [f"r{round_} {i}" for i in range(count)]
+        after = hub.stats()
+        assert after["messages_out"] - before["messages_out"] == 3 * count
+        # Direct: the first frame at once, the other 49 in one write at the end of the
+        # iteration; deferred: all 50 in that one write.
+        assert after["writes"] - before["writes"] == 3 * (2 if direct else 1)
+
+
+@WRITE_MODES
+async def test_writes_interleaved_with_broadcasts_keep_their_order(serve_hub, ws_connect,
+                                                                   raw_connect, direct):
+    # write_buffer_high at its minimum, 1024, and messages of up to 700 bytes: the gathered
+    # frames pass the mark and leave early several times within one burst.
+    hub, url = await serve_in_mode(serve_hub, direct, write_buffer_high=1024)
+    rec = Recorder(hub, skip=("message",))
+    count = 30
+
+    def own(msg, i):
+        return f"{msg} w{i} " + "w" * (i * 97 % 700)
+
+    def shared(msg, i):
+        return f"{msg} b{i} " + "b" * (i * 53 % 700)
+
+    @hub.handle_message
+    def interleave(session, msg):
+        for i in range(count):
+            session.write(own(msg, i))
+            hub.broadcast(shared(msg, i))
+            if i % 7 == 3:
+                session.write(own(msg, i) + "!")
+
+    talker = await ws_connect(url, max_size=None)
+    listener = await ws_connect(url, max_size=None)
+    await rec.wait("connect", 2)
+    # Rounds in separate loop iterations: each starts with a direct write again.
+    for msg in ("first", "second", "third"):
+        await talker.send(msg)
+        expected = []
+        for i in range(count):
+            expected += [own(msg, i), shared(msg, i)]
+            if i % 7 == 3:
+                expected.append(own(msg, i) + "!")
+        got = [await asyncio.wait_for(talker.recv(), WAIT) for _ in expected]
+        assert got == expected
+        got = [await asyncio.wait_for(listener.recv(), WAIT) for _ in range(count)]
+        assert got == [shared(msg, i) for i in range(count)]
+
+    # A message and a close frame in one TCP segment: the hub answers with a burst, then its
+    # close reply closes TCP (_close_transport), which must flush the burst first.
+    raw = await raw_connect(url)
+    await rec.wait("connect", 3)
+    raw.send(encode_frame(OP_TEXT, b"last", mask=True) + encode_close(1000, "", mask=True))
+    got = []
+    frame = await raw.recv_data()
+    while frame.opcode != OP_CLOSE:
+        got.append(frame.payload.decode())
+        frame = await raw.recv_data()
+    expected = []
+    for i in range(count):
+        expected += [own("last", i), shared("last", i)]
+        if i % 7 == 3:
+            expected.append(own("last", i) + "!")
+    assert got == expected
+    assert frame.close == (1000, "")
+    await raw.expect_eof()

@@ -6,10 +6,11 @@ The pure-Python twin of the compiled ``protocol`` module. ``ProtocolCore`` is th
 directly. ``WebSocketProtocol`` adds ``asyncio.BufferedProtocol`` as a base so that both event
 loops take the buffered read path.
 
-Writes gather during a loop iteration and leave in one write at its end, or at once past the
-transport's high-water mark. Above it (the peer is not reading) frames wait in a queue bounded
-by ``Dispatch.queue_limit``; a data frame over the bound is dropped and reported, never a close
-frame. If the peer reads nothing for ``write_wait`` the connection is aborted as a slow reader.
+Writes go to the transport while it is below its high-water mark: a connection's first frame of
+a loop iteration at once, the frames after it together at the end of the iteration. Above the
+mark (the peer is not reading) frames wait in a queue bounded by ``Dispatch.queue_limit``; a data
+frame over the bound is dropped and reported, never a close frame. If the peer reads nothing for
+``write_wait`` the connection is aborted as a slow reader.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Dispatch:
         "bytes_out",
         "close_timeout",
         "connects",
+        "direct_writes",
         "disconnects",
         "frames_dropped",
         "handshake_timeout",
@@ -92,6 +94,7 @@ class Dispatch:
         "read_buffer_size",
         "requests_too_large",
         "handshake_timeouts",
+        "tick",
         "write_buffer_high",
         "write_wait",
         "writes",
@@ -129,6 +132,11 @@ class Dispatch:
     # Connections with frames waiting for the end of this loop iteration (see send_frame).
     _dirty: list[ProtocolCore]
     _flush_scheduled: bool
+    # Write a session's first frame of an iteration at once (see send_frame); off: every frame
+    # waits for the end of the iteration. A switch so that both can be measured on one build.
+    direct_writes: bool
+    # Loop iterations that wrote something, counted by flush: "this iteration" for send_frame.
+    tick: int
     messages_in: int
     bytes_in: int
     messages_out: int
@@ -172,6 +180,9 @@ class Dispatch:
         self.on_rate_limit = None
         self._dirty = []
         self._flush_scheduled = False
+        self.direct_writes = True
+        # A new connection's _direct_tick is 0: never "already wrote in this iteration".
+        self.tick = 1
         self.messages_in = 0
         self.bytes_in = 0
         self.messages_out = 0
@@ -189,11 +200,13 @@ class Dispatch:
         """Write what every connection gathered during this loop iteration (one write each).
 
         Scheduled with call_soon by the first frame of an iteration: a burst of broadcasts
-        then costs one system call per connection instead of one per frame.
+        then costs at most two system calls per connection (the direct first write and this
+        one) instead of one per frame. It also ends the iteration for send_frame (``tick``).
         """
         dirty = self._dirty
         self._dirty = []
         self._flush_scheduled = False
+        self.tick += 1
         for p in dirty:
             try:
                 p._flush()
@@ -230,6 +243,7 @@ class ProtocolCore(Connection):
         "_bucket_messages",
         "_bucket_stamp",
         "_close_after_flush",
+        "_direct_tick",
         "_in_handshake",
         "_opened",
         "_pending",
@@ -262,6 +276,8 @@ class ProtocolCore(Connection):
     # Frames gathered during this loop iteration: one bytes, or a list of them.
     _pending: bytes | list[bytes] | None
     _pending_bytes: int
+    # Dispatch.tick when this connection last wrote a frame straight to the transport.
+    _direct_tick: int
     _writing_paused: bool
     _close_after_flush: bool
     _in_handshake: bool
@@ -286,6 +302,7 @@ class ProtocolCore(Connection):
         self._queued_pong = None
         self._pending = None
         self._pending_bytes = 0
+        self._direct_tick = 0
         self._writing_paused = False
         self._close_after_flush = False
         self._in_handshake = False
@@ -535,10 +552,15 @@ class ProtocolCore(Connection):
         self._queued_bytes = sum(len(item[0]) for item in kept)
 
     def send_frame(self, frame: bytes, control: bool) -> int:
-        # Frames gather in _pending during a loop iteration and leave in one write at its end
-        # (Dispatch.flush), or at once when they pass the write-buffer mark. A peer that has
-        # stopped reading (pause_writing) gets a bounded queue instead; control frames are
-        # marked in it (a 1-tuple) so that no overflow policy ever drops them.
+        # A connection's first frame of a loop iteration is written at once: the transport
+        # tries send() right away, so a lone reply (an echo) leaves now rather than one
+        # iteration later. The frames after it gather in _pending and leave in one write at
+        # the end of the iteration (Dispatch.flush), or at once when they pass the write-buffer
+        # mark: a burst of broadcasts costs two system calls per connection, not one per frame.
+        # Only a frame with nothing pending or queued before it goes direct, so none overtakes
+        # another. A peer that has stopped reading (pause_writing) gets a bounded queue
+        # instead; control frames are marked in it (a 1-tuple) so that no overflow policy ever
+        # drops them.
         if self.transport is None:
             return SEND_CLOSED
         d = self.dispatch
@@ -562,6 +584,27 @@ class ProtocolCore(Connection):
             return SEND_QUEUED
         pending = self._pending
         if pending is None:
+            # Not paused means an empty queue (resume_writing drains all of it), so with
+            # nothing pending every earlier frame is already in the transport.
+            if d.direct_writes and self._direct_tick != d.tick:
+                self._direct_tick = d.tick
+                if not d._flush_scheduled:
+                    # Even with nothing pending: the flush is what ends the iteration (tick).
+                    d._flush_scheduled = True
+                    d.loop.call_soon(d.flush)
+                d.writes += 1
+                try:
+                    self.transport.write(frame)
+                except Exception as exc:
+                    # As in Dispatch.flush: one connection's failure must not reach the caller
+                    # (a broadcast would stop half way); it is reported and the connection
+                    # dropped.
+                    d.loop.call_exception_handler({
+                        "message": "melody: writing to a connection failed",
+                        "exception": exc, "protocol": self})
+                    self.abort()
+                    return SEND_CLOSED
+                return SEND_OK
             self._pending = frame
             d._dirty.append(self)
             if not d._flush_scheduled:
