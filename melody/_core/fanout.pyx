@@ -69,7 +69,7 @@ cdef object _send_all(list protocols, int opcode, const unsigned char* data,
                 shared[deflater.window_bits] = frame
         else:
             frame = p.frame_message(opcode, data, length)
-        if p.send_frame(frame, False) != SEND_CLOSED:
+        if p.send_shared(frame) != SEND_CLOSED:
             sent += 1
             if recipients is not None:
                 recipients.append(p)

@@ -182,9 +182,9 @@ async def test_a_burst_of_broadcasts_leaves_in_one_write_per_session(serve_hub, 
     after = hub.stats()
     assert after["messages_out"] - before["messages_out"] == 300
     assert after["broadcasts"] - before["broadcasts"] == 100
-    # 300 frames, at most two writes per session: the first frame direct, the other 99 in one
-    # write at the end of the iteration (heartbeat pings may add a write, not 100).
-    assert after["writes"] - before["writes"] <= 2 * 3 + 3
+    # 300 frames, one write per session: broadcast frames are never written directly, all 100
+    # leave together at the end of the iteration (heartbeat pings may add a write, not 100).
+    assert after["writes"] - before["writes"] <= 3 + 3
 
 
 async def test_stats_count_traffic_and_sessions(serve_hub, ws_connect):
@@ -261,7 +261,7 @@ async def test_a_lone_write_costs_one_write_call(serve_hub, ws_connect, direct):
 
 
 @WRITE_MODES
-async def test_a_burst_from_one_handler_call_costs_at_most_two_writes_per_session(
+async def test_a_burst_of_broadcasts_from_a_handler_costs_one_write_per_session(
         serve_hub, ws_connect, direct):
     hub, url = await serve_in_mode(serve_hub, direct)
     rec = Recorder(hub, skip=("message",))
@@ -282,9 +282,37 @@ async def test_a_burst_from_one_handler_call_costs_at_most_two_writes_per_sessio
             assert got == [f"r{round_} {i}" for i in range(count)]
         after = hub.stats()
         assert after["messages_out"] - before["messages_out"] == 3 * count
-        # Direct: the first frame at once, the other 49 in one write at the end of the
-        # iteration; deferred: all 50 in that one write.
-        assert after["writes"] - before["writes"] == 3 * (2 if direct else 1)
+        # In both modes all 50 in one write at the end of the iteration: broadcast frames are
+        # never written directly (a burst would cost two writes per session).
+        assert after["writes"] - before["writes"] == 3
+
+
+@WRITE_MODES
+async def test_a_reply_then_a_burst_costs_two_writes_for_the_sender(serve_hub, ws_connect,
+                                                                     direct):
+    hub, url = await serve_in_mode(serve_hub, direct)
+    rec = Recorder(hub, skip=("message",))
+
+    @hub.handle_message
+    def reply_then_burst(session, msg):
+        before = hub.stats()["writes"]
+        session.write(f"ack {msg}")
+        # Direct: the reply is on its way before the handler returns.
+        assert hub.stats()["writes"] - before == (1 if direct else 0)
+        for i in range(10):
+            hub.broadcast(f"{msg} {i}")
+
+    sender, other = [await ws_connect(url) for _ in range(2)]
+    await rec.wait("connect", 2)
+    before = hub.stats()["writes"]
+    await sender.send("m")
+    got = [await asyncio.wait_for(sender.recv(), WAIT) for _ in range(11)]
+    assert got == ["ack m"] + [f"m {i}" for i in range(10)]
+    assert [await asyncio.wait_for(other.recv(), WAIT) for _ in range(10)] == [
+        f"m {i}" for i in range(10)]
+    # Direct: the reply alone, then the ten broadcasts in one write; deferred: all eleven in
+    # one write. The other session: one write either way.
+    assert hub.stats()["writes"] - before == (3 if direct else 2)
 
 
 @WRITE_MODES

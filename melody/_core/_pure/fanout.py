@@ -77,7 +77,7 @@ def _send_all(
             frame = cached
         else:
             frame = p.frame_message(opcode, data)
-        if p.send_frame(frame, False) != SEND_CLOSED:
+        if p.send_shared(frame) != SEND_CLOSED:
             sent += 1
             if recipients is not None:
                 recipients.append(p)

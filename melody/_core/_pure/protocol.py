@@ -554,13 +554,13 @@ class ProtocolCore(Connection):
     def send_frame(self, frame: bytes, control: bool) -> int:
         # A connection's first frame of a loop iteration is written at once: the transport
         # tries send() right away, so a lone reply (an echo) leaves now rather than one
-        # iteration later. The frames after it gather in _pending and leave in one write at
-        # the end of the iteration (Dispatch.flush), or at once when they pass the write-buffer
-        # mark: a burst of broadcasts costs two system calls per connection, not one per frame.
-        # Only a frame with nothing pending or queued before it goes direct, so none overtakes
-        # another. A peer that has stopped reading (pause_writing) gets a bounded queue
-        # instead; control frames are marked in it (a 1-tuple) so that no overflow policy ever
-        # drops them.
+        # iteration later. The frames after it, and every broadcast frame (send_shared), gather
+        # in _pending and leave in one write at the end of the iteration (Dispatch.flush), or
+        # at once when they pass the write-buffer mark: a burst of broadcasts costs one system
+        # call per connection, not one per frame. Only a frame with nothing pending or queued
+        # before it goes direct, so none overtakes another. A peer that has stopped reading
+        # (pause_writing) gets a bounded queue instead; control frames are marked in it (a
+        # 1-tuple) so that no overflow policy ever drops them.
         if self.transport is None:
             return SEND_CLOSED
         d = self.dispatch
@@ -618,6 +618,15 @@ class ProtocolCore(Connection):
         if self._pending_bytes >= d.write_buffer_high:
             self._flush()
         return SEND_OK
+
+    def send_shared(self, frame: bytes) -> int:
+        # A broadcast's frame (the fan-out loop): never written at once. A burst of broadcasts
+        # in one iteration (a publisher's read holding several) then costs one write per
+        # connection instead of two, and a lone broadcast loses nothing by waiting: its writes
+        # to every recipient happen in the same iteration either way. Marking the connection
+        # as having written directly sends the frame down the gathering path.
+        self._direct_tick = self.dispatch.tick
+        return self.send_frame(frame, False)
 
     def _flush(self) -> None:
         pending = self._pending
