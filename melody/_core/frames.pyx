@@ -11,7 +11,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.string cimport memcpy
 
-from melody._core.mask cimport mask_inplace
+from melody._core.mask cimport mask_copy
 
 import os
 
@@ -63,11 +63,11 @@ cdef bytes build_frame(unsigned char first_byte, const unsigned char* payload,
         out[3] = <unsigned char>(n & 0xFF)
     else:
         out[1] = mask_bit | <unsigned char>length
-    if length:
-        memcpy(out + header, payload, length)
     if masked:
         fresh_mask_key(out + header - 4)
-        mask_inplace(out + header, length, out + header - 4, 0)
+        mask_copy(out + header, payload, length, out + header - 4)
+    elif length:
+        memcpy(out + header, payload, length)
     return frame
 
 

@@ -50,6 +50,32 @@ cdef void mask_inplace(unsigned char* data, Py_ssize_t length,
         i += 1
 
 
+cdef void mask_copy(unsigned char* dst, const unsigned char* src, Py_ssize_t length,
+                    const unsigned char* key) noexcept nogil:
+    # One pass, reading the source and writing the target: a copy followed by mask_inplace
+    # would walk a large payload twice (twice the memory traffic once it is past the caches).
+    cdef unsigned char cycle[8]
+    cdef uint64_t key64 = 0
+    cdef uint64_t word = 0
+    cdef Py_ssize_t i
+    cdef Py_ssize_t bulk
+    if length <= 0:
+        return
+    for i in range(8):
+        cycle[i] = key[i & 3]
+    memcpy(&key64, cycle, 8)
+    bulk = length - (length & 7)
+    i = 0
+    while i < bulk:
+        memcpy(&word, src + i, 8)
+        word ^= key64
+        memcpy(dst + i, &word, 8)
+        i += 8
+    while i < length:
+        dst[i] = src[i] ^ cycle[i & 3]
+        i += 1
+
+
 cdef int _get_key(object key, unsigned char* out) except -1:
     cdef Py_buffer view
     PyObject_GetBuffer(key, &view, PyBUF_SIMPLE)
@@ -68,7 +94,7 @@ def mask(data, key):
     ``data`` and ``key`` are any C-contiguous bytes-like objects; ``data`` is left unchanged.
     Masking is its own inverse, so this both masks and unmasks. Raises ``ValueError`` if
     ``key`` is not exactly 4 bytes, ``TypeError`` if either argument is not bytes-like and
-    ``BufferError`` if ``data`` is not contiguous. Costs one copy plus one pass over the data.
+    ``BufferError`` if ``data`` is not contiguous. Costs one pass over the data, into the copy.
     """
     cdef unsigned char k[4]
     cdef Py_buffer view
@@ -81,11 +107,9 @@ def mask(data, key):
         dst = <unsigned char*>PyBytes_AS_STRING(out)
         if view.len >= _NOGIL_THRESHOLD:
             with nogil:
-                memcpy(dst, view.buf, <size_t>view.len)
-                mask_inplace(dst, view.len, k, 0)
+                mask_copy(dst, <const unsigned char*>view.buf, view.len, k)
         else:
-            memcpy(dst, view.buf, <size_t>view.len)
-            mask_inplace(dst, view.len, k, 0)
+            mask_copy(dst, <const unsigned char*>view.buf, view.len, k)
     finally:
         PyBuffer_Release(&view)
     return out
