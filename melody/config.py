@@ -139,10 +139,11 @@ class Config:
     #: Size of each connection's first read buffer; it grows for larger frames and shrinks back.
     read_buffer_size: int = 16 * 1024
     #: Write a session's first frame of an event-loop iteration to the socket at once (a lone
-    #: reply, e.g. ``session.write`` in a handler, leaves without waiting for the iteration to
-    #: end); the frames that follow in the same iteration, and broadcast frames always, leave
-    #: together in one write at its end. False defers every frame to that one write: one
-    #: system call per session per iteration instead of up to two.
+    #: reply or a lone broadcast leaves without waiting for the iteration to end); the frames
+    #: that follow in the same iteration leave together in one write at its end, and while
+    #: broadcasts come in bursts (several in one iteration) every broadcast frame waits for
+    #: that one write. False defers every frame to that one write: one system call per session
+    #: per iteration instead of up to two.
     direct_writes: bool = True
     _compression: Compression | None = field(init=False, repr=False, compare=False, default=None)
 

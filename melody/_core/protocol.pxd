@@ -43,6 +43,11 @@ cdef class Dispatch:
     cdef public bint direct_writes
     # Loop iterations that wrote something, counted by flush: "this iteration" for send_frame.
     cdef unsigned long long tick
+    # Some connection got two frames of broadcasts in this iteration (a burst), and whether
+    # the last iteration that wrote was such a burst: broadcast frames then wait for the
+    # iteration's end instead of going out at once (see ProtocolCore.send_shared).
+    cdef bint _burst_seen
+    cdef bint _defer_shared
 
     # Counters, kept here so that the hot paths pay one C increment each.
     cdef public unsigned long long messages_in

@@ -282,9 +282,42 @@ async def test_a_burst_of_broadcasts_from_a_handler_costs_one_write_per_session(
             assert got == [f"r{round_} {i}" for i in range(count)]
         after = hub.stats()
         assert after["messages_out"] - before["messages_out"] == 3 * count
-        # In both modes all 50 in one write at the end of the iteration: broadcast frames are
-        # never written directly (a burst would cost two writes per session).
-        assert after["writes"] - before["writes"] == 3
+        # Deferred: all 50 in one write at the end of the iteration. Direct: the first burst
+        # writes its first frame at once and the other 49 at the end (two writes); having seen
+        # a burst, the hub gathers the next bursts' frames whole (one write).
+        expected = 2 if direct and round_ == 0 else 1
+        assert after["writes"] - before["writes"] == 3 * expected
+
+
+@WRITE_MODES
+async def test_a_lone_broadcast_is_written_at_once_after_bursts_end(serve_hub, ws_connect,
+                                                                    direct):
+    hub, url = await serve_in_mode(serve_hub, direct)
+    rec = Recorder(hub, skip=("message",))
+    seen: list[int] = []
+
+    @hub.handle_message
+    def broadcast(session, msg):
+        count = int(msg)
+        before = hub.stats()["writes"]
+        for i in range(count):
+            hub.broadcast(f"{msg}:{i}")
+        # Writes made before the handler returned: the frames that went out at once.
+        seen.append(hub.stats()["writes"] - before)
+
+    clients = [await ws_connect(url) for _ in range(3)]
+    await rec.wait("connect", 3)
+    # A lone broadcast, a burst of 20, a lone one (still gathered: the last iteration that
+    # wrote was a burst), then lone ones again (written at once).
+    for msg in ("1", "20", "1", "1", "1"):
+        await clients[0].send(msg)
+        for ws in clients:
+            got = [await asyncio.wait_for(ws.recv(), WAIT) for _ in range(int(msg))]
+            assert got == [f"{msg}:{i}" for i in range(int(msg))]
+    if direct:
+        assert seen == [3, 3, 0, 3, 3]
+    else:
+        assert seen == [0, 0, 0, 0, 0]
 
 
 @WRITE_MODES
@@ -310,9 +343,10 @@ async def test_a_reply_then_a_burst_costs_two_writes_for_the_sender(serve_hub, w
     assert got == ["ack m"] + [f"m {i}" for i in range(10)]
     assert [await asyncio.wait_for(other.recv(), WAIT) for _ in range(10)] == [
         f"m {i}" for i in range(10)]
-    # Direct: the reply alone, then the ten broadcasts in one write; deferred: all eleven in
-    # one write. The other session: one write either way.
-    assert hub.stats()["writes"] - before == (3 if direct else 2)
+    # Direct: the reply alone, then the ten broadcasts in one write; the other session, the
+    # burst's first frame at once (no burst was seen before it) and the nine others in one
+    # write. Deferred: one write each.
+    assert hub.stats()["writes"] - before == (4 if direct else 2)
 
 
 @WRITE_MODES
