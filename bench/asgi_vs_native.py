@@ -39,8 +39,10 @@ try:
 except ImportError:  # a source checkout not installed: use it in place (built in place)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import melody
+from compare import fill_defaults
+
 from melody.bench import BenchError, BenchOptions, run_bench
-from melody.bench.report import FIGURES, Figure, format_value, lookup, write_json
+from melody.bench.report import FIGURES, Figure, align, format_value, lookup, write_json
 from melody.bench.stats import median
 from melody.bench.system import environment, parse_cpus
 
@@ -88,9 +90,9 @@ async def serve(mode: str, host: str, port: int) -> None:
     sock.bind((host, port))
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                             ws_per_message_deflate=False, backlog=1024)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+    uv_server = uvicorn.Server(config)
+    task = asyncio.create_task(uv_server.serve(sockets=[sock]))
+    while not uv_server.started:
         if task.done():
             task.result()
             raise RuntimeError("uvicorn stopped before it started")
@@ -135,12 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    base = dict(DEFAULTS, **(QUICK if args.quick else {}))
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
 
 
 def say(args: argparse.Namespace, msg: str) -> None:
@@ -299,11 +296,7 @@ def table(summary: dict[str, Any], ratios: dict[str, float | None]) -> str:
                          + (" client-bound" if c["client_bound"] else "")
                          + (" contended" if c["contended"] else ""))
         rows.append([f"{w}: check", *cells, ""])
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
-                       for i, c in enumerate(r)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return align(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

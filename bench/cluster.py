@@ -40,11 +40,11 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from compare import server_process
+from compare import fill_defaults, server_process
 
 from melody.bench import BenchError, BenchOptions, run_bench
 from melody.bench.redis_probe import RedisProbeError, publish_calls
-from melody.bench.report import FIGURES, format_value, lookup, write_json
+from melody.bench.report import FIGURES, align, format_value, lookup, write_json
 from melody.bench.stats import median
 from melody.bench.system import environment, parse_cpus
 
@@ -82,11 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="directory for the JSON (default bench/results)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    args = p.parse_args(argv)
-    base = dict(DEFAULTS, **(QUICK if args.quick else {}))
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
     if args.nodes < 2:
         p.error("--nodes must be at least 2")
     return args
@@ -213,11 +209,7 @@ def table(reports: dict[str, list[dict[str, Any]]]) -> str:
         if any(w["contended"] for w in flags):
             text += " CONTENDED"
         rows.append([f"{n}: check", *(text if m == n else "" for m in names), ""])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
-                       for i, c in enumerate(r)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return align(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ except ImportError:  # a source checkout not installed: use it in place (built w
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import melody
 from melody.bench import DEFAULT_WORKLOADS, WORKLOADS, BenchError, BenchOptions, run_bench
-from melody.bench.report import FIGURES, Figure, format_value, lookup, plot, write_json
+from melody.bench.report import FIGURES, Figure, align, format_value, lookup, plot, write_json
 from melody.bench.stats import median
 from melody.bench.system import environment, parse_cpus
 
@@ -89,17 +89,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="directory for the JSON and PNG (default bench/results)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    args = p.parse_args(argv)
-    base = dict(DEFAULTS, **(QUICK if args.quick else {}))
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
     args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(args.server_list) - set(SERVERS)
     if unknown:
         p.error(f"unknown server(s) {sorted(unknown)}; known: {', '.join(SERVERS)}")
     args.workloads = list(DEFAULT_WORKLOADS) if args.workload == "all" else [
         w.strip() for w in args.workload.split(",") if w.strip()]
+    return args
+
+
+def fill_defaults(args: argparse.Namespace, defaults: dict[str, Any],
+                  quick: dict[str, Any]) -> argparse.Namespace:
+    """Give every option left unset (None) its default, the ``quick`` one under ``--quick``:
+    an option given explicitly always wins."""
+    for key, value in dict(defaults, **(quick if args.quick else {})).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     return args
 
 
@@ -273,14 +279,7 @@ def table(summary: dict[str, Any], names: list[str]) -> str:
                           for k in ("server_pct", "client_pct", "other_pct"))
             row.append(f"{verdict} ({c['lost']}) {sp}/{cp}/{op}")
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i])
-                       for i, h in enumerate(header)),
-             "  ".join("-" * w for w in widths)]
-    for r in rows:
-        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
-                               for i, c in enumerate(r)))
-    lines.append("")
+    lines = [align([header, *rows]), ""]
     lines.append(f"(Nx): how many times better {base} is than that server (above 1: {base} "
                  "better). *: client-bound in at least one repeat (a client process near 100%"
                  " CPU, or for latency the receivers needing more CPU than the server): read"

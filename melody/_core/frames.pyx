@@ -65,7 +65,7 @@ cdef bytes build_frame(unsigned char first_byte, const unsigned char* payload,
         out[1] = mask_bit | <unsigned char>length
     if masked:
         fresh_mask_key(out + header - 4)
-        mask_copy(out + header, payload, length, out + header - 4)
+        mask_copy(out + header, payload, length, out + header - 4, 0)
     elif length:
         memcpy(out + header, payload, length)
     return frame

@@ -17,6 +17,14 @@ cdef Py_ssize_t _NOGIL_THRESHOLD = 64 * 1024
 
 cdef void mask_inplace(unsigned char* data, Py_ssize_t length,
                        const unsigned char* key, Py_ssize_t offset) noexcept nogil:
+    mask_copy(data, data, length, key, offset)
+
+
+cdef void mask_copy(unsigned char* dst, const unsigned char* src, Py_ssize_t length,
+                    const unsigned char* key, Py_ssize_t offset) noexcept nogil:
+    # One pass, reading the source and writing the target: a copy followed by an in-place
+    # pass would walk a large payload twice. Each block is read whole before it is written,
+    # so ``dst == src`` (in place) is safe.
     cdef unsigned char cycle[8]
     cdef unsigned char cycle16[16]
     cdef unsigned char block[16]
@@ -31,8 +39,9 @@ cdef void mask_inplace(unsigned char* data, Py_ssize_t length,
 
     if length <= 0:
         return
-    # The key rotated to the payload's place in the mask cycle, repeated to 8 bytes. Building
-    # the 64-bit word through memory (not by shifts) makes it right on either byte order.
+    # The key rotated to the payload's place in the mask cycle, repeated to 8 and 16 bytes.
+    # Building the 64-bit word through memory (not by shifts) makes it right on either byte
+    # order.
     for i in range(8):
         cycle[i] = key[(start + <size_t>i) & 3]
     for i in range(16):
@@ -42,45 +51,7 @@ cdef void mask_inplace(unsigned char* data, Py_ssize_t length,
     # 16 bytes a step through a local block: memcpy is how portable C spells an unaligned
     # load or store (GCC, Clang and MSVC lower a 16-byte one to a single vector move), and the
     # XOR of two local arrays has no aliasing to prove, so the compilers turn it into one
-    # vector XOR (SSE2 / NEON). Free of the alignment and aliasing traps of casting ``data``.
-    bulk = length - (length & 15)
-    i = 0
-    while i < bulk:
-        memcpy(block, data + i, 16)
-        for j in range(16):
-            block[j] ^= cycle16[j]
-        memcpy(data + i, block, 16)
-        i += 16
-    if length - i >= 8:
-        memcpy(&word, data + i, 8)
-        word ^= key64
-        memcpy(data + i, &word, 8)
-        i += 8
-    # ``i`` is a multiple of 8, hence of 4, so the tail is still in phase with ``cycle``.
-    while i < length:
-        data[i] ^= cycle[i & 3]
-        i += 1
-
-
-cdef void mask_copy(unsigned char* dst, const unsigned char* src, Py_ssize_t length,
-                    const unsigned char* key) noexcept nogil:
-    # One pass, reading the source and writing the target: a copy followed by mask_inplace
-    # would walk a large payload twice (twice the memory traffic once it is past the caches).
-    cdef unsigned char cycle[8]
-    cdef unsigned char cycle16[16]
-    cdef unsigned char block[16]
-    cdef int j
-    cdef uint64_t key64 = 0
-    cdef uint64_t word = 0
-    cdef Py_ssize_t i
-    cdef Py_ssize_t bulk
-    if length <= 0:
-        return
-    for i in range(8):
-        cycle[i] = key[i & 3]
-    memcpy(&key64, cycle, 8)
-    for i in range(16):
-        cycle16[i] = cycle[i & 7]
+    # vector XOR (SSE2 / NEON). Free of the alignment and aliasing traps of casting pointers.
     bulk = length - (length & 15)
     i = 0
     while i < bulk:
@@ -94,6 +65,7 @@ cdef void mask_copy(unsigned char* dst, const unsigned char* src, Py_ssize_t len
         word ^= key64
         memcpy(dst + i, &word, 8)
         i += 8
+    # ``i`` is a multiple of 8, hence of 4, so the tail is still in phase with ``cycle``.
     while i < length:
         dst[i] = src[i] ^ cycle[i & 3]
         i += 1
@@ -130,9 +102,9 @@ def mask(data, key):
         dst = <unsigned char*>PyBytes_AS_STRING(out)
         if view.len >= _NOGIL_THRESHOLD:
             with nogil:
-                mask_copy(dst, <const unsigned char*>view.buf, view.len, k)
+                mask_copy(dst, <const unsigned char*>view.buf, view.len, k, 0)
         else:
-            mask_copy(dst, <const unsigned char*>view.buf, view.len, k)
+            mask_copy(dst, <const unsigned char*>view.buf, view.len, k, 0)
     finally:
         PyBuffer_Release(&view)
     return out

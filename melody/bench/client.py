@@ -201,19 +201,7 @@ class BenchClient(asyncio.Protocol):
                     if i >= 0 and i == len(prefixes):
                         w.extend_prefixes()
                     seq = int(msg[1:11])
-                    if seq != expect:
-                        if seq < expect:
-                            w.disorder += 1
-                            continue
-                        w.gaps += seq - expect
-                    expect = seq + 1
-                    got += 1
-                    if sampler is not None:
-                        sampler.add(now - int(msg[12:32]))
-                elif kind == "E":
-                    if not now:
-                        now = _monotonic_ns()
-                    self._echo_reply(msg, now)
+                    stamp = int(msg[12:32]) if sampler is not None else 0
                 elif kind == "{":
                     # A broadcast of the json workload: decoded in full (the check is that
                     # the hub sent valid JSON with the fields that were published).
@@ -227,17 +215,24 @@ class BenchClient(asyncio.Protocol):
                         w.unexpected += 1
                         w.note_error(f"invalid JSON broadcast: {msg[:60]!r}")
                         continue
-                    if seq != expect:
-                        if seq < expect:
-                            w.disorder += 1
-                            continue
-                        w.gaps += seq - expect
-                    expect = seq + 1
-                    got += 1
-                    if sampler is not None:
-                        sampler.add(now - stamp)
+                elif kind == "E":
+                    if not now:
+                        now = _monotonic_ns()
+                    self._echo_reply(msg, now)
+                    continue
                 else:
                     w.unexpected += 1
+                    continue
+                # A broadcast off the fast path: a gap, a repeat, or a JSON one.
+                if seq != expect:
+                    if seq < expect:
+                        w.disorder += 1
+                        continue
+                    w.gaps += seq - expect
+                expect = seq + 1
+                got += 1
+                if sampler is not None:
+                    sampler.add(now - stamp)
             else:
                 self._control(event)
         self.expect = expect

@@ -19,6 +19,7 @@ __all__ = [
     "extract",
     "format_value",
     "format_table",
+    "align",
     "write_json",
     "plot",
 ]
@@ -103,6 +104,16 @@ def format_value(value: float | None, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
+def align(rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> str:
+    """``rows`` as a text table: the first row a header with a rule under it, the columns in
+    ``left`` left-aligned and the others (figures) right-aligned, two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(widths[i]) if i in left else c.rjust(widths[i])
+                       for i, c in enumerate(r)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def _check_text(workload: Mapping[str, Any]) -> str:
     check = workload.get("check", {})
     parts = [f"lost {check.get('lost')}"]
@@ -161,11 +172,7 @@ def format_table(report: Mapping[str, Any]) -> str:
             _pct(cpu.get("server_pct")) if first else "",
             _pct(cpu.get("other_pct")) if first else "",
         ))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:{'<' if i in (0, 2) else '>'}{w}}}" for i, w in enumerate(widths))
-    lines.append(fmt.format(*header))
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend(fmt.format(*r) for r in rows)
+    lines.append(align([header, *rows], left=(0, 2)))
     notes = []
     for name, w in workloads.items():
         if w.get("client_bound"):
