@@ -39,7 +39,7 @@ try:
 except ImportError:  # a source checkout not installed: use it in place (built in place)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import melody
-from compare import fill_defaults
+from compare import fill_defaults, stop_process
 
 from melody.bench import BenchError, BenchOptions, run_bench
 from melody.bench.report import FIGURES, Figure, align, format_value, lookup, write_json
@@ -176,12 +176,7 @@ def server_process(mode: str) -> Any:
             raise BenchError(f"{mode} server did not start:\n{log.read()[-2000:]}")
         yield proc, port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.seek(0)
         errors = log.read()
         log.close()

@@ -40,7 +40,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from compare import fill_defaults, server_process
+from compare import fill_defaults, server_process, stop_process
 
 from melody.bench import BenchError, BenchOptions, run_bench
 from melody.bench.redis_probe import RedisProbeError, publish_calls
@@ -128,12 +128,7 @@ def redis_server(log_dir: str) -> Iterator[str]:
                     time.sleep(0.05)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def options(args: argparse.Namespace, ports: list[int], pids: list[int],

@@ -155,17 +155,22 @@ def server_process(name: str, log_dir: str, extra_args: list[str] | None = None)
                              f" its stderr is in {log.name}")
         keep_log = False
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         # Kept only when the server failed: a run that went well leaves no file behind.
         with contextlib.suppress(OSError):
             if not keep_log or os.path.getsize(log.name) == 0:
                 os.unlink(log.name)
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 5 s; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def bench_options(args: argparse.Namespace, name: str, port: int, pid: int) -> BenchOptions:
