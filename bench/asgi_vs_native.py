@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import selectors
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ try:
 except ImportError:  # a source checkout not installed: use it in place (built in place)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import melody
-from compare import fill_defaults, stop_process
+from compare import fill_defaults, ready_port, server_env, stop_process
 
 from melody.bench import BenchError, BenchOptions, run_bench
 from melody.bench.report import FIGURES, Figure, align, format_value, lookup, write_json
@@ -148,29 +147,12 @@ def say(args: argparse.Namespace, msg: str) -> None:
 @contextlib.contextmanager
 def server_process(mode: str) -> Any:
     """Start this script with ``--serve MODE --port 0``; yield ``(process, port)``; stop it."""
-    env = dict(os.environ)
-    melody_root = os.path.dirname(os.path.dirname(os.path.abspath(melody.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [melody_root, env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
+    env = server_env()
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", mode],
                             stdout=subprocess.PIPE, stderr=log, env=env, text=True)
     try:
-        port = None
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + 30
-            while port is None and time.monotonic() < deadline:
-                if not sel.select(timeout=0.5):
-                    if proc.poll() is not None:
-                        break
-                    continue
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                if line.startswith("READY "):
-                    port = int(line.split()[1])
+        port = ready_port(proc)
         if port is None:
             log.seek(0)
             raise BenchError(f"{mode} server did not start:\n{log.read()[-2000:]}")

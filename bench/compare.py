@@ -118,12 +118,7 @@ def say(args: argparse.Namespace, msg: str) -> None:
 def server_process(name: str, log_dir: str, extra_args: list[str] | None = None) -> Any:
     """Start ``bench/servers/<name>_hub.py --port 0 [extra_args]``; yield ``(process, port)``;
     stop it."""
-    env = dict(os.environ)
-    # The server imports the very melody this harness runs (a source checkout built in place
-    # or an installed wheel), whatever the current directory.
-    melody_root = os.path.dirname(os.path.dirname(os.path.abspath(melody.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [melody_root, env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
+    env = server_env()
     script = os.path.join(HERE, "servers", f"{name}_hub.py")
     log = tempfile.NamedTemporaryFile(
         "w+", prefix=f"{name}-", suffix=".log", dir=log_dir, delete=False)
@@ -131,21 +126,7 @@ def server_process(name: str, log_dir: str, extra_args: list[str] | None = None)
                             stdout=subprocess.PIPE, stderr=log, env=env, text=True)
     keep_log = True
     try:
-        port = None
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + 30
-            while port is None and time.monotonic() < deadline:
-                if not sel.select(timeout=0.5):
-                    if proc.poll() is not None:
-                        break
-                    continue
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                if line.startswith("READY "):
-                    port = int(line.split()[1])
+        port = ready_port(proc)
         if port is None:
             log.seek(0)
             raise BenchError(f"{name} server did not start:\n{log.read()[-2000:]}")
@@ -161,6 +142,37 @@ def server_process(name: str, log_dir: str, extra_args: list[str] | None = None)
         with contextlib.suppress(OSError):
             if not keep_log or os.path.getsize(log.name) == 0:
                 os.unlink(log.name)
+
+
+def server_env() -> dict[str, str]:
+    """The environment of a server process: this one's, plus the very melody this harness
+    runs (a source checkout built in place or an installed wheel) on PYTHONPATH, whatever the
+    current directory, and unbuffered output."""
+    env = dict(os.environ)
+    melody_root = os.path.dirname(os.path.dirname(os.path.abspath(melody.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [melody_root, env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def ready_port(proc: subprocess.Popen[str], timeout: float = 30.0) -> int | None:
+    """The port of a server's ``READY <port>`` line; None if it exits or ``timeout`` passes
+    first."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.5):
+                if proc.poll() is not None:
+                    return None
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                return None
+            if line.startswith("READY "):
+                return int(line.split()[1])
+    return None
 
 
 def stop_process(proc: subprocess.Popen[Any]) -> None:
