@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from e2e_support import HOST, RawClient, port_of
+from e2e_support import HOST, LOOP_FACTORIES, RawClient, port_of
 from websockets.asyncio.client import ClientConnection, connect
 
 from melody import Config, Melody
-
-#: The event loops every e2e test runs on (Windows has no uvloop: the default loop only).
-LOOP_FACTORIES: dict[str, Any] = {"asyncio": asyncio.new_event_loop}
-if sys.platform != "win32":
-    import uvloop
-
-    LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

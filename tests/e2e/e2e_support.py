@@ -13,11 +13,20 @@ import base64
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from melody._core.frames import OP_CLOSE, OP_PING, encode_close, encode_frame
+
+#: The event loops every socket test runs on, through pytest-asyncio's
+#: ``pytest_asyncio_loop_factories`` hook (Windows has no uvloop: the default loop only).
+LOOP_FACTORIES: dict[str, Any] = {"asyncio": asyncio.new_event_loop}
+if sys.platform != "win32":
+    import uvloop
+
+    LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
 
 HOST = "127.0.0.1"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import resource
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,19 +16,18 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import uvloop
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
-from e2e_support import HOST, RawClient, port_of
+from e2e_support import HOST, LOOP_FACTORIES, RawClient, port_of
 from websockets.asyncio.client import ClientConnection, connect
 
 from melody import Config, Melody
-
-LOOP_FACTORIES = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -40,6 +38,9 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 def _raise_nofile() -> Iterator[None]:
     """Raise RLIMIT_NOFILE's soft limit to the hard limit: the slowloris and churn tests hold
     a few thousand sockets (both ends live in this process)."""
+    if resource is None:  # Windows: no such limit to raise
+        yield
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
