@@ -95,6 +95,7 @@ cdef class ProtocolCore(Connection):
     cdef int _close_transport(self) except -1
     cdef int _flush(self) except -1
     cdef int send_shared(self, bytes frame) except -1
+    cdef int _write_failed(self, exc) except -1
     cdef int _drain_queue(self) except -1
     cdef int _drop_oldest(self) except -1
     cdef int _cancel_timer(self) except -1

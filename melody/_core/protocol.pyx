@@ -67,10 +67,7 @@ cdef class Dispatch:
             try:
                 p._flush()
             except Exception as exc:
-                self.loop.call_exception_handler({
-                    "message": "melody: writing to a connection failed",
-                    "exception": exc, "protocol": p})
-                p.abort()
+                p._write_failed(exc)
 
     def stats(self):
         """The hub-wide counters, as a dict."""
@@ -383,13 +380,7 @@ cdef class ProtocolCore(Connection):
                 try:
                     self.transport.write(frame)
                 except Exception as exc:
-                    # As in Dispatch.flush: one connection's failure must not reach the caller
-                    # (a broadcast would stop half way); it is reported and the connection
-                    # dropped.
-                    d.loop.call_exception_handler({
-                        "message": "melody: writing to a connection failed",
-                        "exception": exc, "protocol": self})
-                    self.abort()
+                    self._write_failed(exc)
                     return SEND_CLOSED
                 return SEND_OK
             self._pending = frame
@@ -405,6 +396,16 @@ cdef class ProtocolCore(Connection):
         if self._pending_bytes >= d.write_buffer_high:
             self._flush()
         return SEND_OK
+
+    cdef int _write_failed(self, exc) except -1:
+        # One connection's failing write must not reach the caller (a broadcast would stop
+        # half way, a flush would skip the other connections): it is reported to the loop's
+        # exception handler and the connection dropped.
+        self.dispatch.loop.call_exception_handler({
+            "message": "melody: writing to a connection failed",
+            "exception": exc, "protocol": self})
+        self.abort()
+        return 0
 
     cdef int send_shared(self, bytes frame) except -1:
         # A broadcast's frame (the fan-out loop). A lone broadcast goes out at once like any

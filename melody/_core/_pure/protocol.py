@@ -220,10 +220,7 @@ class Dispatch:
             try:
                 p._flush()
             except Exception as exc:
-                self.loop.call_exception_handler({
-                    "message": "melody: writing to a connection failed",
-                    "exception": exc, "protocol": p})
-                p.abort()
+                p._write_failed(exc)
 
     def stats(self) -> dict[str, int]:
         """The hub-wide counters, as a dict."""
@@ -605,13 +602,7 @@ class ProtocolCore(Connection):
                 try:
                     self.transport.write(frame)
                 except Exception as exc:
-                    # As in Dispatch.flush: one connection's failure must not reach the caller
-                    # (a broadcast would stop half way); it is reported and the connection
-                    # dropped.
-                    d.loop.call_exception_handler({
-                        "message": "melody: writing to a connection failed",
-                        "exception": exc, "protocol": self})
-                    self.abort()
+                    self._write_failed(exc)
                     return SEND_CLOSED
                 return SEND_OK
             self._pending = frame
@@ -627,6 +618,15 @@ class ProtocolCore(Connection):
         if self._pending_bytes >= d.write_buffer_high:
             self._flush()
         return SEND_OK
+
+    def _write_failed(self, exc: Exception) -> None:
+        # One connection's failing write must not reach the caller (a broadcast would stop
+        # half way, a flush would skip the other connections): it is reported to the loop's
+        # exception handler and the connection dropped.
+        self.dispatch.loop.call_exception_handler({
+            "message": "melody: writing to a connection failed",
+            "exception": exc, "protocol": self})
+        self.abort()
 
     def send_shared(self, frame: bytes) -> int:
         # A broadcast's frame (the fan-out loop). A lone broadcast goes out at once like any
