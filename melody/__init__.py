@@ -29,6 +29,7 @@ from melody.errors import (
     RateLimited,
     RequestError,
     SessionClosed,
+    TopicLimitExceeded,
 )
 from melody.handshake import Headers, Request
 from melody.hub import Melody
@@ -57,6 +58,7 @@ __all__ = [
     "MessageBufferFull",
     "RateLimit",
     "RateLimited",
+    "TopicLimitExceeded",
     "ReconnectingClient",
     "Request",
     "RequestError",

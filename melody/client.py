@@ -90,6 +90,7 @@ from melody.handshake import (
     parse_request,
     parse_response_head,
 )
+from melody.limits import MAX_COUNT, MAX_MESSAGE_SIZE, check_int, check_rate, check_seconds
 
 __all__ = [
     "ClientConnection",
@@ -205,18 +206,18 @@ def _make_options(
         if name.lower() in _RESERVED_HEADERS:
             raise ValueError(f"header {name!r} is set by the handshake; use the matching "
                              "argument (subprotocols, compression, origin) instead")
-    if max_message_size < 1:
-        raise ValueError("max_message_size must be >= 1")
-    if max_queue is not None and max_queue < 1:
-        raise ValueError("max_queue must be >= 1 (or None for no limit)")
-    if open_timeout is not None and open_timeout <= 0:
-        raise ValueError("open_timeout must be > 0 (or None)")
-    if close_timeout <= 0:
-        raise ValueError("close_timeout must be > 0")
-    if ping_interval is not None and ping_interval <= 0:
-        raise ValueError("ping_interval must be > 0 (or None for no keepalive)")
-    if ping_timeout is not None and ping_timeout <= 0:
-        raise ValueError("ping_timeout must be > 0 (or None: ping_interval)")
+    # Upper bounds too (melody.limits): a max_message_size near 2**63 is not "no limit", it
+    # is arithmetic that wraps.
+    check_int("max_message_size", max_message_size, 1, MAX_MESSAGE_SIZE)
+    if max_queue is not None:
+        check_int("max_queue", max_queue, 1, MAX_COUNT)
+    if open_timeout is not None:
+        check_seconds("open_timeout", open_timeout)
+    check_seconds("close_timeout", close_timeout)
+    if ping_interval is not None:
+        check_seconds("ping_interval", ping_interval)
+    if ping_timeout is not None:
+        check_seconds("ping_timeout", ping_timeout)
     return _Options(tuple(subprotocols), tuple((str(n), str(v)) for n, v in pairs), origin,
                     bool(compression), max_message_size, max_queue, open_timeout,
                     close_timeout, ping_interval, ping_timeout, ssl, user_agent)
@@ -1297,18 +1298,16 @@ class ReconnectingClient:
         """Configure; nothing connects until the object is awaited through :func:`connect`
         (or :meth:`start` is awaited). Raises ValueError for invalid settings."""
         _parse_url(url)
-        if backoff_initial <= 0:
-            raise ValueError("backoff_initial must be > 0")
+        check_seconds("backoff_initial", backoff_initial)
+        check_seconds("backoff_max", backoff_max)
         if backoff_max < backoff_initial:
             raise ValueError("backoff_max must be >= backoff_initial")
-        if backoff_factor < 1:
-            raise ValueError("backoff_factor must be >= 1")
-        if not 0 <= jitter <= 1:
-            raise ValueError("jitter must be between 0 and 1")
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1 (or None for no limit)")
-        if send_timeout is not None and send_timeout < 0:
-            raise ValueError("send_timeout must be >= 0 (or None to wait indefinitely)")
+        check_rate("backoff_factor", backoff_factor, low=1.0, high=1000.0, allow_low=True)
+        check_rate("jitter", jitter, low=0.0, high=1.0, allow_low=True)
+        if max_attempts is not None:
+            check_int("max_attempts", max_attempts, 1, MAX_COUNT)
+        if send_timeout is not None:
+            check_seconds("send_timeout", send_timeout, allow_zero=True)
         self.url = url
         """The URL connections are opened to."""
         self._options = _make_options(

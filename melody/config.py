@@ -9,6 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from melody.limits import (
+    MAX_BUFFER_BYTES,
+    MAX_COUNT,
+    MAX_MESSAGE_SIZE,
+    check_int,
+    check_rate,
+    check_seconds,
+)
+
 __all__ = ["Config", "Compression", "RateLimit", "OVERFLOW_POLICIES"]
 
 #: The values of ``Config.overflow_policy``, in the order the compiled core numbers them.
@@ -35,14 +44,14 @@ class Compression:
     min_size: int = 64
 
     def __post_init__(self) -> None:
-        if not 9 <= self.server_max_window_bits <= 15:
-            raise ValueError("server_max_window_bits must be 9..15 (zlib cannot deflate with 8)")
-        if not 8 <= self.client_max_window_bits <= 15:
-            raise ValueError("client_max_window_bits must be 8..15")
-        if not 0 <= self.level <= 9:
-            raise ValueError("level must be 0..9")
-        if self.min_size < 0:
-            raise ValueError("min_size must be >= 0")
+        # zlib cannot deflate with 8 window bits, hence 9 on the side the server compresses.
+        check_int("server_max_window_bits", self.server_max_window_bits, 9, 15)
+        check_int("client_max_window_bits", self.client_max_window_bits, 8, 15)
+        check_int("level", self.level, 0, 9)
+        check_int("min_size", self.min_size, 0, MAX_MESSAGE_SIZE)
+        for name in ("server_no_context_takeover", "client_no_context_takeover"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False")
 
 
 @dataclass(frozen=True)
@@ -66,12 +75,14 @@ class RateLimit:
     policy: str = "drop"
 
     def __post_init__(self) -> None:
-        if self.messages_per_second <= 0 or self.burst_messages < 1:
-            raise ValueError("messages_per_second must be > 0 and burst_messages >= 1")
-        if self.bytes_per_second is not None and self.bytes_per_second <= 0:
-            raise ValueError("bytes_per_second must be > 0")
-        if self.burst_bytes is not None and self.burst_bytes < 1:
-            raise ValueError("burst_bytes must be >= 1")
+        check_rate("messages_per_second", self.messages_per_second, high=float(MAX_COUNT))
+        check_rate("burst_messages", self.burst_messages, low=1.0, high=float(MAX_COUNT),
+                   allow_low=True)
+        if self.bytes_per_second is not None:
+            check_rate("bytes_per_second", self.bytes_per_second, high=float(MAX_BUFFER_BYTES))
+        if self.burst_bytes is not None:
+            check_rate("burst_bytes", self.burst_bytes, low=1.0, high=float(MAX_BUFFER_BYTES),
+                       allow_low=True)
         if self.policy not in ("drop", "close"):
             raise ValueError(f"policy must be 'drop' or 'close', got {self.policy!r}")
 
@@ -111,6 +122,19 @@ class Config:
     overflow_policy: str = "drop_newest"
     #: Run async message handlers of one session concurrently instead of one after the other.
     concurrent_message_handling: bool = False
+    #: With ``concurrent_message_handling``, how many handler tasks one session may have running
+    #: at once; at the bound the session's socket stops being read (TCP pushes back on the
+    #: peer) until half of them finished, exactly as the sequential mode pauses on
+    #: ``message_buffer_size`` pending messages. Nothing is dropped.
+    max_concurrent_handlers: int = 64
+    #: Topics one session may be subscribed to at once; one more is refused
+    #: (``hub.subscribe`` raises ``TopicLimitExceeded``, a route's subscribe answers with an
+    #: error) and counted in ``stats()["subscriptions_refused"]``. A chat app never meets it;
+    #: a client subscribing in a loop does.
+    max_topics_per_session: int = 1000
+    #: Longest topic name, in UTF-8 bytes; a longer one is refused as above. A topic name is
+    #: held by the hub and, with a backplane, sent to the broker.
+    max_topic_length: int = 256
     #: Per-session inbound rate limit (:class:`RateLimit`); None for none.
     rate_limit: RateLimit | None = None
     #: permessage-deflate: False (off), True (the :class:`Compression` defaults) or a
@@ -148,32 +172,32 @@ class Config:
     _compression: Compression | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
+        # Every bound is checked here, upper ones too (see melody.limits): no value reaches the
+        # compiled core that its arithmetic cannot hold.
         timings = ("write_wait", "pong_wait", "ping_period", "handshake_timeout", "close_timeout")
         for name in timings:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            check_seconds(name, getattr(self, name))
         if self.ping_period >= self.pong_wait:
             raise ValueError(
                 f"ping_period ({self.ping_period}) must be less than pong_wait ({self.pong_wait}):"
                 " otherwise a healthy peer is dropped before it is pinged"
             )
-        if self.max_message_size < 1:
-            raise ValueError("max_message_size must be >= 1")
-        if self.message_buffer_size < 1:
-            raise ValueError("message_buffer_size must be >= 1")
-        if self.message_buffer_bytes < 1:
-            raise ValueError("message_buffer_bytes must be >= 1")
+        check_int("max_message_size", self.max_message_size, 1, MAX_MESSAGE_SIZE)
+        check_int("message_buffer_size", self.message_buffer_size, 1, MAX_COUNT)
+        check_int("message_buffer_bytes", self.message_buffer_bytes, 1, MAX_BUFFER_BYTES)
+        check_int("max_concurrent_handlers", self.max_concurrent_handlers, 1, MAX_COUNT)
+        check_int("max_topics_per_session", self.max_topics_per_session, 1, MAX_COUNT)
+        check_int("max_topic_length", self.max_topic_length, 1, MAX_MESSAGE_SIZE)
         if self.overflow_policy not in OVERFLOW_POLICIES:
             raise ValueError(
                 f"overflow_policy must be one of {', '.join(OVERFLOW_POLICIES)},"
                 f" got {self.overflow_policy!r}")
-        if self.max_header_size < 256:
-            raise ValueError("max_header_size must be >= 256")
-        if self.write_buffer_high < 1024:
-            raise ValueError("write_buffer_high must be >= 1024")
-        if self.read_buffer_size < 1024:
-            raise ValueError("read_buffer_size must be >= 1024")
+        check_int("max_header_size", self.max_header_size, 256, MAX_MESSAGE_SIZE)
+        check_int("write_buffer_high", self.write_buffer_high, 1024, MAX_BUFFER_BYTES)
+        check_int("read_buffer_size", self.read_buffer_size, 1024, MAX_MESSAGE_SIZE)
+        for name in ("concurrent_message_handling", "direct_writes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False")
         if isinstance(self.subprotocols, str):
             raise ValueError("subprotocols must be a sequence of names, not one string")
         if isinstance(self.allowed_origins, str):

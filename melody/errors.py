@@ -35,6 +35,7 @@ __all__ = [
     "WriteTimeout",
     "HandshakeError",
     "RateLimited",
+    "TopicLimitExceeded",
     "BackplaneError",
     "ConnectionClosed",
     "DecodeError",
@@ -224,6 +225,14 @@ class RequestError(MelodyError):
     Its message goes to the client as is and it is not reported to ``handle_error``; any
     other exception is reported and the client gets ``"internal error"``.
     """
+
+
+class TopicLimitExceeded(MelodyError, ValueError):
+    """A subscription was refused: the session is at ``Config.max_topics_per_session`` topics,
+    or the topic name is longer than ``Config.max_topic_length`` UTF-8 bytes. Raised by
+    ``hub.subscribe`` (a ``ValueError``, so code that validates input catches it as such); the
+    routing layer's ``subscribe`` answers the client with an error reply instead. Counted in
+    ``hub.stats()["subscriptions_refused"]``."""
 
 
 class AckTimeout(MelodyError):

@@ -29,6 +29,7 @@ from melody.errors import (
     ProtocolError,
     RateLimited,
     SessionClosed,
+    TopicLimitExceeded,
     WriteTimeout,
 )
 from melody.logs import error_fields
@@ -108,6 +109,7 @@ class Melody:
         self._router: Router | None = None
         # Counters of the codec and routing layer, reported by stats().
         self._message_stats = {"decode_errors": 0, "unroutable": 0, "denied": 0,
+                               "subscriptions_refused": 0,
                                "ack_timeouts": 0}
         self._backplane_stopping: asyncio.Task[None] | None = None
         self._http_hook: Callable[..., Any] | None = None
@@ -307,8 +309,8 @@ class Melody:
 
     def _enqueue(self, session: Session, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         loop = self._loop or asyncio.get_running_loop()
-        if self.config.concurrent_message_handling and inspect.iscoroutinefunction(fn):
-            self._spawn(loop, self._run_one(session, fn, args))
+        if self.config.concurrent_message_handling:
+            self._enqueue_concurrent(loop, session, fn, args)
             return
         if session._inbox is None:
             session._inbox = deque()
@@ -322,6 +324,63 @@ class Melody:
         if not session._draining:
             session._draining = True
             self._spawn(loop, self._drain(session))
+
+    def _enqueue_concurrent(self, loop: asyncio.AbstractEventLoop, session: Session,
+                            fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        # At most max_concurrent_handlers tasks per session. Past the bound a call waits in the
+        # session's inbox, in arrival order (sync calls behind it too), and reading from the
+        # peer pauses, as in the sequential mode: what a fast sender costs is the one read
+        # that was being parsed, never a task per message.
+        if not session._inbox and session._running < self.config.max_concurrent_handlers:
+            if inspect.iscoroutinefunction(fn):
+                session._running += 1
+                self._spawn(loop, self._run_concurrently(session, fn, args))
+            else:
+                self._run_inline(session, fn, args)
+            return
+        if session._inbox is None:
+            session._inbox = deque()
+        session._inbox.append((fn, args))
+        if not session._paused:
+            transport = session._proto.transport
+            if transport is not None:
+                session._paused = True
+                transport.pause_reading()
+
+    async def _run_concurrently(
+        self, session: Session, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            await self._run_one(session, fn, args)
+        finally:
+            session._running -= 1
+            self._release_concurrent(session)
+
+    def _release_concurrent(self, session: Session) -> None:
+        # A handler task ended: start what waited for its slot, then read again once half of
+        # the slots are free and nothing waits.
+        limit = self.config.max_concurrent_handlers
+        inbox = session._inbox
+        while inbox and session._running < limit:
+            fn, args = inbox.popleft()
+            if inspect.iscoroutinefunction(fn):
+                session._running += 1
+                self._spawn(self._loop or asyncio.get_running_loop(),
+                            self._run_concurrently(session, fn, args))
+            else:
+                self._run_inline(session, fn, args)
+        if session._paused and not inbox and session._running <= limit // 2:
+            session._paused = False
+            transport = session._proto.transport
+            if transport is not None:
+                transport.resume_reading()
+
+    def _run_inline(self, session: Session, fn: Callable[..., Any],
+                    args: tuple[Any, ...]) -> None:
+        try:
+            fn(session, *args)
+        except Exception as exc:
+            self._report(session, exc)
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
         task = loop.create_task(coro)
@@ -652,10 +711,17 @@ class Melody:
     def subscribe(self, session: Session, topic: str) -> bool:
         """Add ``session`` to ``topic``; False if it was subscribed already. O(1).
 
-        Subscriptions end with the session. Raises ``SessionClosed`` for a closed session.
+        Subscriptions end with the session. Raises ``SessionClosed`` for a closed session and
+        ``TopicLimitExceeded`` (a ``ValueError``) when the session already holds
+        ``Config.max_topics_per_session`` topics or the name is longer than
+        ``Config.max_topic_length`` UTF-8 bytes.
         """
         if session.is_closed:
             raise SessionClosed("session is closed")
+        held = session._topics
+        if held is not None and topic in held:
+            return False
+        self._check_subscription(held, topic)
         group = self._topics.get(topic)
         if group is None:
             group = self._topics[topic] = Group()
@@ -667,6 +733,24 @@ class Melody:
             session._topics = set()
         session._topics.add(topic)
         return True
+
+    def _check_subscription(self, held: set[str] | None, topic: str) -> None:
+        # What one session can make the hub hold through topics: at most
+        # max_topics_per_session entries (each a Group slot and, with a backplane, a channel)
+        # of at most max_topic_length bytes each.
+        cfg = self.config
+        # Characters bound bytes from below (<= 4 bytes each): encode only near the bound.
+        if len(topic) * 4 > cfg.max_topic_length and (
+                len(topic) > cfg.max_topic_length
+                or len(topic.encode("utf-8", "surrogatepass")) > cfg.max_topic_length):
+            self._message_stats["subscriptions_refused"] += 1
+            raise TopicLimitExceeded(
+                f"topic name over max_topic_length ({cfg.max_topic_length} bytes)")
+        if held is not None and len(held) >= cfg.max_topics_per_session:
+            self._message_stats["subscriptions_refused"] += 1
+            raise TopicLimitExceeded(
+                f"session is subscribed to {len(held)} topics"
+                f" (max_topics_per_session={cfg.max_topics_per_session})")
 
     def unsubscribe(self, session: Session, topic: str) -> bool:
         """Remove ``session`` from ``topic``; False if it was not subscribed. O(1)."""

@@ -45,7 +45,7 @@ import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from melody.errors import AckTimeout, RequestError
+from melody.errors import AckTimeout, RequestError, TopicLimitExceeded
 
 if TYPE_CHECKING:
     from melody.codecs import Codec
@@ -193,7 +193,10 @@ class Router:
     def _subscribe(self, session: Session, data: Any) -> bool:
         topic = _topic(data)
         self._check(session, "subscribe", topic)
-        return self._hub.subscribe(session, topic)
+        try:
+            return self._hub.subscribe(session, topic)
+        except TopicLimitExceeded as exc:
+            raise RequestError(str(exc)) from None
 
     def _unsubscribe(self, session: Session, data: Any) -> bool:
         return self._hub.unsubscribe(session, _topic(data))

@@ -36,6 +36,7 @@ class Session:
         "_keys",
         "_paused",
         "_proto",
+        "_running",
         "_topics",
         "local_addr",
         "remote_addr",
@@ -75,6 +76,8 @@ class Session:
         self._draining = False
         # Reading from the peer is paused because async handlers fell behind.
         self._paused = False
+        # Handler tasks running for this session (concurrent_message_handling only).
+        self._running = 0
 
     # -- writing ---------------------------------------------------------------------------------
 

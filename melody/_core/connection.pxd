@@ -46,6 +46,8 @@ cdef class Connection:
 
     # The fragmented message being reassembled.
     cdef int _msg_opcode
+    # A fragment of the message being reassembled was refused by _admit_frame.
+    cdef bint _msg_refused
     cdef bint _msg_compressed
     cdef unsigned char* _msg
     cdef Py_ssize_t _msg_len
@@ -81,6 +83,7 @@ cdef class Connection:
 
     cdef int _on_text(self, object text) except -1
     cdef int _on_binary(self, object data) except -1
+    cdef bint _admit_frame(self, Py_ssize_t length) except -1
     cdef int _on_ping(self, object payload) except -1
     cdef int _on_pong(self, object payload) except -1
     cdef int _on_close(self, int code, object reason) except -1

@@ -16,11 +16,13 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8AndSize
 from cpython.memoryview cimport PyMemoryView_FromObject
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
 from libc.stdlib cimport malloc, free, realloc
 from libc.string cimport memcpy, memmove
 
 from melody._core.frames cimport (
-    OP_CONT, OP_TEXT, OP_BINARY, OP_PING, OP_PONG, FIN_BIT, RSV1_BIT,
+    OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FIN_BIT, RSV1_BIT,
     build_frame, build_close_frame,
 )
 from melody._core.mask cimport mask_inplace
@@ -152,7 +154,8 @@ cdef class Connection:
                 self._end = live
                 return 0
             cap = max(want, self._base_cap)
-            if cap < 2 * self._priv_cap and 2 * self._priv_cap <= self.max_message_size + 16:
+            # Written so that nothing overflows with max_message_size near PY_SSIZE_T_MAX.
+            if cap < 2 * self._priv_cap and self._priv_cap <= (self.max_message_size - 16) // 2 + 16:
                 cap = 2 * self._priv_cap
             fresh = <unsigned char*>malloc(cap)
             if fresh == NULL:
@@ -327,9 +330,17 @@ cdef class Connection:
                     self.max_message_size - self._msg_len, 0):
                 return self._fail(
                     1009, f"message over max_message_size ({self.max_message_size} bytes)")
-            total = hlen + <Py_ssize_t>length
-            if avail < total:
-                self._need = total
+            # No sum of a header length and a 63-bit payload length is ever formed before the
+            # payload is known to be here: with max_message_size near 2**63 it would wrap
+            # negative and the payload pointer would run past the buffer. Compare what has
+            # arrived against what is announced instead; both sides stay in range.
+            if avail < hlen or length > <unsigned long long>(avail - hlen):
+                # What the buffer must grow to: the whole frame, saturated (the buffer only
+                # grows as bytes really arrive, see _growth).
+                if length > <unsigned long long>(PY_SSIZE_T_MAX - hlen):
+                    self._need = PY_SSIZE_T_MAX
+                else:
+                    self._need = hlen + <Py_ssize_t>length
                 # Check text as it arrives so that invalid UTF-8 fails fast (Autobahn 6.4.*).
                 text_stream = not compressed and (
                     opcode == OP_TEXT or (opcode == OP_CONT and self._msg_opcode == OP_TEXT
@@ -345,6 +356,7 @@ cdef class Connection:
                             return self._fail(1007, "invalid UTF-8 in a text message")
                 return 0
 
+            total = hlen + <Py_ssize_t>length    # <= avail: in range
             payload = p + hlen
             done = self._frame_done
             if masked and <Py_ssize_t>length > done:
@@ -354,6 +366,10 @@ cdef class Connection:
             self._need = 0
 
             if opcode >= 8:
+                # Control frames cost the peer's inbound budget too (a ping flood is traffic
+                # like any): one refused is neither answered nor reported.
+                if opcode != OP_CLOSE and not self._admit_frame(<Py_ssize_t>length):
+                    continue
                 if opcode == OP_PING:
                     data = PyBytes_FromStringAndSize(<char*>payload, <Py_ssize_t>length)
                     if self.state == STATE_OPEN:
@@ -401,6 +417,14 @@ cdef class Connection:
                 if self._validator().feed_ptr(payload + done, <Py_ssize_t>length - done) < 0:
                     return self._fail(1007, "invalid UTF-8 in a text message")
             if not fin:
+                # Each fragment but the last costs a message's token, so a stream of empty
+                # fragments is bounded like a stream of messages; one refused fragment refuses
+                # its whole message, dropped when it completes.
+                if not self._msg_refused and not self._admit_frame(<Py_ssize_t>length):
+                    self._msg_refused = True
+                continue
+            if self._msg_refused:
+                self._msg_reset()
                 continue
             opcode = self._msg_opcode
             self.message_size = self._msg_len
@@ -467,6 +491,7 @@ cdef class Connection:
         self._msg_cap = 0
         self._msg_opcode = 0
         self._msg_compressed = False
+        self._msg_refused = False
         if self._utf8 is not None:
             self._utf8.reset_state()
 
@@ -624,6 +649,11 @@ cdef class Connection:
     cdef int _on_binary(self, object data) except -1:
         self._event(("binary", data))
         return 0
+
+    cdef bint _admit_frame(self, Py_ssize_t length) except -1:
+        # The sans-I/O connection has no budget: every frame is admitted. The server's
+        # protocol charges its inbound rate limit here.
+        return True
 
     cdef int _on_ping(self, object payload) except -1:
         self._event(("ping", payload))

@@ -91,7 +91,7 @@ cdef class ProtocolCore(Connection):
     cdef double _bucket_stamp
 
     cdef int _handshake(self) except -1
-    cdef bint _within_rate(self) except -1
+    cdef bint _within_rate(self, Py_ssize_t size) except -1
     cdef int _close_transport(self) except -1
     cdef int _flush(self) except -1
     cdef int send_shared(self, bytes frame) except -1

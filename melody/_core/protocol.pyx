@@ -490,9 +490,11 @@ cdef class ProtocolCore(Connection):
     # A handler's exception must not unwind into the event loop's read callback (it would kill
     # the connection with a bare traceback): it goes to the hub, which reports it.
 
-    cdef bint _within_rate(self) except -1:
-        # Token buckets, refilled from the monotonic clock on each message (a C call, no
-        # timer): ``burst`` tokens at most, ``rate`` per second.
+    cdef bint _within_rate(self, Py_ssize_t size) except -1:
+        # Token buckets, refilled from the monotonic clock on each message or frame charged (a
+        # C call, no timer): ``burst`` tokens at most, ``rate`` per second. One message token
+        # and ``size`` byte tokens per message; control frames and non-final fragments take a
+        # message token each (see Connection._admit_frame).
         cdef Dispatch d = self.dispatch
         cdef double now = monotonic()
         cdef double elapsed
@@ -505,20 +507,25 @@ cdef class ProtocolCore(Connection):
                                         self._bucket_messages + elapsed * d.rate_messages)
             self._bucket_bytes = min(d.burst_bytes, self._bucket_bytes + elapsed * d.rate_bytes)
         self._bucket_stamp = now
-        if self._bucket_messages >= 1 and self._bucket_bytes >= self.message_size:
+        if self._bucket_messages >= 1 and self._bucket_bytes >= size:
             self._bucket_messages -= 1
-            self._bucket_bytes -= self.message_size
+            self._bucket_bytes -= size
             return True
         d.messages_rate_limited += 1
         if d.rate_close:
             self.close(1008, "rate limit exceeded")
         if d.on_rate_limit is not None:
-            d.on_rate_limit(self.session, self.message_size)
+            d.on_rate_limit(self.session, size)
         return False
+
+    cdef bint _admit_frame(self, Py_ssize_t length) except -1:
+        # Frame bytes are charged with the message they belong to (control frames carry at
+        # most 125): here only the message token.
+        return not self.dispatch.rate_limited or self._within_rate(0)
 
     cdef int _on_text(self, object text) except -1:
         self.dispatch.messages_in += 1
-        if self.dispatch.rate_limited and not self._within_rate():
+        if self.dispatch.rate_limited and not self._within_rate(self.message_size):
             return 0
         try:
             self.dispatch.on_text(self.session, text)
@@ -528,7 +535,7 @@ cdef class ProtocolCore(Connection):
 
     cdef int _on_binary(self, object data) except -1:
         self.dispatch.messages_in += 1
-        if self.dispatch.rate_limited and not self._within_rate():
+        if self.dispatch.rate_limited and not self._within_rate(self.message_size):
             return 0
         try:
             self.dispatch.on_binary(self.session, data)

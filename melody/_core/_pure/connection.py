@@ -24,6 +24,7 @@ from melody._core._pure.deflate import Deflater, Inflater
 from melody._core._pure.frames import (
     FIN_BIT,
     OP_BINARY,
+    OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
@@ -92,6 +93,7 @@ class Connection:
         "_msg",
         "_msg_compressed",
         "_msg_opcode",
+        "_msg_refused",
         "_outgoing",
         "_start",
         "_utf8",
@@ -117,6 +119,7 @@ class Connection:
     # The fragmented message being reassembled.
     _msg_opcode: int
     _msg_compressed: bool
+    _msg_refused: bool
     _msg: bytearray | None
     _utf8: Utf8Validator | None
     deflater: Deflater | None
@@ -141,6 +144,7 @@ class Connection:
         self._frame_done = 0
         self._msg_opcode = 0
         self._msg_compressed = False
+        self._msg_refused = False
         self._msg = None
         # Per-connection objects are made on first use: a server connection never needs the
         # event and output lists (its subclass dispatches directly), and only text that
@@ -395,6 +399,10 @@ class Connection:
             self._frame_done = 0
 
             if opcode >= 8:
+                # Control frames cost the peer's inbound budget too (a ping flood is traffic
+                # like any): one refused is neither answered nor reported.
+                if opcode != OP_CLOSE and not self._admit_frame(length):
+                    continue
                 if opcode == OP_PING:
                     if self.state == STATE_OPEN:
                         self.send_frame(build_frame(FIN_BIT | OP_PONG, payload,
@@ -443,6 +451,14 @@ class Connection:
                     and not self._validator().feed(payload[done:] if done else payload)):
                 return self._fail(1007, "invalid UTF-8 in a text message")
             if not fin:
+                # Each fragment but the last costs a message's token, so a stream of empty
+                # fragments is bounded like a stream of messages; one refused fragment refuses
+                # its whole message, dropped when it completes.
+                if not self._msg_refused and not self._admit_frame(length):
+                    self._msg_refused = True
+                continue
+            if self._msg_refused:
+                self._msg_reset()
                 continue
             opcode = self._msg_opcode
             self.message_size = len(msg)
@@ -488,6 +504,7 @@ class Connection:
         self._msg = None
         self._msg_opcode = 0
         self._msg_compressed = False
+        self._msg_refused = False
         if self._utf8 is not None:
             self._utf8.reset()
 
@@ -643,6 +660,11 @@ class Connection:
 
     def _on_binary(self, data: bytes) -> None:
         self._event(("binary", data))
+
+    def _admit_frame(self, length: int) -> bool:
+        # The sans-I/O connection has no budget: every frame is admitted. The server's
+        # protocol charges its inbound rate limit here.
+        return True
 
     def _on_ping(self, payload: bytes) -> None:
         self._event(("ping", payload))

@@ -709,9 +709,11 @@ class ProtocolCore(Connection):
     # A handler's exception must not unwind into the event loop's read callback (it would kill
     # the connection with a bare traceback): it goes to the hub, which reports it.
 
-    def _within_rate(self) -> bool:
-        # Token buckets, refilled from the monotonic clock on each message (no timer):
-        # ``burst`` tokens at most, ``rate`` per second.
+    def _within_rate(self, size: int) -> bool:
+        # Token buckets, refilled from the monotonic clock on each message or frame charged
+        # (no timer): ``burst`` tokens at most, ``rate`` per second. One message token and
+        # ``size`` byte tokens per message; control frames and non-final fragments take a
+        # message token each (see Connection._admit_frame).
         d = self.dispatch
         now = _monotonic()
         if self._bucket_stamp == 0:
@@ -723,21 +725,26 @@ class ProtocolCore(Connection):
                                         self._bucket_messages + elapsed * d.rate_messages)
             self._bucket_bytes = min(d.burst_bytes, self._bucket_bytes + elapsed * d.rate_bytes)
         self._bucket_stamp = now
-        if self._bucket_messages >= 1 and self._bucket_bytes >= self.message_size:
+        if self._bucket_messages >= 1 and self._bucket_bytes >= size:
             self._bucket_messages -= 1
-            self._bucket_bytes -= self.message_size
+            self._bucket_bytes -= size
             return True
         d.messages_rate_limited += 1
         if d.rate_close:
             self.close(1008, "rate limit exceeded")
         if d.on_rate_limit is not None:
-            d.on_rate_limit(self.session, self.message_size)
+            d.on_rate_limit(self.session, size)
         return False
+
+    def _admit_frame(self, length: int) -> bool:
+        # Frame bytes are charged with the message they belong to (control frames carry at
+        # most 125): here only the message token.
+        return not self.dispatch.rate_limited or self._within_rate(0)
 
     def _on_text(self, text: str) -> None:
         d = self.dispatch
         d.messages_in += 1
-        if d.rate_limited and not self._within_rate():
+        if d.rate_limited and not self._within_rate(self.message_size):
             return
         try:
             d.on_text(self.session, text)
@@ -747,7 +754,7 @@ class ProtocolCore(Connection):
     def _on_binary(self, data: bytes) -> None:
         d = self.dispatch
         d.messages_in += 1
-        if d.rate_limited and not self._within_rate():
+        if d.rate_limited and not self._within_rate(self.message_size):
             return
         try:
             d.on_binary(self.session, data)
