@@ -124,6 +124,38 @@ def test_frame_parser_survives_frame_sequences(frames: list[bytes], split: int) 
     check_connection([stream[i:i + split] for i in range(0, len(stream), split)] or [b""])
 
 
+#: The extreme integers of the hardening issue, as announced lengths and as limits.
+EXTREMES = [0, 1, 2**31, 2**32, 2**53, 2**63 - 1, sys.maxsize]
+
+
+def announced(opcode: int, length: int, fin: bool, key: bytes, body: bytes) -> bytes:
+    """A masked frame header announcing ``length`` (16- or 64-bit form), then ``body``: the
+    payload a hostile peer actually sends, usually far less than it announced."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if length < 65536 and length >= 126:
+        head += bytes([0x80 | 126]) + struct.pack("!H", length)
+    elif length < 126:
+        head += bytes([0x80 | length])
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", length & (2**64 - 1))
+    return head + key + body
+
+
+@FUZZ
+@given(frames=st.lists(st.builds(
+           announced, opcode=st.sampled_from([0, 1, 2, 9]),
+           length=st.one_of(st.sampled_from(EXTREMES), st.integers(0, 2**64 - 1)),
+           fin=st.booleans(), key=st.binary(min_size=4, max_size=4),
+           body=st.binary(max_size=300)), min_size=1, max_size=4),
+       limit=st.one_of(st.sampled_from([n for n in EXTREMES if n >= 1]),
+                       st.integers(1, sys.maxsize)),
+       split=st.integers(1, 64))
+def test_frame_parser_survives_extreme_lengths_against_extreme_limits(
+        frames: list[bytes], limit: int, split: int) -> None:
+    stream = b"".join(frames)
+    check_connection([stream[i:i + split] for i in range(0, len(stream), split)], limit)
+
+
 header_line = st.one_of(
     st.sampled_from(["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Host: x",
