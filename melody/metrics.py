@@ -28,6 +28,8 @@ metric                                     type       labels
 ``melody_frames_dropped_total``            counter    ``reason``: queue_full (outbound, a slow
                                                       reader), rate_limited (inbound)
 ``melody_writes_total``                    counter    (transport writes)
+``melody_subscriptions_refused_total``     counter    (over max_topics_per_session or
+                                                      max_topic_length)
 ``melody_queued_frames``                   gauge      (frames waiting for slow readers)
 ``melody_max_queue_depth``                 gauge
 ``melody_handshake_rejections_total``      counter    ``status``
@@ -73,6 +75,8 @@ _COUNTERS = (
     ("bytes_out", "melody_sent_bytes", "Frame bytes handed to client sockets."),
     ("broadcasts", "melody_broadcasts", "Broadcasts and publishes made."),
     ("writes", "melody_writes", "Transport write calls made."),
+    ("subscriptions_refused", "melody_subscriptions_refused",
+     "Subscriptions refused by max_topics_per_session or max_topic_length."),
 )
 _GAUGES = (
     ("sessions", "melody_sessions", "Sessions connected now."),

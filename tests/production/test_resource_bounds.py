@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from e2e_support import RawClient, wait_until
-from prod_support import echo, round_trip
+from prod_support import echo, round_trip, scrape
 from websockets.asyncio.client import ClientConnection
 
 import melody
@@ -76,7 +76,7 @@ async def test_hub_subscribe_refuses_topic_names_over_max_topic_length_bytes(
 async def test_routed_subscribe_loop_is_refused_with_an_error_reply(serve_hub: Serve) -> None:
     hub = Melody(Config(max_topics_per_session=100), codec=JSON)
     hub.authorize(lambda session, action, topic: topic.startswith("public:"))
-    _, url = await serve_hub(hub)
+    _, url = await serve_hub(hub, metrics=True)
     async with melody.connect(url) as conn:
         for i in range(100):
             assert await conn.request("subscribe", f"public:{i}", timeout=5) is True
@@ -88,6 +88,8 @@ async def test_routed_subscribe_loop_is_refused_with_an_error_reply(serve_hub: S
                 await conn.request("subscribe", f"public:{i}", timeout=5)
         assert len(hub.topics()) == 100
         assert hub.stats()["subscriptions_refused"] == 201
+        samples = await scrape(url)
+        assert samples[("melody_subscriptions_refused_total", ())] == 201
         # The session is still served: unsubscribe and subscribe again works.
         assert await conn.request("unsubscribe", "public:0", timeout=5) is True
         assert await conn.request("subscribe", "public:new", timeout=5) is True
