@@ -1,4 +1,4 @@
-"""The HTTP/1.1 WebSocket opening handshake, sans-I/O (RFC 6455 section 4, RFC 7230 syntax).
+"""The HTTP/1.1 WebSocket opening handshake, sans-I/O (RFC 6455 section 4, RFC 9112 syntax).
 
 Nothing here touches a socket: bytes go in, :class:`Request` objects and response bytes come out.
 The compiled connection code finds the end of the request head (``b"\\r\\n\\r\\n"``), enforces the
@@ -10,6 +10,13 @@ server layer then asks :func:`is_upgrade_request`, :func:`validate_upgrade`,
 Every refusal is a :class:`melody.errors.HandshakeError` whose ``reason`` names the offending part
 of the request: it is both the response body and what gets logged.
 
+Strict wherever two parsers could read the same bytes differently (request smuggling) or a
+hostile value could pass for a trusted one: only HTTP/1.x is parsed (505 otherwise); ambiguous
+message framing is refused, and so is any body behind an upgrade request, which the server would
+otherwise read as WebSocket frames; an absolute-form target must name the Host it arrived with;
+Host and Origin are parsed as ``host[:port]`` and RFC 6454 serialises origins, never matched as
+strings.
+
 The client half (:func:`build_client_request`, :func:`parse_response_head`) lives here too, so that
 melody's own client and the tests speak exactly the dialect the server parses.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -58,6 +66,7 @@ _REQUEST_LINE = re.compile(f"([{_TCHAR}]+) ([\x21-\x7e]+) (HTTP/[0-9]\\.[0-9])")
 # Status line (RFC 7230 section 3.1.2). Some servers drop the SP before an empty reason phrase.
 _STATUS_LINE = re.compile("(HTTP/[0-9]\\.[0-9]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
 _HTTP_VERSION = re.compile("HTTP/([0-9])\\.([0-9])")
+_DIGITS = re.compile("[0-9]+")
 
 # Field values may hold HTAB, SP, VCHAR and obs-text (0x80-0xFF); any other control character is
 # refused, because a CR or NUL that reaches a log line or a proxy is how request smuggling starts.
@@ -65,20 +74,22 @@ _VALUE_CTL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 # What build_* accept in an outgoing value: the same set, and nothing that latin-1 cannot encode.
 _BAD_OUTGOING_VALUE = re.compile("[^\t\x20-\x7e\x80-\xff]")
 
-# scheme "://" authority, then the rest of an absolute-form target (RFC 7230 section 5.3.2).
+# scheme "://" authority, then the rest of an absolute-form target (RFC 9112 section 3.2.2).
 _ABSOLUTE_TARGET = re.compile("([A-Za-z][A-Za-z0-9+.\\-]*)://([^/?#]*)(.*)", re.DOTALL)
 _ABSOLUTE_SCHEMES = frozenset(("http", "https", "ws", "wss"))
 
-# An origin as browsers serialise it (RFC 6454 section 6.2): scheme "://" host [":" port], no path.
-# The host is a bracketed IPv6 literal or a run of characters that cannot end an authority. A "*"
-# is not allowed in a received origin, so that it can never satisfy a wildcard entry by itself.
-_HOST = "(\\[[0-9a-f:.]+\\]|[^\\s/?#@:\\[\\]*]+)"
-_ORIGIN = re.compile(f"([a-z][a-z0-9+.\\-]*)://{_HOST}(?::([0-9]{{1,5}}))?")
-_HOST_HEADER = re.compile(f"{_HOST}(?::([0-9]{{1,5}}))?")
-_ALLOWED_ORIGIN = re.compile(
-    "([a-z][a-z0-9+.\\-]*)://(\\*\\.[^\\s/?#@:\\[\\]*]+|\\[[0-9a-f:.]+\\]|[^\\s/?#@:\\[\\]*]+)"
-    "(?::([0-9]{1,5}))?"
-)
+# Hosts as RFC 6454 section 6.2 serialises them, which is what a browser puts in Origin after its
+# URL parser has canonicalised the host: lowercase ASCII, no percent-encoding, no userinfo.
+_SCHEME = re.compile("[a-z][a-z0-9+.\\-]*")
+# A DNS label: letters, digits and inner hyphens, 1-63 characters (RFC 1123 section 2.1). "_" is
+# admitted too: container and upstream names carry it (nginx's default Host for an upstream is its
+# name, e.g. "melody_hub") and browsers accept it, and it delimits nothing, so no parser can read
+# it as the end of the host.
+_LABEL = re.compile("[a-z0-9_](?:[a-z0-9_\\-]{0,61}[a-z0-9_])?")
+# An IPv4 literal as browsers serialise it: four decimal octets, no leading zeros.
+_OCTET = re.compile("25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]")
+_IPV6_TEXT = re.compile("[0-9a-f:.]+")
+_PORT = re.compile("[0-9]{1,5}")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 _REASON_PHRASES = {status.value: status.phrase for status in HTTPStatus}
@@ -194,29 +205,52 @@ class Headers:
 Mapping.register(Headers)
 
 
-def _split_target(target: str) -> tuple[str, str]:
-    """Split a request-target into (path, query); raise ``HandshakeError(400)`` on other forms.
+def _split_target(target: str) -> tuple[str, str, tuple[str, str] | None]:
+    """Split a request-target into (path, query, (scheme, authority) or None).
 
-    Origin-form (``/path?query``) is what clients send. Absolute-form (``http://host/path``) is
-    accepted too, because RFC 7230 section 5.3.2 obliges servers to, and some proxies forward it.
+    Origin-form (``/path?query``) is what clients send; its third item is None. Absolute-form
+    (``http://host/path``) is what some proxies forward; its scheme and authority come back for
+    :func:`_check_target_authority`. Raises ``HandshakeError(400)`` on every other form.
     """
     if "#" in target:
         raise HandshakeError(400, f"request-target {_quote(target)} contains a fragment ('#')")
     if target.startswith("/"):
         path, _, query = target.partition("?")
-        return path, query
+        return path, query, None
     match = _ABSOLUTE_TARGET.fullmatch(target)
     if match is None:
         raise HandshakeError(
             400, f"request-target {_quote(target)} is neither origin-form nor absolute-form"
         )
     scheme, authority, rest = match.groups()
-    if scheme.lower() not in _ABSOLUTE_SCHEMES or not authority:
+    scheme = scheme.lower()
+    if scheme not in _ABSOLUTE_SCHEMES or not authority:
         raise HandshakeError(400, f"request-target {_quote(target)} is not an http(s) or ws(s) URL")
     if not rest.startswith("/"):  # the regex leaves "", "?query" or "/path..."
         rest = "/" + rest
     path, _, query = rest.partition("?")
-    return path, query
+    return path, query, (scheme, authority)
+
+
+def _check_target_authority(target: str, scheme: str, authority: str, headers: Headers) -> None:
+    """Refuse (400) an absolute-form target whose authority is not the request's one Host.
+
+    RFC 9112 section 3.2.2 has a server take the target's authority and ignore Host. But a proxy
+    or load balancer in front may have routed, authenticated or checked origins on Host: when the
+    two differ, the parties disagree about where the request goes, so nobody gets to choose.
+    """
+    named = _parse_authority(authority, scheme)
+    if named is None:
+        raise HandshakeError(
+            400, f"request-target {_quote(target)} has an authority that is not host[:port]"
+        )
+    hosts = headers.get_all("Host")
+    if len(hosts) != 1 or _parse_authority(hosts[0].strip(" \t"), scheme) != named:
+        raise HandshakeError(
+            400,
+            f"request-target {_quote(target)} names another authority"
+            f" than the Host header ({_shown(hosts)})",
+        )
 
 
 class Request:
@@ -245,14 +279,17 @@ class Request:
         """Build a request; ``path`` and ``query`` are derived from ``target``.
 
         Raises :class:`HandshakeError` (400) when ``target`` is neither origin-form (``/...``) nor
-        an absolute http/https/ws/wss URL, or contains a fragment.
+        an absolute http/https/ws/wss URL, contains a fragment, or is an absolute URL whose
+        ``host[:port]`` is not exactly the one ``Host`` header's (default ports compared as equal).
         """
         self.method = method
         self.target = target
-        self.path, self.query = _split_target(target)
+        self.path, self.query, absolute = _split_target(target)
         self.http_version = http_version
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self._query_params: dict[str, list[str]] | None = None
+        if absolute is not None:
+            _check_target_authority(target, absolute[0], absolute[1], self.headers)
 
     @property
     def query_params(self) -> dict[str, list[str]]:
@@ -336,12 +373,15 @@ def parse_request(block: bytes | bytearray | memoryview) -> Request:
     """Parse a request head (request line and header lines, through the final CRLF CRLF).
 
     Strict where leniency breeds request smuggling, practical elsewhere: the request line must be
-    ``METHOD SP request-target SP HTTP/x.y``; every line must end with CRLF; header names must be
+    ``METHOD SP request-target SP HTTP/1.x``; every line must end with CRLF; header names must be
     tokens; values are stripped of surrounding spaces and tabs and may not hold control characters
-    other than HTAB; obs-fold is refused. Bytes are decoded as latin-1, so any obs-text survives.
+    other than HTAB; obs-fold is refused; ``Content-Length`` must be one decimal number and may not
+    come with ``Transfer-Encoding``; an absolute-form target must name the ``Host``. Bytes are
+    decoded as latin-1, so any obs-text survives.
 
-    Raises :class:`HandshakeError` (400) with a reason naming the bad part. Costs one decode and
-    one pass over the lines; the caller has already bounded the size.
+    Raises :class:`HandshakeError`: 505 for a well-formed version whose major is not 1
+    (``HTTP/2.0``, ``HTTP/9.9``, ``HTTP/0.9``), else 400 with a reason naming the bad part. Costs
+    one decode and one pass over the lines; the caller has already bounded the size.
     """
     lines = _split_head(str(block, "latin-1"), "request head")
     request_line = lines[0]
@@ -349,7 +389,36 @@ def parse_request(block: bytes | bytearray | memoryview) -> Request:
     if match is None:
         raise HandshakeError(400, _request_line_error(request_line))
     method, target, http_version = match.groups()
-    return Request(method, target, http_version, Headers(_parse_header_lines(lines[1:])))
+    if http_version[5] != "1":
+        # RFC 9110 section 15.6.6: 505 is the answer to a major version the server does not
+        # speak. HTTP/2 and HTTP/3 never arrive as a text request line (the h2 preface
+        # "PRI * HTTP/2.0" does, and gets this), and HTTP/0.9 has no headers to upgrade with.
+        raise HandshakeError(
+            505, f"HTTP version {http_version} is not supported; this server speaks HTTP/1.1"
+        )
+    headers = Headers(_parse_header_lines(lines[1:]))
+    _check_framing(headers)
+    return Request(method, target, http_version, headers)
+
+
+def _check_framing(headers: Headers) -> None:
+    """Refuse (400) a head whose body length two parsers could read differently.
+
+    The server never reads a request body, but a proxy in front does: RFC 9112 section 6.3 makes
+    an invalid or repeated Content-Length an unrecoverable framing error, and one beside
+    Transfer-Encoding is the classic smuggling pair (section 6.1 lets a server refuse it).
+    """
+    lengths = headers.get_all("Content-Length")
+    if not lengths:
+        return
+    if "Transfer-Encoding" in headers:
+        raise HandshakeError(400, "Content-Length and Transfer-Encoding headers in one request")
+    if len(lengths) > 1:
+        raise HandshakeError(400, "Content-Length header is repeated")
+    if _DIGITS.fullmatch(lengths[0]) is None:
+        raise HandshakeError(
+            400, f"Content-Length header {_quote(lengths[0])} is not a decimal number"
+        )
 
 
 def _request_line_error(line: str) -> str:
@@ -397,9 +466,12 @@ def validate_upgrade(request: Request) -> str:
     Raises :class:`HandshakeError`:
 
     * 405 (with ``Allow: GET``) when the method is not GET;
-    * 400 when the HTTP version is below 1.1, ``Host`` is missing, empty or repeated, ``Upgrade``
-      does not name websocket, ``Connection`` does not name upgrade, or ``Sec-WebSocket-Key`` is
-      missing, repeated or not the base64 encoding of 16 bytes;
+    * 505 when the HTTP version's major is not 1;
+    * 400 when the HTTP version is below 1.1 or malformed; the request announces a body
+      (``Transfer-Encoding``, or ``Content-Length`` other than 0); ``Host`` is missing, empty,
+      repeated or not ``host[:port]``; ``Upgrade`` does not name websocket, ``Connection`` does
+      not name upgrade, or ``Sec-WebSocket-Key`` is missing, repeated or not the base64 encoding
+      of 16 bytes;
     * 426 (with ``Sec-WebSocket-Version: 13``) when ``Sec-WebSocket-Version`` is missing, repeated
       or not 13 — RFC 6455 section 4.4 tells the client which version to retry with.
     """
@@ -410,19 +482,29 @@ def validate_upgrade(request: Request) -> str:
             [("Allow", "GET")],
         )
     version = _HTTP_VERSION.fullmatch(request.http_version)
-    if version is None or (int(version.group(1)), int(version.group(2))) < (1, 1):
+    if version is not None and version.group(1) != "1":
+        raise HandshakeError(
+            505,
+            f"HTTP version {request.http_version} is not supported; this server speaks HTTP/1.1",
+        )
+    # RFC 6455 section 4.1 needs HTTP/1.1 or higher: HTTP/1.0 has no Upgrade. A higher minor
+    # (HTTP/1.2) is read as 1.1, as RFC 9110 section 2.5 asks of a recipient.
+    if version is None or version.group(2) == "0":
         raise HandshakeError(
             400, f"WebSocket upgrade needs HTTP/1.1 or higher, got {_quote(request.http_version)}"
         )
     headers = request.headers
+    _check_no_body(headers)
     hosts = headers.get_all("Host")
     if not hosts:
         raise HandshakeError(400, "Host header is missing")
     if len(hosts) > 1:
-        # RFC 7230 section 5.4: more than one Host field MUST be answered with 400.
+        # RFC 9112 section 3.2: more than one Host field MUST be answered with 400.
         raise HandshakeError(400, "Host header is repeated")
     if not hosts[0]:
         raise HandshakeError(400, "Host header is empty")
+    if _parse_authority(hosts[0].strip(" \t"), "") is None:
+        raise HandshakeError(400, f"Host header {_quote(hosts[0])} is not host[:port]")
     upgrade = headers.get_all("Upgrade")
     if not _has_token(upgrade, "websocket"):
         raise HandshakeError(400, f"Upgrade header is {_shown(upgrade)}, lacks 'websocket'")
@@ -448,6 +530,27 @@ def validate_upgrade(request: Request) -> str:
             400, f"Sec-WebSocket-Key header {_quote(key)} is not base64 of exactly 16 bytes"
         )
     return key
+
+
+def _check_no_body(headers: Headers) -> None:
+    """Refuse (400) an upgrade request that announces a body.
+
+    The server reads the head only and takes every byte after it as WebSocket frames, so a body
+    would be parsed as frames the client never framed — while a proxy in front, which did read the
+    body, forwarded whatever followed it as a new request. A GET upgrade carries no body (RFC 6455
+    section 4.1); ``Content-Length: 0`` says exactly that and is let through.
+    """
+    if "Transfer-Encoding" in headers:
+        raise HandshakeError(
+            400, f"Transfer-Encoding header ({_shown(headers.get_all('Transfer-Encoding'))})"
+            " on an upgrade request: a body would be read as WebSocket frames"
+        )
+    lengths = headers.get_all("Content-Length")
+    if any(_DIGITS.fullmatch(value) is None or value.strip("0") for value in lengths):
+        raise HandshakeError(
+            400, f"Content-Length header ({_shown(lengths)}) on an upgrade request:"
+            " a body would be read as WebSocket frames"
+        )
 
 
 def _is_valid_key(key: str) -> bool:
@@ -491,70 +594,128 @@ def select_subprotocol(request: Request, supported: Sequence[str]) -> str | None
     return None
 
 
+def _parse_host(text: str) -> str | None:
+    """The canonical form of a lowercase host, or None when it is not one a browser serialises.
+
+    A host is a DNS name (``_LABEL`` labels, 253 characters at most, a trailing dot allowed and
+    kept: ``example.com.`` is another origin than ``example.com`` to a browser), a dotted-quad
+    IPv4 literal, or a bracketed IPv6 literal (returned compressed, so ``[0::1]`` is ``[::1]``).
+    Whatever else a URL parser would have rewritten or stopped at (``%``, ``\\``, ``@``, ``/``,
+    empty labels, zone IDs) makes the whole value invalid rather than being matched as text.
+    """
+    if text.startswith("["):
+        literal = text[1:-1]
+        if not text.endswith("]") or _IPV6_TEXT.fullmatch(literal) is None:
+            return None
+        try:
+            return f"[{ipaddress.IPv6Address(literal).compressed}]"
+        except ValueError:
+            return None
+    name = text.removesuffix(".")
+    if not name or len(name) > 253:
+        return None
+    labels = name.split(".")
+    if _DIGITS.fullmatch(labels[-1]) is not None:
+        # A URL parser reads a host ending in a number as an IPv4 address (WHATWG URL, "ends in
+        # a number") and serialises it as a dotted quad: only that form can be a real origin.
+        if name == text and len(labels) == 4 and all(_OCTET.fullmatch(x) for x in labels):
+            return text
+        return None
+    if all(_LABEL.fullmatch(label) for label in labels):
+        return text
+    return None
+
+
+def _parse_authority(text: str, scheme: str) -> tuple[str, int | None] | None:
+    """``(host, port)`` of ``host [":" port]``, or None when it is not exactly that.
+
+    Case is ignored (the host comes back lowercase); the port is 1-65535 as digits only, and None
+    when absent or the default of ``scheme`` (80 for http/ws, 443 for https/wss).
+    """
+    if not text.isascii():
+        # Before lower(): "\u212a".lower() is "k", and a forged host must not become a real one.
+        return None
+    text = text.lower()
+    if text.startswith("["):
+        end = text.find("]") + 1  # 0 when there is no "]": the host is then "" and refused
+        host_text, rest = text[:end], text[end:]
+    else:
+        host_text, colon, port_text = text.partition(":")
+        rest = colon + port_text
+    host = _parse_host(host_text)
+    if host is None:
+        return None
+    if not rest:
+        return host, None
+    if rest[0] != ":" or _PORT.fullmatch(rest[1:]) is None:
+        return None
+    port = int(rest[1:])
+    if not 1 <= port <= 65535:
+        return None
+    return host, None if port == _DEFAULT_PORTS.get(scheme) else port
+
+
 def _parse_origin(value: str) -> tuple[str, str, int | None] | None:
-    """``(scheme, host, port)`` of a received Origin, lowercased, default port as None.
+    """``(scheme, host, port)`` of an origin serialised as RFC 6454 section 6.2 does.
 
-    None when the value is not a serialised tuple origin — for example ``null``, which browsers
-    send from sandboxed frames and file: pages.
+    That is ``scheme "://" host [":" port]`` and nothing more: no path, query, fragment or
+    userinfo, no percent-encoding or backslash. Scheme and host are lowercased, the default port
+    becomes None. None for anything else — ``null`` among them, which browsers send from
+    sandboxed frames and file: pages.
     """
-    match = _ORIGIN.fullmatch(value.strip(" \t").lower())
-    if match is None:
+    if not value.isascii():
+        return None  # checked before lower(), for the reason _parse_authority gives
+    scheme, separator, authority = value.strip(" \t").lower().partition("://")
+    if not separator or _SCHEME.fullmatch(scheme) is None:
         return None
-    scheme, host, port_text = match.groups()
-    try:
-        return scheme, host, _normalise_port(scheme, port_text)
-    except ValueError:
+    parsed = _parse_authority(authority, scheme)
+    if parsed is None:
         return None
-
-
-def _normalise_port(scheme: str, port_text: str | None) -> int | None:
-    """The port as an int, or None when absent or the scheme's default (80 or 443).
-
-    Raises ValueError for a port above 65535.
-    """
-    if port_text is None:
-        return None
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"port {port} is above 65535")
-    return None if port == _DEFAULT_PORTS.get(scheme) else port
+    return scheme, parsed[0], parsed[1]
 
 
 @lru_cache(maxsize=256)
 def _parse_allowed_origin(entry: str) -> tuple[str, str, int | None]:
     """``(scheme, host, port)`` of an allowed-origins entry; the host may start with ``*.``.
 
-    Cached because the same few entries are consulted on every connection. Raises ValueError for
-    an entry that is not ``scheme://host[:port]``.
+    Parsed as strictly as a received Origin; a wildcard's suffix must be a DNS name (not an IP
+    literal). Cached because the same few entries are consulted on every connection. Raises
+    ValueError for an entry that is not ``scheme://host[:port]`` or ``scheme://*.name[:port]``.
     """
     # A trailing slash is a common slip when copying an origin from the address bar; tolerate it.
-    match = _ALLOWED_ORIGIN.fullmatch(entry.strip().lower().removesuffix("/"))
-    if match is None:
+    text = entry.strip().lower().removesuffix("/")
+    if text == "null":
+        # Any page can send "null" (from a sandboxed iframe), so listing it would let every site
+        # in while reading as if it let none.
+        raise ValueError(
+            "allowed origin 'null' cannot be listed: any page can send it from a sandboxed frame;"
+            " use '*' to allow every origin"
+        )
+    scheme, separator, authority = text.partition("://")
+    wildcard = authority.startswith("*.")
+    parsed = None
+    if separator and entry.isascii() and _SCHEME.fullmatch(scheme) is not None:
+        parsed = _parse_authority(authority[2:] if wildcard else authority, scheme)
+    if parsed is not None and wildcard:
+        suffix = parsed[0].removesuffix(".")
+        if suffix.startswith("[") or _DIGITS.fullmatch(suffix.rpartition(".")[2]) is not None:
+            parsed = None  # "*.0.0.1" would be half an IP address, not a set of subdomains
+    if parsed is None:
         raise ValueError(
             f"allowed origin {entry!r} is not 'scheme://host[:port]', "
-            "'scheme://*.domain[:port]', '*' or 'same-origin'"
+            "'scheme://*.domain[:port]', '*' or 'same-origin' (ports 1-65535)"
         )
-    scheme, host, port_text = match.groups()
-    try:
-        return scheme, host, _normalise_port(scheme, port_text)
-    except ValueError:
-        raise ValueError(f"allowed origin {entry!r} has a port above 65535") from None
+    host, port = parsed
+    return scheme, "*." + host if wildcard else host, port
 
 
 def _same_origin(origin: tuple[str, str, int | None], host_header: str | None) -> bool:
     """Whether the Origin's host[:port] is the request's Host (default ports compared as equal)."""
     if host_header is None:
         return False
-    match = _HOST_HEADER.fullmatch(host_header.strip(" \t").lower())
-    if match is None:
-        return False
     scheme, origin_host, origin_port = origin
-    host, port_text = match.groups()
     # Host carries no scheme, so its default port is the one the Origin's scheme implies.
-    try:
-        return (host, _normalise_port(scheme, port_text)) == (origin_host, origin_port)
-    except ValueError:
-        return False
+    return _parse_authority(host_header.strip(" \t"), scheme) == (origin_host, origin_port)
 
 
 def _origin_matches(origin: tuple[str, str, int | None], entry: str) -> bool:
@@ -563,7 +724,9 @@ def _origin_matches(origin: tuple[str, str, int | None], entry: str) -> bool:
     if scheme != origin[0] or port != origin[2]:
         return False
     if host.startswith("*."):
-        # "*.example.com" covers any depth of subdomain, but not example.com itself.
+        # "*.example.com" covers one or more whole labels in front of ".example.com", at any
+        # depth, but not example.com itself. Whole labels because the parsed host has no empty
+        # label and no character a label cannot hold.
         return origin[1].endswith(host[1:])
     return host == origin[1]
 
@@ -574,13 +737,16 @@ def origin_allowed(request: Request, allowed: Sequence[str] | None) -> bool:
     * ``allowed`` None: any origin (Go melody's default).
     * No Origin header: allowed — only browsers send one, and a non-browser client can forge it
       anyway, so its absence says nothing about cross-site use.
-    * Otherwise the Origin, compared as ``scheme://host[:port]`` lowercased with ports 80/443
-      dropped for http/ws and https/wss, must match an entry: ``"*"`` (any origin, even ``null``),
-      an exact origin, a wildcard host such as ``"https://*.example.com"`` (subdomains only), or
-      ``"same-origin"`` (the Origin's host[:port] equals the request's Host header).
+    * Otherwise the Origin must be serialised as RFC 6454 section 6.2 does, ``scheme://host[:port]``
+      (a DNS name, dotted-quad IPv4 or bracketed IPv6 host; no path, userinfo, percent-encoding
+      or backslash), and match an entry, compared with scheme and host lowercased and ports
+      80/443 dropped for http/ws and https/wss: ``"*"`` (any origin, even ``null`` or a malformed
+      one), an exact origin, a wildcard host such as ``"https://*.example.com"`` (one or more
+      labels in front of example.com, not example.com itself), or ``"same-origin"`` (the Origin's
+      host[:port] equals the request's Host header, parsed the same way).
 
-    Several Origin headers, or one that is not a tuple origin (``null``), match only ``"*"``.
-    Raises ValueError for a malformed entry in ``allowed``.
+    Several Origin headers, a malformed Origin, or ``null`` match only ``"*"``; ``"null"`` cannot
+    be an entry. Raises ValueError for a malformed entry in ``allowed``.
     """
     if allowed is None:
         return True

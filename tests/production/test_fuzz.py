@@ -34,7 +34,7 @@ Serve = Callable[..., Awaitable[tuple[Melody, str]]]
 #: Close codes the hub fails a connection with (RFC 6455 7.4.1).
 FAIL_CODES = {1002, 1007, 1009}
 #: HTTP statuses the handshake parser and validator refuse with.
-HANDSHAKE_STATUSES = {400, 405, 426}
+HANDSHAKE_STATUSES = {400, 405, 426, 505}
 
 FUZZ = settings(max_examples=400, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
