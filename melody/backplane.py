@@ -8,15 +8,17 @@ receives to its own sessions. The contract, so that a new broker (NATS, ...) is 
   backplane's to survive (reconnect with backoff, resubscribe) and to report through
   ``hub._report(None, error)``.
 - ``publish(topic, binary, payload)``: send one message to every *other* node, at most once,
-  never blocking the caller (queue it; a full queue drops and counts). ``topic`` None is a
-  hub-wide broadcast.
+  never blocking the caller (queue it; the queue is bounded in messages *and* bytes, and what
+  does not fit is dropped and counted with its reason). ``topic`` None is a hub-wide broadcast.
 - ``subscribe(topic)`` / ``unsubscribe(topic)``: the hub calls these when its first local
   session joins a topic and when its last one leaves, so a node only receives the topics it
-  has subscribers for (interest-based routing).
+  has subscribers for (interest-based routing). They never block either, and a session that
+  joins and leaves in a loop must not become as many broker commands: coalesce.
 - ``cluster_topic_len(topic)``: subscribers of ``topic`` over all live nodes.
 - When a message arrives from another node, call ``hub._deliver_remote(topic, binary,
-  payload)``; the node's own messages must be recognised (``node_id`` in the envelope) and not
-  delivered twice: the hub delivered them locally when they were sent.
+  payload)``; the node's own messages must be recognised (:func:`is_from`, on the envelope's
+  first bytes, before the payload is decoded or copied) and not delivered twice: the hub
+  delivered them locally when they were sent.
 
 Messages are framed once per node (each node's fan-out builds one frame for all its sessions)
 and published once per message (not once per node). The envelope: 16 bytes of node id, one
@@ -31,10 +33,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from melody.hub import Melody
 
-__all__ = ["Backplane", "encode_envelope", "decode_envelope", "new_node_id"]
+__all__ = ["Backplane", "encode_envelope", "decode_envelope", "is_from", "new_node_id",
+           "ENVELOPE_OVERHEAD"]
 
 FLAG_BINARY = 0x01
 NODE_ID_SIZE = 16
+#: Bytes an envelope adds to its payload (node id and flags).
+ENVELOPE_OVERHEAD = NODE_ID_SIZE + 1
 
 
 def new_node_id() -> bytes:
@@ -45,6 +50,12 @@ def new_node_id() -> bytes:
 def encode_envelope(node_id: bytes, binary: bool, payload: bytes) -> bytes:
     """What goes on the broker for one message."""
     return node_id + (b"\x01" if binary else b"\x00") + payload
+
+
+def is_from(data: bytes, node_id: bytes) -> bool:
+    """True if the envelope ``data`` was sent by ``node_id``: a look at its first 16 bytes,
+    with no copy of the payload (a node's own echoes are recognised at this cost)."""
+    return data.startswith(node_id)
 
 
 def decode_envelope(data: bytes) -> tuple[bytes, bool, bytes]:

@@ -21,9 +21,25 @@ Channels and keys (``P`` is ``channel_prefix``)
 Delivery
     Redis pub/sub is at-most-once: a message reaches the nodes subscribed at the moment Redis
     processes the PUBLISH, once each, in the order one node published them; nothing is stored.
-    A node's own messages come back from Redis and are ignored by node id (the hub delivered
-    them locally when they were sent). A new topic subscription takes effect on the other nodes'
-    messages after one round trip to Redis.
+    A new topic subscription takes effect on the other nodes' messages after one round trip to
+    Redis (plus at most ``subscribe_interval`` when subscriptions churn, see below).
+
+Own messages
+    Redis pub/sub has no "no echo" option (NATS has one; Redis has not): a node subscribed to a
+    channel receives its own PUBLISHes to it, every hub-wide broadcast included. They are
+    recognised by the node id at the head of the envelope, before the payload is decoded or
+    copied, and dropped (``ignored_own``); redis-py has still read them off the socket once.
+    What is bounded is what they can cost: Redis queues them in this node's subscriber output
+    buffer, and Redis cuts a subscriber whose buffer passes ``client-output-buffer-limit
+    pubsub`` (32 MB at once, or 8 MB for 60 s, by default). So after every ``max_batch_bytes``
+    published the writer waits until the subscriber connection has read everything Redis had
+    queued for it (a PING on that connection, whose reply comes after all of it): this node's
+    own echoes never hold more than about ``max_batch_bytes`` in Redis, however long the
+    queue, and the other nodes get a backlog at the pace this node reads its own.
+    Not done, and why: skipping the PUBLISH of a topic no other node holds. The presence
+    hashes that would tell are written every ``presence_interval``; a node whose subscription
+    Redis has just confirmed would have its messages skipped for up to that long, breaking the
+    one-round-trip promise above, silently.
 
 While Redis is unreachable
     The hub keeps serving: local sessions, local broadcasts and local publishes work as without
@@ -50,9 +66,32 @@ Presence staleness
     ``presence_ttl`` seconds after its last refresh at the latest (its keys expire). It raises
     ``BackplaneError`` while Redis is unreachable.
 
-Publishing never blocks: messages wait in a queue of ``max_queue`` messages, written by one task
-that sends up to ``max_batch`` PUBLISHes per round trip; when the queue is full a message is
-dropped and counted (``dropped_outgoing``).
+Publishing never blocks
+    Messages wait in a queue of at most ``max_queue`` messages and ``max_queue_bytes`` bytes
+    (envelopes, counted until Redis has answered their PUBLISH: in flight included), written by
+    one task that sends up to ``max_batch`` PUBLISHes and ``max_batch_bytes`` bytes per round
+    trip (one message at least), so that the backlog left by a stalled Redis goes out in
+    steps, not in one burst. A message that does not fit is dropped, never a queued one:
+    ``dropped_outgoing`` counts them all, ``dropped_outgoing_queue_full`` (``max_queue``
+    reached), ``dropped_outgoing_queue_bytes`` (``max_queue_bytes`` reached) and
+    ``dropped_outgoing_too_large`` (an envelope over ``max_message_bytes``, which could never
+    be queued) say why. The first drop in each ``report_interval`` is also reported.
+
+Subscription churn
+    ``subscribe``/``unsubscribe`` only mark a channel; the subscriber connection's task sends
+    what changed in one write (SUBSCRIBE and UNSUBSCRIBE of up to 1,000 channels each) and
+    sends nothing more until Redis has answered it, and not sooner than ``subscribe_interval``
+    after the previous batch. A channel whose changes cancel out before they are sent costs
+    nothing (``subscribe_coalesced``). A channel whose last local subscriber leaves stays
+    subscribed ``unsubscribe_linger`` seconds (at most ``max_lingering`` channels; past it the
+    longest-lingering is let go at once): a subscriber coming back within that time costs no
+    command (``linger_resumed``). The trade-off: for that long Redis still sends this node the
+    topic's messages, which it drops on arrival at the cost of reading them
+    (``ignored_unwanted``). So a session that subscribes and leaves in a loop costs Redis one
+    SUBSCRIBE, and any churn at most one SUBSCRIBE and one UNSUBSCRIBE (per 1,000 channels)
+    per ``subscribe_interval``, and per round trip to Redis. The changes
+    pending in memory are one entry per channel whose wanted state differs from what Redis
+    was sent: at most the hub's topics plus the lingering channels.
 """
 
 from __future__ import annotations
@@ -66,8 +105,16 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from melody.backplane import Backplane, decode_envelope, encode_envelope, new_node_id
+from melody.backplane import (
+    ENVELOPE_OVERHEAD,
+    Backplane,
+    decode_envelope,
+    encode_envelope,
+    is_from,
+    new_node_id,
+)
 from melody.errors import BackplaneError
+from melody.limits import MAX_BUFFER_BYTES, MAX_COUNT, check_int, check_seconds
 
 try:
     from redis.asyncio.connection import ConnectionPool
@@ -93,6 +140,15 @@ logger = logging.getLogger("melody.backplane")
 
 # Most channels per SUBSCRIBE/UNSUBSCRIBE command when (re)subscribing many topics at once.
 _SUBSCRIBE_CHUNK = 1000
+# Redis refuses a bulk string longer than proto-max-bulk-len (512 MB by default): a PUBLISH
+# larger than that is a protocol error that closes the connection.
+_MAX_MESSAGE_BYTES = 512 << 20
+# The longest sensible pause between two batches of subscription changes: past it a new
+# subscriber would wait long for its first message.
+_MAX_SUBSCRIBE_INTERVAL = 60.0
+
+_DROP_REASONS = ("dropped_outgoing_queue_full", "dropped_outgoing_queue_bytes",
+                 "dropped_outgoing_too_large")
 
 
 class RedisBackplane(Backplane):
@@ -103,7 +159,19 @@ class RedisBackplane(Backplane):
     ``password=`` or ``ssl_ca_certs=``). Durations are seconds:
 
     - ``channel_prefix``: namespace of the channels and keys; nodes sharing it form one hub.
-    - ``max_queue`` / ``max_batch``: outgoing messages held at most / sent per round trip.
+    - ``max_queue`` / ``max_queue_bytes``: outgoing messages / envelope bytes held at most,
+      queued or in flight (1..2**31 / 64 KiB..64 GiB). Keep the bytes well below the
+      subscribers' ``client-output-buffer-limit pubsub`` (32 MB hard, 8 MB soft by default).
+    - ``max_message_bytes``: the largest envelope (payload plus 17 bytes) sent at all
+      (1 KiB..512 MiB and at most ``max_queue_bytes``); larger ones are dropped and counted.
+    - ``max_batch`` / ``max_batch_bytes``: PUBLISHes / bytes per round trip (1..2**31 /
+      1 KiB..64 MiB; one message at least). ``max_batch_bytes`` is also how much of this
+      node's own echo Redis may hold for it before the writer waits for the reader.
+    - ``unsubscribe_linger`` / ``max_lingering``: how long a channel stays subscribed after
+      its last local subscriber left (0..30 days, 0: unsubscribe at once) / how many such
+      channels at most (0..2**31).
+    - ``subscribe_interval``: the least time between two batches of SUBSCRIBE/UNSUBSCRIBE
+      (0..60; the first change after a quiet spell goes at once).
     - ``timeout``: to connect, and for a command's reply, before Redis counts as unreachable.
     - ``reconnect_min`` / ``reconnect_max``: the reconnect delay doubles from one to the other
       (each delay drawn from its upper half, so that nodes do not reconnect in step).
@@ -113,9 +181,10 @@ class RedisBackplane(Backplane):
       count after its last write.
     - ``report_interval``: at most one ``handle_error`` report per this many seconds.
 
-    Three connections per node: subscriber, publisher, commands (presence). Raises ValueError
-    for a bad URL or setting; connecting happens in :meth:`start`, which the hub calls when it
-    starts serving.
+    Every duration is finite, above zero unless said otherwise and at most 30 days; every
+    number is checked at construction (bools refused). Three connections per node:
+    subscriber, publisher, commands (presence). Raises ValueError for a bad URL or setting;
+    connecting happens in :meth:`start`, which the hub calls when it starts serving.
     """
 
     def __init__(
@@ -124,7 +193,13 @@ class RedisBackplane(Backplane):
         *,
         channel_prefix: str = "melody",
         max_queue: int = 10_000,
+        max_queue_bytes: int = 8 << 20,
+        max_message_bytes: int = 4 << 20,
         max_batch: int = 512,
+        max_batch_bytes: int = 1 << 20,
+        unsubscribe_linger: float = 1.0,
+        max_lingering: int = 10_000,
+        subscribe_interval: float = 0.01,
         timeout: float = 5.0,
         reconnect_min: float = 0.1,
         reconnect_max: float = 10.0,
@@ -137,19 +212,23 @@ class RedisBackplane(Backplane):
         super().__init__()
         if not channel_prefix:
             raise ValueError("channel_prefix must not be empty")
-        if max_queue < 1 or max_batch < 1:
-            raise ValueError("max_queue and max_batch must be at least 1")
+        check_int("max_queue", max_queue, 1, MAX_COUNT)
+        check_int("max_queue_bytes", max_queue_bytes, 64 << 10, MAX_BUFFER_BYTES)
+        check_int("max_message_bytes", max_message_bytes, 1 << 10,
+                  min(_MAX_MESSAGE_BYTES, max_queue_bytes))
+        check_int("max_batch", max_batch, 1, MAX_COUNT)
+        check_int("max_batch_bytes", max_batch_bytes, 1 << 10, 64 << 20)
+        check_int("max_lingering", max_lingering, 0, MAX_COUNT)
+        check_seconds("unsubscribe_linger", unsubscribe_linger, allow_zero=True)
+        check_seconds("subscribe_interval", subscribe_interval, allow_zero=True,
+                      high=_MAX_SUBSCRIBE_INTERVAL)
         for name, value in (("timeout", timeout), ("reconnect_min", reconnect_min),
                             ("health_check_interval", health_check_interval),
                             ("presence_interval", presence_interval)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if reconnect_max < reconnect_min:
-            raise ValueError("reconnect_max must be >= reconnect_min")
-        if presence_ttl <= presence_interval:
-            raise ValueError("presence_ttl must be longer than presence_interval")
-        if report_interval < 0:
-            raise ValueError("report_interval must be >= 0")
+            check_seconds(name, value)
+        check_seconds("reconnect_max", reconnect_max, low=reconnect_min, allow_zero=True)
+        check_seconds("presence_ttl", presence_ttl, low=presence_interval)
+        check_seconds("report_interval", report_interval, allow_zero=True)
         # Parsing the URL here makes a bad one fail at construction, not at serve time.
         pool = ConnectionPool.from_url(url, **redis_options)
         self._connection_class: Any = pool.connection_class
@@ -157,15 +236,23 @@ class RedisBackplane(Backplane):
         self.url = url
         #: Prefix of every channel and key this backplane uses.
         self.channel_prefix = channel_prefix
+        #: Envelope bytes held at most for Redis, queued or in flight.
+        self.max_queue_bytes = max_queue_bytes
+        #: The largest envelope sent (payload plus ``ENVELOPE_OVERHEAD`` bytes).
+        self.max_message_bytes = max_message_bytes
         self._max_queue = max_queue
         self._max_batch = max_batch
-        self._timeout = timeout
-        self._reconnect_min = reconnect_min
-        self._reconnect_max = reconnect_max
-        self._health_interval = health_check_interval
-        self._presence_interval = presence_interval
+        self._max_batch_bytes = max_batch_bytes
+        self._linger = float(unsubscribe_linger)
+        self._max_lingering = max_lingering
+        self._subscribe_interval = float(subscribe_interval)
+        self._timeout = float(timeout)
+        self._reconnect_min = float(reconnect_min)
+        self._reconnect_max = float(reconnect_max)
+        self._health_interval = float(health_check_interval)
+        self._presence_interval = float(presence_interval)
         self._presence_ttl_ms = int(presence_ttl * 1000)
-        self._report_interval = report_interval
+        self._report_interval = float(report_interval)
 
         prefix = channel_prefix.encode()
         self._broadcast_channel = prefix + b":all"
@@ -185,15 +272,27 @@ class RedisBackplane(Backplane):
 
         # Channel -> topic (None for the broadcast channel) of everything this node wants.
         self._channel_topics: dict[bytes, str | None] = {self._broadcast_channel: None}
-        # Subscription changes not yet sent to Redis (channel -> wanted), and what was sent.
-        self._changes: dict[bytes, bool] = {}
+        # Channels with no local subscriber kept subscribed until a deadline (loop time), in
+        # the order they were left, which is the order of their deadlines.
+        self._lingering: dict[bytes, float] = {}
+        # Channels Redis was told to subscribe (on this connection), and the channels whose
+        # wanted state (in _channel_topics or _lingering) differs from it: what is to be sent.
         self._sent: set[bytes] = set()
+        self._dirty: set[bytes] = set()
         # Channels Redis confirmed (subscribe replies seen on the subscriber connection).
         self._confirmed: set[bytes] = set()
         self._control_wake: asyncio.Event | None = None
         self._last_rx = 0.0
+        # PINGs on the subscriber connection carry a sequence number; the reader notes the
+        # last one answered. A reply proves that everything Redis queued for this connection
+        # before it has been read.
+        self._ping_sent = 0
+        self._pong_seen = 0
+        self._sync_wanted = False
+        self._sync_waiter: tuple[int, asyncio.Future[None]] | None = None
 
         self._queue: deque[tuple[bytes, bytes, bytes]] = deque()
+        self._queued_bytes = 0
         self._write_wake: asyncio.Event | None = None
         self._in_flight = 0
 
@@ -205,8 +304,11 @@ class RedisBackplane(Backplane):
         self._last_report = float("-inf")
         self._suppressed = 0
         self._counters = dict.fromkeys(
-            ("published", "publish_batches", "received", "ignored_own", "malformed",
-             "dropped_outgoing", "lost_while_down", "outages", "reconnects",
+            ("published", "publish_batches", "publish_syncs", "received", "ignored_own",
+             "ignored_unwanted", "malformed", "dropped_outgoing", *_DROP_REASONS,
+             "lost_while_down", "subscribe_batches", "subscribed_channels",
+             "unsubscribed_channels", "subscribe_coalesced", "linger_resumed",
+             "linger_expired", "linger_evicted", "outages", "reconnects",
              "connect_failures"), 0)
 
     def _set_identity(self) -> None:
@@ -283,44 +385,93 @@ class RedisBackplane(Backplane):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._queue.clear()
+        self._queued_bytes = 0
 
     def publish(self, topic: str | None, binary: bool, payload: bytes) -> None:
         """Queue one message for the other nodes (``topic`` None: hub-wide). Never blocks.
 
-        Dropped and counted when Redis is unreachable (``lost_while_down``) or the queue is
-        full (``dropped_outgoing``).
+        Dropped and counted when Redis is unreachable (``lost_while_down``), and when it does
+        not fit (``dropped_outgoing``, with the reason: see "Publishing never blocks" in the
+        module docstring). O(1); the payload is copied once, into its envelope, if queued.
         """
         if not self._up:
             self._counters["lost_while_down"] += 1
             return
+        size = ENVELOPE_OVERHEAD + len(payload)
+        if size > self.max_message_bytes:
+            self._drop("dropped_outgoing_too_large",
+                       f"message of {size} bytes over max_message_bytes="
+                       f"{self.max_message_bytes}")
+            return
         queue = self._queue
-        if len(queue) >= self._max_queue:
-            self._counters["dropped_outgoing"] += 1
-            self._complain(BackplaneError(
-                f"outgoing queue full ({self._max_queue} messages): message dropped"))
+        if len(queue) + self._in_flight >= self._max_queue:
+            self._drop("dropped_outgoing_queue_full",
+                       f"outgoing queue full ({self._max_queue} messages)")
+            return
+        if self._queued_bytes + size > self.max_queue_bytes:
+            self._drop("dropped_outgoing_queue_bytes",
+                       f"outgoing queue full ({self._queued_bytes} of max_queue_bytes="
+                       f"{self.max_queue_bytes} bytes held)")
             return
         channel = self._broadcast_channel if topic is None else self._topic_channel(topic)
         queue.append((b"PUBLISH", channel, encode_envelope(self.node_id, binary, payload)))
+        self._queued_bytes += size
         wake = self._write_wake
         if wake is not None and not wake.is_set():
             wake.set()
 
+    def _drop(self, reason: str, why: str) -> None:
+        counters = self._counters
+        counters[reason] += 1
+        counters["dropped_outgoing"] += 1
+        self._complain(BackplaneError(f"{why}: message dropped"))
+
     def subscribe(self, topic: str) -> None:
-        """Start receiving ``topic`` from Redis (this node has a subscriber for it now)."""
+        """Start receiving ``topic`` from Redis (this node has a subscriber for it now).
+
+        O(1); the SUBSCRIBE, if one is needed at all, goes with the next batch.
+        """
         channel = self._topic_channel(topic)
         self._channel_topics[channel] = topic
-        self._change(channel, True)
+        if self._lingering.pop(channel, None) is not None:
+            self._counters["linger_resumed"] += 1  # still subscribed: nothing to send
+        self._mark(channel)
 
     def unsubscribe(self, topic: str) -> None:
-        """Stop receiving ``topic`` (this node's last subscriber left)."""
-        channel = self._topic_channel(topic)
-        if self._channel_topics.pop(channel, None) is not None:
-            self._change(channel, False)
+        """Stop receiving ``topic`` (this node's last subscriber left).
 
-    def _change(self, channel: bytes, wanted: bool) -> None:
-        self._changes[channel] = wanted
+        O(1). The channel stays subscribed ``unsubscribe_linger`` seconds, unless Redis was
+        never told to subscribe it.
+        """
+        channel = self._topic_channel(topic)
+        if self._channel_topics.pop(channel, None) is None:
+            return
+        loop = self._loop
+        if (self._up and loop is not None and self._linger > 0 and self._max_lingering > 0
+                and channel in self._sent):
+            lingering = self._lingering
+            lingering[channel] = loop.time() + self._linger
+            if len(lingering) > self._max_lingering:
+                oldest = next(iter(lingering))
+                del lingering[oldest]
+                self._counters["linger_evicted"] += 1
+                self._mark(oldest)
+        self._mark(channel)
+
+    def _mark(self, channel: bytes) -> None:
+        # Note that ``channel``'s wanted state changed; what is sent is the net change.
+        if not self._up:
+            return  # _went_up resubscribes everything wanted
+        wanted = channel in self._channel_topics or channel in self._lingering
+        dirty = self._dirty
+        if wanted == (channel in self._sent):
+            if channel in dirty:
+                dirty.discard(channel)
+                self._counters["subscribe_coalesced"] += 1
+            return
+        dirty.add(channel)
         wake = self._control_wake
-        if self._up and wake is not None and not wake.is_set():
+        if wake is not None and not wake.is_set():
             wake.set()
 
     async def cluster_topic_len(self, topic: str) -> int:
@@ -364,17 +515,32 @@ class RedisBackplane(Backplane):
     def stats(self) -> dict[str, int]:
         """Counters (the hub shows them as ``backplane_<name>`` in ``hub.stats()``).
 
-        ``connected`` (0/1), ``channels`` (subscriptions Redis confirmed), ``queued``,
-        ``published`` and ``publish_batches`` (round trips), ``received`` (from other nodes),
-        ``ignored_own`` (this node's echoes), ``malformed``, ``dropped_outgoing`` (queue
-        full), ``lost_while_down`` (published while Redis was unreachable, or queued when
-        the connection broke), ``outages`` (connections lost), ``reconnects`` (connections
-        made after an outage or a failed start), ``connect_failures`` (attempts that failed).
+        Gauges: ``connected`` (0/1), ``channels`` (subscriptions Redis confirmed),
+        ``queued`` and ``queued_bytes`` (held for Redis, in flight included), ``lingering``
+        (channels kept after their last subscriber left), ``pending_changes`` (channels whose
+        SUBSCRIBE or UNSUBSCRIBE is still to be sent).
+
+        Counters: ``published`` and ``publish_batches`` (round trips), ``publish_syncs``
+        (waits for this node's echoes to be read), ``received`` (from other nodes),
+        ``ignored_own`` (this node's echoes), ``ignored_unwanted`` (messages of a channel with
+        no local subscriber: lingering, or in flight when it was left), ``malformed``,
+        ``dropped_outgoing`` (all drops) and its reasons ``dropped_outgoing_queue_full``,
+        ``dropped_outgoing_queue_bytes``, ``dropped_outgoing_too_large``;
+        ``lost_while_down`` (published while Redis was unreachable, or queued when the
+        connection broke); ``subscribe_batches`` (round trips of subscription changes),
+        ``subscribed_channels`` and ``unsubscribed_channels`` (channels in those commands),
+        ``subscribe_coalesced`` (changes cancelled before being sent), ``linger_resumed``,
+        ``linger_expired``, ``linger_evicted`` (let go early, ``max_lingering`` reached);
+        ``outages`` (connections lost), ``reconnects`` (connections made after an outage or
+        a failed start), ``connect_failures`` (attempts that failed).
         """
         stats = dict(self._counters)
         stats["connected"] = int(self._up)
         stats["channels"] = len(self._confirmed)
-        stats["queued"] = len(self._queue)
+        stats["queued"] = len(self._queue) + self._in_flight
+        stats["queued_bytes"] = self._queued_bytes
+        stats["lingering"] = len(self._lingering)
+        stats["pending_changes"] = len(self._dirty)
         return stats
 
     # -- connection lifetime --------------------------------------------------------------
@@ -460,8 +626,14 @@ class RedisBackplane(Backplane):
         self._command_conn = commands
         self._confirmed = {self._broadcast_channel}
         self._sent = {self._broadcast_channel}
-        # Resubscribe everything wanted; the topics' presence is rewritten in full.
-        self._changes = dict.fromkeys(self._channel_topics, True)
+        # Resubscribe everything wanted (lingering channels are let go: this connection never
+        # had them); the topics' presence is rewritten in full.
+        self._lingering.clear()
+        self._dirty = set(self._channel_topics)
+        self._dirty.discard(self._broadcast_channel)
+        self._pong_seen = self._ping_sent
+        self._sync_wanted = False
+        self._sync_waiter = None
         self._written = {}
         self._last_rx = loop.time()
         self._up = True
@@ -489,8 +661,11 @@ class RedisBackplane(Backplane):
         lost = len(self._queue) + self._in_flight
         self._counters["lost_while_down"] += lost
         self._queue.clear()
+        self._queued_bytes = 0
         self._in_flight = 0
         self._confirmed = set()
+        self._dirty = set()
+        self._lingering.clear()
         if self._stopping:
             return
         logger.warning("redis backplane lost %s: %s; serving local sessions only until it is "
@@ -556,7 +731,8 @@ class RedisBackplane(Backplane):
     async def _read(self, subscriber: Any) -> None:
         loop = self._loop
         hub = self._hub
-        assert loop is not None and hub is not None
+        wake = self._control_wake
+        assert loop is not None and hub is not None and wake is not None
         read = subscriber.read_response
         topics = self._channel_topics
         node_id = self.node_id
@@ -567,18 +743,21 @@ class RedisBackplane(Backplane):
             self._last_rx = loop.time()
             kind = reply[0]
             if kind == b"message":
-                try:
-                    node, binary, payload = decode_envelope(reply[2])
-                except ValueError as exc:
-                    counters["malformed"] += 1
-                    self._complain(BackplaneError(f"malformed message ignored: {exc}"))
-                    continue
-                if node == node_id:
+                data = reply[2]
+                # Own echoes and unwanted channels are dropped before the payload is copied.
+                if is_from(data, node_id):
                     counters["ignored_own"] += 1
                     continue
                 channel = reply[1]
                 if channel not in topics:
-                    continue  # a topic unsubscribed while its messages were on the way
+                    counters["ignored_unwanted"] += 1  # lingering, or left while on the way
+                    continue
+                try:
+                    _, binary, payload = decode_envelope(data)
+                except ValueError as exc:
+                    counters["malformed"] += 1
+                    self._complain(BackplaneError(f"malformed message ignored: {exc}"))
+                    continue
                 counters["received"] += 1
                 try:
                     deliver(topics[channel], binary, payload)
@@ -588,39 +767,113 @@ class RedisBackplane(Backplane):
                 self._confirmed.add(reply[1])
             elif kind == b"unsubscribe":
                 self._confirmed.discard(reply[1])
+            elif kind == b"pong":
+                self._pong(reply[1])
+                wake.set()
 
-    async def _control(self, subscriber: Any) -> None:
-        # The only writer on the subscriber connection: subscription changes and PINGs. Any
-        # reply between two PINGs proves the connection alive; none means Redis hangs.
+    def _pong(self, data: bytes) -> None:
+        try:
+            seq = int(data)
+        except ValueError:
+            return  # not one of ours
+        self._pong_seen = max(self._pong_seen, seq)
+        waiter = self._sync_waiter
+        if waiter is not None and seq >= waiter[0]:
+            self._sync_waiter = None
+            if not waiter[1].done():
+                waiter[1].set_result(None)
+
+    async def _sync(self) -> None:
+        # Wait until the subscriber connection has read all Redis had queued for it so far:
+        # the reply to a PING sent from now on comes after all of it.
         loop = self._loop
         wake = self._control_wake
         assert loop is not None and wake is not None
+        future: asyncio.Future[None] = loop.create_future()
+        self._sync_waiter = (self._ping_sent + 1, future)
+        self._sync_wanted = True
+        wake.set()
+        self._counters["publish_syncs"] += 1
+        await future
+
+    def _expire_lingering(self, now: float) -> None:
+        lingering = self._lingering
+        while lingering:
+            channel, deadline = next(iter(lingering.items()))
+            if deadline > now:
+                return
+            del lingering[channel]
+            self._counters["linger_expired"] += 1
+            self._mark(channel)
+
+    def _changes_to_send(self) -> list[tuple[bytes, ...]]:
+        # The net changes, as SUBSCRIBE/UNSUBSCRIBE commands of up to _SUBSCRIBE_CHUNK channels.
+        dirty, self._dirty = self._dirty, set()
+        sent, topics, lingering = self._sent, self._channel_topics, self._lingering
+        add = [c for c in dirty if c not in sent and (c in topics or c in lingering)]
+        remove = [c for c in dirty if c in sent and c not in topics and c not in lingering]
+        sent.update(add)
+        sent.difference_update(remove)
+        counters = self._counters
+        counters["subscribed_channels"] += len(add)
+        counters["unsubscribed_channels"] += len(remove)
+        commands: list[tuple[bytes, ...]] = []
+        for channels, command in ((add, b"SUBSCRIBE"), (remove, b"UNSUBSCRIBE")):
+            for i in range(0, len(channels), _SUBSCRIBE_CHUNK):
+                commands.append((command, *channels[i:i + _SUBSCRIBE_CHUNK]))
+        return commands
+
+    async def _control(self, subscriber: Any) -> None:
+        # The only writer on the subscriber connection: subscription changes and PINGs. Any
+        # reply between two health PINGs proves the connection alive; none means Redis hangs.
+        # A batch of changes ends with a PING, and the next batch waits for its reply: one
+        # batch per round trip, whatever the hub asks meanwhile (it is coalesced).
+        loop = self._loop
+        wake = self._control_wake
+        assert loop is not None and wake is not None
+        interval = self._subscribe_interval
         next_ping = loop.time() + self._health_interval
         pinged_at: float | None = None
+        batch_ping = 0  # the PING that closes the last batch of changes
+        last_batch = float("-inf")
         while True:
-            if self._changes:
-                changes, self._changes = self._changes, {}
-                sent = self._sent
-                add = [c for c, want in changes.items() if want and c not in sent]
-                remove = [c for c, want in changes.items() if not want and c in sent]
-                for channels, command in ((add, b"SUBSCRIBE"), (remove, b"UNSUBSCRIBE")):
-                    for i in range(0, len(channels), _SUBSCRIBE_CHUNK):
-                        await subscriber.send_command(
-                            command, *channels[i:i + _SUBSCRIBE_CHUNK], check_health=False)
-                sent.update(add)
-                sent.difference_update(remove)
             now = loop.time()
+            self._expire_lingering(now)
+            commands: list[tuple[bytes, ...]] = []
+            if (self._dirty and self._pong_seen >= batch_ping
+                    and now >= last_batch + interval):
+                commands = self._changes_to_send()
+            ping = bool(commands) or self._sync_wanted
             if now >= next_ping:
                 if pinged_at is not None and self._last_rx < pinged_at:
                     raise BackplaneError(
                         f"no reply to PING within {self._health_interval}s: redis hangs")
                 pinged_at = now
-                await subscriber.send_command(b"PING", check_health=False)
                 next_ping = now + self._health_interval
+                ping = True
+            if ping:
+                self._sync_wanted = False
+                self._ping_sent += 1
+                if commands:
+                    batch_ping = self._ping_sent
+                    last_batch = now
+                    self._counters["subscribe_batches"] += 1
+                commands.append((b"PING", b"%d" % self._ping_sent))
+                await subscriber.send_packed_command(
+                    subscriber.pack_commands(commands), check_health=False)
             wake.clear()
-            if not self._changes:
+            if self._sync_wanted:
+                continue
+            deadline = next_ping
+            if self._lingering:
+                deadline = min(deadline, next(iter(self._lingering.values())))
+            if self._dirty and self._pong_seen >= batch_ping:
+                deadline = min(deadline, last_batch + interval)
+            # Otherwise the reply to the batch's PING wakes this task (the reader sets wake).
+            delay = deadline - loop.time()
+            if delay > 0:
                 with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(next_ping - now, 0.0))
+                    await asyncio.wait_for(wake.wait(), delay)
 
     async def _write(self, publisher: Any) -> None:
         queue = self._queue
@@ -630,20 +883,40 @@ class RedisBackplane(Backplane):
         pack = publisher.pack_commands
         send = publisher.send_packed_command
         read = publisher.read_response
+        max_batch, max_bytes = self._max_batch, self._max_batch_bytes
+        unsynced = 0  # bytes published since the subscriber connection last caught up
         while True:
             if not queue:
                 wake.clear()
                 await wake.wait()
                 continue
-            count = min(len(queue), self._max_batch)
-            batch = [queue.popleft() for _ in range(count)]
+            # Up to max_batch messages and max_batch_bytes bytes, one message at least: the
+            # backlog a stalled Redis leaves goes out in steps, not in one burst.
+            batch = [queue.popleft()]
+            size = len(batch[0][2])
+            while queue and len(batch) < max_batch:
+                more = len(queue[0][2])
+                if size + more > max_bytes:
+                    break
+                batch.append(queue.popleft())
+                size += more
+            count = len(batch)
             self._in_flight = count
             await send(pack(batch), check_health=False)
             for _ in range(count):
                 await read()
             self._in_flight = 0
+            self._queued_bytes -= size
             counters["published"] += count
             counters["publish_batches"] += 1
+            unsynced += size
+            if unsynced >= max_bytes:
+                # Redis has queued these for every subscriber, this node's own subscriber
+                # connection too (its echo: Redis has no no-echo option). Let that connection
+                # read them before sending more, so that what Redis holds for it stays about
+                # max_batch_bytes, far from client-output-buffer-limit pubsub.
+                unsynced = 0
+                await self._sync()
 
     async def _refresh(self) -> None:
         # Presence: liveness key, node set, and the local counts that changed.

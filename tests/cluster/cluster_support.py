@@ -111,14 +111,17 @@ class HubNode:
     """One ``cluster_hub.py`` process (a hub with a RedisBackplane) on its own port."""
 
     def __init__(self, redis_url: str, prefix: str, log_dir: Path, name: str,
-                 loop: str = "asyncio") -> None:
+                 loop: str = "asyncio", script: Path | None = None) -> None:
+        """``script``: the hub program to run (``cluster_hub.py`` by default); it must take
+        ``--loop`` and print ``READY <port>`` as ``cluster_hub.py`` does."""
         self.name = name
         self.log = log_dir / f"hub-{name}.log"
         env = dict(os.environ, MELODY_REDIS_URL=redis_url, MELODY_CHANNEL_PREFIX=prefix,
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        program = script if script is not None else HERE / "cluster_hub.py"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(HERE / "cluster_hub.py"), "--loop", loop],
+                [sys.executable, str(program), "--loop", loop],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
                 cwd=HERE)
         self.port = 0

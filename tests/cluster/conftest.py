@@ -70,14 +70,17 @@ def prefix() -> str:
 def hub_nodes(tmp_path: Path, prefix: str) -> Iterator[Callable[..., list[HubNode]]]:
     """A factory: ``nodes = hub_nodes(redis_url, count)`` starts ``count`` hub processes.
 
-    They alternate uvloop and asyncio. At teardown each is stopped with SIGTERM and must exit
-    with 0; a hub process that died on its own or hung fails the test.
+    They alternate uvloop and asyncio (``loop=`` picks one for all); ``script=`` runs another
+    hub program than ``cluster_hub.py`` (see ``HubNode``). At teardown each is stopped with
+    SIGTERM and must exit with 0; a hub process that died on its own or hung fails the test.
     """
     started: list[HubNode] = []
 
-    def start(url: str, count: int) -> list[HubNode]:
+    def start(url: str, count: int, *, loop: str | None = None,
+              script: Path | None = None) -> list[HubNode]:
         nodes = [HubNode(url, prefix, tmp_path, f"{len(started) + i}",
-                         loop="uvloop" if i % 2 == 0 else "asyncio") for i in range(count)]
+                         loop=loop or ("uvloop" if i % 2 == 0 else "asyncio"), script=script)
+                 for i in range(count)]
         started.extend(nodes)
         for node in nodes:
             node.wait_ready()
