@@ -18,8 +18,8 @@ cdef extern from "zlib.h":
 
 
 cdef class Deflater:
-    cdef z_stream _stream
-    cdef bint _ready
+    # NULL until the first non-empty message, and between messages without context takeover.
+    cdef z_stream* _stream
     cdef readonly int window_bits
     cdef readonly bint no_context_takeover
     cdef readonly int level
@@ -31,8 +31,8 @@ cdef class Deflater:
 
 
 cdef class Inflater:
-    cdef z_stream _stream
-    cdef bint _ready
+    # NULL until the first non-empty message, and between messages without context takeover.
+    cdef z_stream* _stream
     cdef readonly int window_bits
     cdef readonly bint no_context_takeover
     cdef bint _busy     # set while inflate() may run without the GIL: refuses a second thread

@@ -45,7 +45,13 @@ class Deflater:
     is valid for every peer that agreed to the same or a larger window and to no context
     takeover on the sending side: a broadcast can compress once.
 
-    Raises ValueError for out-of-range arguments, MemoryError if zlib cannot allocate.
+    The zlib state is made by the first non-empty message, not by the constructor, so an idle
+    Deflater costs a few dozen bytes. With context takeover it then stays until the Deflater
+    is freed; with ``no_context_takeover`` the compiled core borrows a reset stream from a
+    small pool shared by the process for each message (the pure-Python core makes one per
+    message), so it holds none between messages. See ``allocated``.
+
+    Raises ValueError for out-of-range arguments.
     """
 
     @property
@@ -60,6 +66,10 @@ class Deflater:
     @property
     def mem_level(self) -> int:
         """zlib memLevel (1..9)."""
+    @property
+    def allocated(self) -> bool:
+        """True while this Deflater holds zlib state: from its first non-empty message on with
+        context takeover, never between messages with ``no_context_takeover``."""
     def __new__(
         cls,
         window_bits: int = 15,
@@ -74,7 +84,8 @@ class Deflater:
         (7.2.1); an empty message becomes ``b"\\x00"`` (7.2.3.6). ``data`` is any C-contiguous
         bytes-like object; BufferError for a non-contiguous one, TypeError for anything else.
         Inputs of 64 KiB or more are compressed with the GIL released; RuntimeError if another
-        thread is compressing with the same Deflater at that moment.
+        thread is compressing with the same Deflater at that moment. MemoryError if zlib
+        cannot allocate its state (made by the first message, see the class docstring).
         """
 
 @disjoint_base
@@ -87,6 +98,10 @@ class Inflater:
 
     After any exception the stream is reset: with context takeover a later message referring
     to the lost window fails, so the connection should be closed.
+
+    As with :class:`Deflater`, the zlib state (about 7 KiB, plus the window once a message has
+    been inflated) is made by the first non-empty message and, with ``no_context_takeover``,
+    held only during each message. See ``allocated``.
     """
 
     @property
@@ -95,6 +110,10 @@ class Inflater:
     @property
     def no_context_takeover(self) -> bool:
         """True when the window is dropped after every message."""
+    @property
+    def allocated(self) -> bool:
+        """True while this Inflater holds zlib state: from its first non-empty message on with
+        context takeover, never between messages with ``no_context_takeover``."""
     def __new__(cls, window_bits: int = 15, no_context_takeover: bool = False) -> Self: ...
     def decompress(self, data: Buffer, max_size: int) -> bytes:
         """Decompress one whole message (all its frames' payloads concatenated).

@@ -5,8 +5,12 @@
 Two halves:
 
 * :class:`Deflater` and :class:`Inflater` turn one whole message into its compressed payload and
-  back (section 7.2). They hold a zlib stream each, so with context takeover a message may refer
-  to the ones before it; with ``no_context_takeover`` the stream is reset after every message.
+  back (section 7.2). Each needs a zlib stream only while it works: the stream is made for the
+  first message, not with the object, so a session that never sends or receives a compressed
+  message holds none. With context takeover the stream then stays (its window is what later
+  messages refer to); with ``no_context_takeover`` it is reset after every message and lent
+  to the next one through a small shared pool (see ``_POOL_SIZE``), so an idle session holds
+  none either.
 * :func:`negotiate` (server), :func:`build_offer` and :func:`accept_response` (client) run the
   ``Sec-WebSocket-Extensions`` handshake (section 7.1) and yield a :class:`DeflateParams`, which
   builds the right Deflater and Inflater for either side.
@@ -15,7 +19,7 @@ Two halves:
 import dataclasses
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_XDECREF
@@ -98,6 +102,129 @@ cdef str _zlib_message(z_stream* strm, int ret):
     return f"zlib error {ret}"
 
 
+# --- zlib streams: made on first use, lent between messages without context takeover --------
+#
+# What a stream costs (zlib 1.2.13, raw deflate; figures from bench/deflate_memory.py, N=2,000):
+#
+# * deflate: (1 << (windowBits + 2)) + (1 << (memLevel + 9)) bytes plus a ~6 KiB header, 256 KiB
+#   at 15/8. deflateInit2 fills the hash head (2 << (memLevel + 7) bytes: 64 KiB at memLevel 8),
+#   so the pages are resident at once; the window and prev tables (128 KiB at window 15, whatever
+#   memLevel) fill as data flows. Made up front for every session, with the inflate state below,
+#   it cost 90 KiB of RSS per idle session against 3.8 KiB without compression.
+# * inflate: a ~7 KiB state; the 1 << windowBits window is allocated at the first output and
+#   filled as data flows (10 KiB per session after one small message, up to 39 at window 15).
+#
+# A session now holds no zlib state until its first compressed message (idle: 4.5 KiB against
+# 3.8). Without context takeover a stream after deflateReset/inflateReset is exactly a new one,
+# so it need not belong to any session: it is taken from the pool below for one message and
+# given back reset. Freeing it instead (deflateEnd) and making the next with deflateInit2 costs
+# what the allocator decides. Per 256-byte message (~7 us to compress with the reset): 0.5-1 us
+# more while glibc keeps the freed 256 KiB for reuse, ~110 us when it trims them back to the
+# kernel and deflateInit2 faults them in again (glibc trims above 128 KiB until a large mmapped
+# block has been freed; measured in a C loop and with Python's zlib in a fresh process). Lent
+# from the pool, the cost is the reset's whatever the allocator does, and the memory is per
+# process: one stream per parameter set in use at once (one deflate and one inflate for a
+# single-threaded hub), at most _POOL_SIZE kept. Everything here runs with the GIL held (the
+# core is built for GIL builds only), which is the pool's lock.
+#
+# memLevel stays zlib's default 8 (DeflateParams' default; Compression has no knob). Without
+# context takeover, melody's default for the server, the stream is pooled, so memLevel costs
+# memory per process, not per session, and 8 is the fastest: 5 compressed a JSON chat mix as
+# well but 3-11% slower (the larger the messages, the more). With context takeover each session
+# that has compressed once keeps its stream: 87 KiB of RSS after one 256-byte message at
+# memLevel 8, 39 at 6, 29 at 5, 23 at 4, growing towards the 256 (8) or 150 (5) KiB of the whole
+# state as the window fills; memLevel 5 compressed the JSON mix 0.1-0.2 points worse and 3-22%
+# slower. A hub that turns server context takeover on for many sessions should pass mem_level
+# (and consider a smaller server_max_window_bits, which shrinks the larger term) deliberately.
+
+cdef enum:
+    _POOL_SIZE = 4
+    _KIND_DEFLATE = 1 << 12
+    _KIND_INFLATE = 2 << 12
+
+cdef z_stream* _pool_stream[_POOL_SIZE]
+cdef int _pool_key[_POOL_SIZE]        # 0: empty slot
+cdef int _pool_next = 0               # the slot a full pool gives up next (round robin)
+
+
+cdef inline int _deflate_key(int level, int window_bits, int mem_level) noexcept:
+    # level -1..9, window 9..15, memLevel 1..9: four bits each.
+    return _KIND_DEFLATE | ((level + 1) << 8) | (window_bits << 4) | mem_level
+
+
+cdef inline int _inflate_key(int window_bits) noexcept:
+    return _KIND_INFLATE | (window_bits << 4)
+
+
+cdef void _end_stream(z_stream* strm, int key) noexcept:
+    if key & _KIND_DEFLATE:
+        deflateEnd(strm)
+    else:
+        inflateEnd(strm)
+    PyMem_Free(strm)
+
+
+cdef z_stream* _pool_take(int key) noexcept:
+    cdef int i
+    cdef z_stream* strm
+    for i in range(_POOL_SIZE):
+        if _pool_key[i] == key:
+            strm = _pool_stream[i]
+            _pool_stream[i] = NULL
+            _pool_key[i] = 0
+            return strm
+    return NULL
+
+
+cdef void _pool_give(z_stream* strm, int key) noexcept:
+    # ``strm`` must be reset already. A full pool frees one of its streams (round robin).
+    global _pool_next
+    cdef int i
+    for i in range(_POOL_SIZE):
+        if _pool_key[i] == 0:
+            _pool_stream[i] = strm
+            _pool_key[i] = key
+            return
+    i = _pool_next
+    _pool_next = (i + 1) % _POOL_SIZE
+    _end_stream(_pool_stream[i], _pool_key[i])
+    _pool_stream[i] = strm
+    _pool_key[i] = key
+
+
+cdef z_stream* _new_deflate(int level, int window_bits, int mem_level) except NULL:
+    cdef z_stream* strm = <z_stream*>PyMem_Calloc(1, sizeof(z_stream))
+    cdef int ret
+    cdef str message
+    if strm == NULL:
+        raise MemoryError("no memory for a zlib stream")
+    # A negative windowBits asks for raw deflate: no zlib header or checksum (7.2.1).
+    ret = deflateInit2(strm, level, Z_DEFLATED, -window_bits, mem_level, Z_DEFAULT_STRATEGY)
+    if ret != Z_OK:
+        message = _zlib_message(strm, ret)
+        PyMem_Free(strm)
+        if ret == Z_MEM_ERROR:
+            raise MemoryError("zlib could not allocate its deflate state")
+        raise RuntimeError(f"deflateInit2 failed: {message}")
+    return strm
+
+
+cdef z_stream* _new_inflate(int window_bits) except NULL:
+    cdef z_stream* strm = <z_stream*>PyMem_Calloc(1, sizeof(z_stream))
+    cdef int ret
+    cdef str message
+    if strm == NULL:
+        raise MemoryError("no memory for a zlib stream")
+    ret = inflateInit2(strm, -window_bits)
+    if ret != Z_OK:
+        message = _zlib_message(strm, ret)
+        PyMem_Free(strm)
+        if ret == Z_MEM_ERROR:
+            raise MemoryError("zlib could not allocate its inflate state")
+        raise RuntimeError(f"inflateInit2 failed: {message}")
+    return strm
+
+
 cdef class Deflater:
     """Compresses whole messages for permessage-deflate (RFC 7692 section 7.2.1).
 
@@ -111,6 +238,11 @@ cdef class Deflater:
     With ``no_context_takeover`` each message is compressed on its own, so one message's output
     is valid for every peer that agreed to the same or a larger window and to no context
     takeover on the sending side: a broadcast can compress once.
+
+    The zlib state is made by the first non-empty message, not here. With context takeover it
+    then stays until the Deflater goes; with ``no_context_takeover`` it is borrowed from a
+    pool shared by the process for each message and given back reset, so an idle Deflater holds
+    no zlib memory in either case until it has compressed once (``allocated``).
     """
 
     def __cinit__(self, int window_bits=15, bint no_context_takeover=False, int level=6,
@@ -128,19 +260,17 @@ cdef class Deflater:
         self.no_context_takeover = no_context_takeover
         self.level = level
         self.mem_level = mem_level
-        # A negative windowBits asks for raw deflate: no zlib header or checksum (7.2.1).
-        cdef int ret = deflateInit2(&self._stream, level, Z_DEFLATED, -window_bits, mem_level,
-                                    Z_DEFAULT_STRATEGY)
-        if ret == Z_MEM_ERROR:
-            raise MemoryError("zlib could not allocate its deflate state")
-        if ret != Z_OK:
-            raise RuntimeError(f"deflateInit2 failed: {_zlib_message(&self._stream, ret)}")
-        self._ready = True
+        self._stream = NULL
 
     def __dealloc__(self):
-        if self._ready:
-            deflateEnd(&self._stream)
-            self._ready = False
+        if self._stream != NULL:
+            _end_stream(self._stream, _KIND_DEFLATE)
+            self._stream = NULL
+
+    @property
+    def allocated(self):
+        """True while this Deflater holds a zlib stream (see the class docstring)."""
+        return self._stream != NULL
 
     def __repr__(self):
         return (f"Deflater(window_bits={self.window_bits}, "
@@ -163,21 +293,28 @@ cdef class Deflater:
     cdef bytes compress_ptr(self, const unsigned char* data, Py_ssize_t length):
         # ``data`` must stay valid and unchanged for the whole call: with a large input the GIL
         # is released while zlib reads it.
-        cdef z_stream* strm = &self._stream
+        cdef z_stream* strm
         cdef PyObject* out = NULL
         cdef Py_ssize_t cap, produced = 0, fed = 0, chunk, room
         cdef unsigned long long estimate
         cdef int flush, ret
+        cdef bint done = False
         cdef bytes result
         if length == 0:
-            # Nothing touches the stream, so the window and the sync point are as they were.
+            # Nothing touches the stream, so the window and the sync point are as they were
+            # (and a Deflater that has only sent empty messages still needs none).
             return _EMPTY_PAYLOAD
         if length < 0:
             raise ValueError("negative length")
         if self._busy:
             raise RuntimeError("Deflater used by two threads at once")
-        if not self._ready:
-            raise RuntimeError("Deflater is not initialised")
+        strm = self._stream
+        if strm == NULL:
+            if self.no_context_takeover:
+                strm = _pool_take(_deflate_key(self.level, self.window_bits, self.mem_level))
+            if strm == NULL:
+                strm = _new_deflate(self.level, self.window_bits, self.mem_level)
+            self._stream = strm
         # deflateBound is exact for a Z_FINISH of the whole input; the sync flush adds at most
         # an empty stored block (5 bytes) and the bits still pending. A short guess is only a
         # resize; a long one is address space that realloc gives back at the end.
@@ -224,21 +361,26 @@ cdef class Deflater:
             if produced < 4 or memcmp(<char*>_bytes_ptr(out) + produced - 4, _TAIL, 4) != 0:
                 raise RuntimeError("zlib's sync flush did not end with 00 00 ff ff")
             produced -= 4
-            if self.no_context_takeover:
-                deflateReset(strm)
             _bytes_resize(&out, produced)
             result = <bytes>out
+            done = True
             return result
-        except BaseException:
-            # Whatever was half-compressed is unusable; start the next message on a fresh stream.
-            deflateReset(strm)
-            raise
         finally:
             Py_XDECREF(out)
             strm.next_in = NULL
             strm.avail_in = 0
             strm.next_out = NULL
             strm.avail_out = 0
+            if self.no_context_takeover:
+                # Reset, the stream is as new: it goes back to the pool for the next message.
+                self._stream = NULL
+                deflateReset(strm)
+                _pool_give(strm, _deflate_key(self.level, self.window_bits, self.mem_level))
+            elif not done:
+                # Whatever was half-compressed is unusable: the next message starts on a new
+                # stream, made when it comes.
+                self._stream = NULL
+                _end_stream(strm, _KIND_DEFLATE)
             self._busy = False
 
 
@@ -252,6 +394,11 @@ cdef class Inflater:
 
     After any exception the stream is reset; with context takeover a later message that refers
     back to the lost window fails loudly, so the connection should be closed.
+
+    As with :class:`Deflater`, the zlib state (about 7 KiB, and the window once a message has
+    been inflated) is made by the first non-empty message; with ``no_context_takeover`` it is
+    borrowed from the process's pool for each message, so an idle Inflater holds none
+    (``allocated``).
     """
 
     def __cinit__(self, int window_bits=15, bint no_context_takeover=False):
@@ -259,17 +406,17 @@ cdef class Inflater:
             raise ValueError(f"window_bits must be between 8 and 15, not {window_bits}")
         self.window_bits = window_bits
         self.no_context_takeover = no_context_takeover
-        cdef int ret = inflateInit2(&self._stream, -(window_bits if window_bits > 8 else 9))
-        if ret == Z_MEM_ERROR:
-            raise MemoryError("zlib could not allocate its inflate state")
-        if ret != Z_OK:
-            raise RuntimeError(f"inflateInit2 failed: {_zlib_message(&self._stream, ret)}")
-        self._ready = True
+        self._stream = NULL
 
     def __dealloc__(self):
-        if self._ready:
-            inflateEnd(&self._stream)
-            self._ready = False
+        if self._stream != NULL:
+            _end_stream(self._stream, _KIND_INFLATE)
+            self._stream = NULL
+
+    @property
+    def allocated(self):
+        """True while this Inflater holds a zlib stream (see the class docstring)."""
+        return self._stream != NULL
 
     def __repr__(self):
         return (f"Inflater(window_bits={self.window_bits}, "
@@ -300,13 +447,13 @@ cdef class Inflater:
         if window == NULL:
             raise MemoryError()
         try:
-            ret = inflateGetDictionary(&self._stream, window, &n)
+            ret = inflateGetDictionary(self._stream, window, &n)
             if ret == Z_OK:
-                ret = inflateReset(&self._stream)
+                ret = inflateReset(self._stream)
             if ret == Z_OK and n:
-                ret = inflateSetDictionary(&self._stream, window, n)
+                ret = inflateSetDictionary(self._stream, window, n)
             if ret != Z_OK:
-                raise RuntimeError(f"inflate restart failed: {_zlib_message(&self._stream, ret)}")
+                raise RuntimeError(f"inflate restart failed: {_zlib_message(self._stream, ret)}")
         finally:
             PyMem_Free(window)
         return 0
@@ -315,12 +462,14 @@ cdef class Inflater:
                               Py_ssize_t max_size):
         # ``data`` must stay valid and unchanged for the whole call: with a large input the GIL
         # is released while zlib reads it.
-        cdef z_stream* strm = &self._stream
+        cdef z_stream* strm
         cdef PyObject* out = NULL
         cdef Py_ssize_t limit, cap, produced = 0, fed = 0, chunk, room
         cdef Py_ssize_t restarts = 0
-        cdef bint in_tail = False, ended_final = False, pending = False
+        cdef bint in_tail = False, ended_final = False, pending = False, done = False
         cdef int ret
+        # zlib's window: 8 is inflated with 9 (see the class docstring).
+        cdef int bits = self.window_bits if self.window_bits > 8 else 9
         cdef bytes result
         if length < 0:
             raise ValueError("negative length")
@@ -328,12 +477,17 @@ cdef class Inflater:
             raise ValueError(f"max_size must be >= 0, not {max_size}")
         if self._busy:
             raise RuntimeError("Inflater used by two threads at once")
-        if not self._ready:
-            raise RuntimeError("Inflater is not initialised")
         if length == 0:
             # Not valid deflate (7.2.3.6 sends 0x00), but some senders flag an empty message
             # as compressed; nothing is fed, so the stream is left exactly as it was.
             return b""
+        strm = self._stream
+        if strm == NULL:
+            if self.no_context_takeover:
+                strm = _pool_take(_inflate_key(bits))
+            if strm == NULL:
+                strm = _new_inflate(bits)
+            self._stream = strm
         # The buffer never grows past max_size + 1 bytes: producing that last byte is how an
         # overlong message is detected, without inflating the rest of it.
         limit = max_size + 1 if max_size < PY_SSIZE_T_MAX else max_size
@@ -408,20 +562,24 @@ cdef class Inflater:
                 # read from the middle of a block.
                 raise ValueError(
                     "invalid compressed data: message does not end at a block boundary")
-            if self.no_context_takeover:
-                inflateReset(strm)
             _bytes_resize(&out, produced)
             result = <bytes>out
+            done = True
             return result
-        except BaseException:
-            inflateReset(strm)
-            raise
         finally:
             Py_XDECREF(out)
             strm.next_in = NULL
             strm.avail_in = 0
             strm.next_out = NULL
             strm.avail_out = 0
+            if self.no_context_takeover:
+                self._stream = NULL
+                inflateReset(strm)
+                _pool_give(strm, _inflate_key(bits))
+            elif not done:
+                # The window may hold part of a message that was never delivered: drop it.
+                self._stream = NULL
+                _end_stream(strm, _KIND_INFLATE)
             self._busy = False
 
 

@@ -397,6 +397,110 @@ def test_7_2_3_6_empty_message(no_context_takeover: bool) -> None:
         assert py_decompress(payload, python) == data
 
 
+# --- zlib state: made by the first message, held between messages only with context takeover
+
+
+def fresh_compress(data: bytes, bits: int = 15, level: int = 6, mem_level: int = 8) -> bytes:
+    """``data`` as the first message of a new stream (what no context takeover must give)."""
+    return py_compress(data, zlib.compressobj(level, zlib.DEFLATED, -bits, mem_level))
+
+
+@pytest.mark.parametrize("no_context_takeover", [False, True])
+def test_deflater_allocates_on_the_first_message(no_context_takeover: bool) -> None:
+    deflater = Deflater(15, no_context_takeover)
+    assert deflater.allocated is False
+    # An empty message is one constant byte: still nothing to allocate.
+    assert deflater.compress(b"") == b"\x00"
+    assert deflater.allocated is False
+    for i in range(3):
+        deflater.compress(b"message %d " % i * 20)
+        # The window is the context: kept with context takeover, gone without.
+        assert deflater.allocated is (not no_context_takeover)
+
+
+@pytest.mark.parametrize("no_context_takeover", [False, True])
+def test_inflater_allocates_on_the_first_message(no_context_takeover: bool) -> None:
+    inflater = Inflater(15, no_context_takeover)
+    assert inflater.allocated is False
+    assert inflater.decompress(b"", NO_LIMIT) == b""
+    assert inflater.allocated is False
+    python = zlib.compressobj(6, zlib.DEFLATED, -15)
+    for i in range(3):
+        data = b"message %d " % i * 20
+        if no_context_takeover:
+            python = zlib.compressobj(6, zlib.DEFLATED, -15)
+        assert inflater.decompress(py_compress(data, python), NO_LIMIT) == data
+        assert inflater.allocated is (not no_context_takeover)
+
+
+@pytest.mark.parametrize("no_context_takeover", [False, True])
+def test_inflater_holds_no_state_after_an_error(no_context_takeover: bool) -> None:
+    inflater = Inflater(15, no_context_takeover)
+    assert inflater.decompress(Deflater().compress(b"first"), NO_LIMIT) == b"first"
+    with pytest.raises(ValueError):
+        inflater.decompress(b"\xff\xff", NO_LIMIT)
+    assert inflater.allocated is False
+    with pytest.raises(OverflowError):
+        inflater.decompress(Deflater().compress(b"x" * 1000), 10)
+    assert inflater.allocated is False
+    assert inflater.decompress(Deflater().compress(b"after"), NO_LIMIT) == b"after"
+
+
+def test_no_context_takeover_output_is_unchanged_and_independent() -> None:
+    # Deflaters of several settings take turns, more settings than the compiled core's pool of
+    # reset streams holds: every payload is what a new zlib stream makes of that message alone,
+    # and inflates alone.
+    settings_list = [(15, 6, 8), (10, 6, 8), (15, 1, 8), (15, 6, 5), (12, 9, 9), (9, 0, 1),
+                     (15, -1, 8)]
+    deflaters = [Deflater(bits, True, level, mem) for bits, level, mem in settings_list]
+    inflaters = {bits: Inflater(bits, True) for bits, _, _ in settings_list}
+    for round_ in range(3):
+        for (bits, level, mem), deflater in zip(settings_list, deflaters):
+            data = (b"round %d bits %d level %d " % (round_, bits, level)) * (10 + round_ * 50)
+            payload = deflater.compress(data)
+            if level != 0:  # level 0's stored blocks are framed by the core itself
+                assert payload == fresh_compress(data, bits, level, mem)
+            assert py_decompress(payload, zlib.decompressobj(-bits)) == data
+            assert inflaters[bits].decompress(payload, NO_LIMIT) == data
+            assert not deflater.allocated and not inflaters[bits].allocated
+
+
+def test_context_takeover_output_is_unchanged_across_messages() -> None:
+    # A context-takeover pair keeps its own stream while no-context-takeover objects of the
+    # same settings borrow and return theirs in between: the stream stays byte for byte in step
+    # with Python's zlib, and later messages refer to earlier ones.
+    ours, theirs = Deflater(15, False), zlib.compressobj(6, zlib.DEFLATED, -15, 8)
+    inflater, python = Inflater(15, False), zlib.decompressobj(-15)
+    others = Deflater(15, True), Inflater(15, True)
+    data = os.urandom(1500)
+    sizes = []
+    for i in range(4):
+        payload = ours.compress(data)
+        assert payload == py_compress(data, theirs)
+        assert inflater.decompress(payload, NO_LIMIT) == data
+        assert py_decompress(payload, python) == data
+        sizes.append(len(payload))
+        other = others[0].compress(b"other %d " % i * 30)
+        assert others[1].decompress(other, NO_LIMIT) == b"other %d " % i * 30
+    assert sizes[0] > len(data) and max(sizes[1:]) < 50
+
+
+def test_no_context_takeover_threads_compress_at_once() -> None:
+    # Large messages release the GIL inside zlib, so several threads' no-context-takeover
+    # objects need a stream each at the same moment.
+    def work(seed: int) -> int:
+        deflater, inflater = Deflater(15, True), Inflater(15, True)
+        for i in range(4):
+            data = bytes([seed, i]) * 150_000 + os.urandom(500)
+            payload = deflater.compress(data)
+            assert payload == fresh_compress(data)
+            assert inflater.decompress(payload, len(data)) == data
+        return seed
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(work, range(4))) == [0, 1, 2, 3]
+
+
 # --- Interoperability with the websockets library ------------------------------------------
 
 

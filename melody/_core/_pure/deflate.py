@@ -61,6 +61,9 @@ _FEED = 16384
 # The largest stored block (zlib's MAX_STORED).
 _MAX_STORED = 65535
 
+# The "stream" of a level-0 Deflater: its stored blocks are framed by Deflater._store.
+_STORED = object()
+
 _ZLIB_ERROR = re.compile(r"Error (-?\d+) while (?:de)?compressing data(?:: (.*))?\Z", re.S)
 
 
@@ -117,6 +120,11 @@ class Deflater:
     trade-off (1..9). With ``no_context_takeover`` each message is compressed on its own, so one
     message's output is valid for every peer that agreed to the same or a larger window and to
     no context takeover on the sending side: a broadcast can compress once.
+
+    The zlib state is made by the first non-empty message, not here; with context takeover it
+    then stays, with ``no_context_takeover`` it is dropped after each message (``allocated``).
+    The compiled core lends a reset stream from a pool instead of making one per message;
+    Python's ``zlib`` cannot reset a compressor, so here each message makes its own.
     """
 
     __slots__ = (
@@ -150,11 +158,11 @@ class Deflater:
         self._level = level
         self._mem_level = mem_level
         self._busy = False
-        self._stream: Any = self._new_stream()
+        self._stream: Any = None
 
     def _new_stream(self) -> Any:
         if self._level == 0:
-            return None  # stored blocks are framed by _store
+            return _STORED
         # A negative wbits asks for raw deflate: no zlib header or checksum (7.2.1).
         return zlib.compressobj(self._level, zlib.DEFLATED, -self._window_bits,
                                 self._mem_level, zlib.Z_DEFAULT_STRATEGY)
@@ -179,6 +187,11 @@ class Deflater:
         """zlib memLevel (1..9)."""
         return self._mem_level
 
+    @property
+    def allocated(self) -> bool:
+        """True while this Deflater holds a zlib stream (see the class docstring)."""
+        return self._stream is not None
+
     def __repr__(self) -> str:
         return (f"Deflater(window_bits={self._window_bits}, "
                 f"no_context_takeover={self._no_context_takeover}, level={self._level}, "
@@ -202,17 +215,19 @@ class Deflater:
         try:
             stream = self._stream
             if stream is None:
+                stream = self._stream = self._new_stream()
+            if stream is _STORED:
                 out = self._store(data)
             else:
                 out = stream.compress(data) + stream.flush(zlib.Z_SYNC_FLUSH)
             if not out.endswith(_TAIL):
                 raise RuntimeError("zlib's sync flush did not end with 00 00 ff ff")
             if self._no_context_takeover:
-                self._stream = self._new_stream()
+                self._stream = None
             return out[:-4]
         except BaseException:
-            # Whatever was half-compressed is unusable; start the next message afresh.
-            self._stream = self._new_stream()
+            # Whatever was half-compressed is unusable; the next message starts afresh.
+            self._stream = None
             raise
         finally:
             self._busy = False
@@ -242,7 +257,8 @@ class Inflater:
     accepts every valid 8-bit stream too). With ``no_context_takeover`` the window is dropped
     after each message. After any exception the stream is reset; with context takeover a later
     message that refers back to the lost window fails loudly, so the connection should be
-    closed.
+    closed. As with :class:`Deflater`, the zlib state is made by the first non-empty message
+    and, with ``no_context_takeover``, dropped after each one (``allocated``).
     """
 
     __slots__ = (
@@ -269,7 +285,7 @@ class Inflater:
         # covers the window: what zlib's inflateGetDictionary would return, for restarts.
         self._history: deque[bytes] = deque()
         self._history_len = 0
-        self._stream: Any = zlib.decompressobj(-self._wbits)
+        self._stream: Any = None
 
     @property
     def window_bits(self) -> int:
@@ -281,12 +297,17 @@ class Inflater:
         """True when the window is dropped after every message."""
         return self._no_context_takeover
 
+    @property
+    def allocated(self) -> bool:
+        """True while this Inflater holds a zlib stream (see the class docstring)."""
+        return self._stream is not None
+
     def __repr__(self) -> str:
         return (f"Inflater(window_bits={self._window_bits}, "
                 f"no_context_takeover={self._no_context_takeover})")
 
     def _reset(self) -> None:
-        self._stream = zlib.decompressobj(-self._wbits)
+        self._stream = None
         self._history.clear()
         self._history_len = 0
 
@@ -336,6 +357,8 @@ class Inflater:
         limit = max_size + 1 if max_size < sys.maxsize else max_size
         self._busy = True
         try:
+            if self._stream is None:
+                self._stream = zlib.decompressobj(-self._wbits)
             out = self._inflate(data, length, max_size, limit)
             if self._no_context_takeover:
                 self._reset()
