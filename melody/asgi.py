@@ -163,24 +163,50 @@ class AsgiAdapter:
             return await _refuse(upgrader, scope, send, exc)
         client = scope.get("client")
         handshake = Handshake(request, tuple(client) if client is not None else None)
-        # The same chain as the native path: hub.use middleware around the hub's own checks.
+        # The same chain as the native path: hub.use middleware around the hub's own checks,
+        # with the same deadline (the ASGI server may bound the handshake, or may not).
         chain = build_chain(hub._middleware, self._decide) if hub._middleware else self._decide
+        deadline = asyncio.timeout(None)
+
+        def expire() -> None:
+            # Say why before the cancellation reaches the middleware (AccessLog reads it).
+            handshake.status = 504
+            deadline.reschedule(loop.time())
+
+        timer = loop.call_later(hub.config.handshake_timeout, expire)
         try:
-            await chain(handshake)
+            try:
+                async with deadline:
+                    await chain(handshake)
+            finally:
+                timer.cancel()
+            if deadline.expired():
+                # A middleware swallowed the cancellation and went on: too late all the same.
+                raise TimeoutError
             if hub.is_closed():
                 # The hub closed while the chain ran: a session accepted now would never be
                 # closed.
                 raise HandshakeError(503, "hub is closed")
-        except HandshakeError as exc:
-            handshake.status = exc.status
+        except asyncio.CancelledError:
+            # The ASGI server cancelled this connection (it is shutting down): give back what
+            # the middleware took.
             handshake._close()
-            return await _refuse(upgrader, scope, send, exc)
+            raise
         except Exception as exc:
-            logger.exception("handle_upgrade or a handshake middleware raised")
-            hub._report(None, exc)
-            handshake.status = 500
+            if deadline.expired():
+                # The chain ran past Config.handshake_timeout: it was cancelled (the
+                # middleware's finally blocks ran); 504, as on the native path.
+                error = upgrader.deadline_passed()
+                hub._report(None, error)
+            elif isinstance(exc, HandshakeError):
+                error = exc
+            else:
+                logger.exception("handle_upgrade or a handshake middleware raised")
+                hub._report(None, exc)
+                error = HandshakeError(500, "internal error")
+            handshake.status = error.status
             handshake._close()
-            return await _refuse(upgrader, scope, send, HandshakeError(500, "internal error"))
+            return await _refuse(upgrader, scope, send, error)
         cfg = hub.config
         subprotocol = select_subprotocol(request, cfg.subprotocols) if cfg.subprotocols else None
         conn = AsgiConnection(hub._dispatch, send, dict(scope))

@@ -24,6 +24,11 @@ own: the RFC 6455 checks, ``Config.paths``/``allowed_origins``, then ``handle_up
 * **Clean up** with ``handshake.on_close(fn)``: ``fn()`` runs once when the connection is over —
   at once if the upgrade is refused, at disconnect if it was accepted.
 * Any other exception refuses with 500 and goes to ``handle_error`` (session None).
+* **Deadline**: the whole chain has ``Config.handshake_timeout`` seconds from the request's
+  arrival. Past it the chain is cancelled (``asyncio.CancelledError`` is raised where it waits,
+  so ``try``/``finally`` blocks run; do not swallow it), the ``on_close`` callbacks run, the
+  client gets 504 if it is still connected, and ``HandshakeError(504)`` goes to
+  ``handle_error``. A shutdown ends chains in progress the same way, with 503.
 
 Costs: with no middleware the upgrade is decided inline in the read callback. With one or more,
 each upgrade runs the chain in a task (reading from that client pauses meanwhile), a few
@@ -35,15 +40,18 @@ Shipped: :class:`JWTAuth` (needs ``pip install melody[jwt]``), :class:`OriginAll
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
 
 from melody.errors import HandshakeError
 from melody.handshake import Request, origin_allowed
+from melody.limits import MAX_COUNT, MAX_SECONDS, check_int, check_seconds
 from melody.logs import peer_text
 
 __all__ = [
@@ -54,7 +62,12 @@ __all__ = [
     "OriginAllowList",
     "ConnectionLimit",
     "AccessLog",
+    "MAX_LEEWAY",
 ]
+
+#: The largest ``JWTAuth`` leeway (one day). Leeway absorbs clock skew between the token's
+#: issuer and this server, seconds or minutes; past a day ``exp`` and ``nbf`` mean nothing.
+MAX_LEEWAY = 86400.0
 
 
 class Handshake:
@@ -170,7 +183,8 @@ class JWTAuth:
 
     Costs one signature check per upgrade (HS256 a few µs, RS256 tens of µs, ES256 about 100 µs)
     on the event loop. Raises ``RuntimeError`` at construction when PyJWT is not installed
-    (``pip install melody[jwt]``) and ``ValueError`` for an empty or ``"none"`` algorithm list.
+    (``pip install melody[jwt]``) and ``ValueError`` for an empty or ``"none"`` algorithm list,
+    or a ``leeway`` (seconds, or a ``timedelta``) outside 0..:data:`MAX_LEEWAY`.
     """
 
     def __init__(
@@ -180,7 +194,7 @@ class JWTAuth:
         algorithms: Sequence[str],
         audience: str | Sequence[str] | None = None,
         issuer: str | None = None,
-        leeway: float = 0.0,
+        leeway: float | timedelta = 0.0,
         require: Sequence[str] = ("exp",),
         query_param: str | None = "token",
         cookie: str | None = None,
@@ -195,6 +209,9 @@ class JWTAuth:
             raise ValueError("algorithms must be a list of names, such as ['HS256']")
         if not algorithms or any(a.lower() == "none" for a in algorithms):
             raise ValueError("algorithms must name at least one signing algorithm, not 'none'")
+        if isinstance(leeway, timedelta):
+            leeway = leeway.total_seconds()
+        leeway = check_seconds("JWTAuth leeway", leeway, high=MAX_LEEWAY, allow_zero=True)
         self._jwt = jwt
         self.key = key
         self.algorithms = list(algorithms)
@@ -334,7 +351,12 @@ class ConnectionLimit:
     upgrades in progress included; connections that never send a complete upgrade request are
     bounded by ``Config.handshake_timeout`` instead. Behind a proxy, pass ``client_ip`` (a
     function of the :class:`Handshake`, e.g. reading ``X-Forwarded-For`` as your proxy sets it):
-    the TCP peer is then the proxy. ``retry_after`` is in seconds.
+    the TCP peer is then the proxy. ``retry_after`` is in whole seconds (the header's form).
+
+    An upgrade whose later middleware never decide keeps its slot until the chain's deadline
+    (``Config.handshake_timeout`` after the request arrived), not longer: see the module doc.
+    Raises ``ValueError`` unless the limits are integers in 1..2**31 (``melody.limits``) and
+    ``retry_after`` one in 0..2592000 (30 days).
     """
 
     def __init__(self, max_total: int | None = None, max_per_ip: int | None = None, *,
@@ -342,11 +364,11 @@ class ConnectionLimit:
                  client_ip: Callable[[Handshake], str | None] | None = None) -> None:
         if max_total is None and max_per_ip is None:
             raise ValueError("ConnectionLimit needs max_total, max_per_ip or both")
-        if (max_total is not None and max_total < 1) or (
-                max_per_ip is not None and max_per_ip < 1):
-            raise ValueError("connection limits must be >= 1")
-        if retry_after < 0:
-            raise ValueError("retry_after must be >= 0")
+        if max_total is not None:
+            check_int("ConnectionLimit max_total", max_total, 1, MAX_COUNT)
+        if max_per_ip is not None:
+            check_int("ConnectionLimit max_per_ip", max_per_ip, 1, MAX_COUNT)
+        check_int("ConnectionLimit retry_after", retry_after, 0, int(MAX_SECONDS))
         self.max_total = max_total
         self.max_per_ip = max_per_ip
         self.retry_after = retry_after
@@ -396,7 +418,9 @@ class AccessLog:
     ``event="upgrade"``, ``outcome`` (``accepted``, ``rejected`` or ``error``), ``status``
     (101 when accepted), ``path`` (without the query string, which may carry a token),
     ``peer``, ``duration`` (seconds from the request head's arrival to the decision) and
-    ``reason`` (the refusal's). Register it first so that it sees every refusal.
+    ``reason`` (the refusal's). Register it first so that it sees every refusal. A chain cut
+    off by its deadline is logged as ``timeout`` with 504 (at WARNING), one ended by a
+    shutdown as ``cancelled`` with 503.
     """
 
     def __init__(self, logger: logging.Logger | str = "melody.access",
@@ -412,6 +436,16 @@ class AccessLog:
             raise
         except Exception as exc:
             self._log(handshake, "error", 500, f"{type(exc).__name__}: {exc}", logging.ERROR)
+            raise
+        except asyncio.CancelledError:
+            # The server ended the chain and set the status it answered (504 at the
+            # deadline, 503 at a shutdown) before cancelling it.
+            if handshake.status == 504:
+                self._log(handshake, "timeout", 504, "not decided within handshake_timeout",
+                          max(self.level, logging.WARNING))
+            else:
+                self._log(handshake, "cancelled", handshake.status or 503, "cancelled",
+                          self.level)
             raise
         self._log(handshake, "accepted", 101, "", self.level)
 

@@ -9,7 +9,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from melody._core.deflate import negotiate
@@ -46,6 +46,25 @@ SHUTDOWN_BATCH_SIZE = 1000
 SHUTDOWN_BATCH_INTERVAL = 0.1
 
 
+class _Pending:
+    """A request answered from a task (the middleware chain, an async ``handle_upgrade`` or
+    ``handle_http``), until it is settled: by its own outcome, by its deadline, or by a
+    shutdown, whichever comes first (``Upgrader._settle``); the others then do nothing."""
+
+    __slots__ = ("deadline", "handshake", "proto", "settled", "task", "timer", "upgrade")
+
+    def __init__(self, proto: WebSocketProtocol, handshake: Handshake | None, upgrade: bool,
+                 deadline: float) -> None:
+        self.proto = proto
+        self.handshake = handshake
+        self.upgrade = upgrade
+        #: Loop time by which the answer must be decided.
+        self.deadline = deadline
+        self.settled = False
+        self.task: asyncio.Task[Any] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class Upgrader:
     """Decides each HTTP request a connection reads (``Dispatch.on_request``).
 
@@ -55,21 +74,44 @@ class Upgrader:
     this is decided inline, in the read callback. Plain requests go to ``/metrics`` and
     ``/healthz`` when metrics are enabled, else to ``handle_http`` (404 without one).
 
+    A decision made in a task (the middleware chain, an async ``handle_upgrade`` or
+    ``handle_http``) has ``Config.handshake_timeout`` seconds from the request's arrival. At
+    the deadline its task is cancelled (``CancelledError`` goes through the middleware, so
+    their ``finally`` blocks run), the handshake's ``on_close`` callbacks run (a
+    ``ConnectionLimit`` slot is given back), the client gets 504 if its connection is still
+    open, and a ``HandshakeError(504)`` goes to ``handle_error``. :func:`shutdown` ends the
+    decisions in progress the same way, with 503.
+
     Also keeps, per accepted session, its start time and its handshake's ``on_close``
     callbacks, run when the hub reports the session ended.
     """
 
-    __slots__ = ("_chain", "_chain_of", "_live", "hub", "metrics")
+    __slots__ = ("_chain", "_chain_of", "_live", "_pending", "http_deadline_exceeded", "hub",
+                 "metrics", "upgrade_deadline_exceeded")
 
     def __init__(self, hub: Melody) -> None:
         self.hub = hub
         #: The hub's Prometheus metrics once ``melody.metrics.enable`` ran, else None.
         self.metrics: HubMetrics | None = None
+        #: Upgrade decisions (middleware chain or async ``handle_upgrade``) cut off at their
+        #: deadline, on this server and on the ASGI path.
+        self.upgrade_deadline_exceeded = 0
+        #: Async ``handle_http`` answers cut off at their deadline.
+        self.http_deadline_exceeded = 0
         self._chain: CallNext | None = None
         self._chain_of: list[Middleware] = []
         # Per accepted session: (time.monotonic() at accept, on_close callbacks or None).
         self._live: dict[Session, tuple[float, list[Callable[[], object]] | None]] = {}
+        # The requests being decided in a task now, by connection.
+        self._pending: dict[WebSocketProtocol, _Pending] = {}
         hub._on_session_end.append(self._ended)
+
+    def stats(self) -> dict[str, int]:
+        """``upgrade_deadline_exceeded``, ``http_deadline_exceeded`` and ``decisions_pending``
+        (requests being decided in a task now)."""
+        return {"upgrade_deadline_exceeded": self.upgrade_deadline_exceeded,
+                "http_deadline_exceeded": self.http_deadline_exceeded,
+                "decisions_pending": len(self._pending)}
 
     def __call__(self, proto: WebSocketProtocol, block: bytes) -> None:
         hub = self.hub
@@ -105,28 +147,120 @@ class Upgrader:
             hub._report(None, exc)
             return self._refuse(proto, HandshakeError(500, "internal error"))
         if inspect.isawaitable(decision):
-            loop = asyncio.get_running_loop()
-            hub._spawn(loop, self._await_hook(proto, request, key, decision))
+            self._defer(proto, None, True, self._await_hook, request, key, decision)
             return None
         self._accept(proto, request, key, decision)
         return None
 
-    async def _await_hook(self, proto: WebSocketProtocol, request: Request, key: str,
-                          pending: Any) -> None:
+    async def _await_hook(self, pending: _Pending, request: Request, key: str,
+                          awaitable: Any) -> None:
+        proto = pending.proto
         try:
-            decision = await pending
+            decision = await awaitable
         except HandshakeError as exc:
-            return self._refuse(proto, exc)
+            if self._settle(pending):
+                self._refuse(proto, exc)
+            return None
         except Exception as exc:
             logger.exception("handle_upgrade raised")
             self.hub._report(None, exc)
-            return self._refuse(proto, HandshakeError(500, "internal error"))
+            if self._settle(pending):
+                self._refuse(proto, HandshakeError(500, "internal error"))
+            return None
+        if not self._settle(pending):
+            return None  # its deadline or a shutdown ended it meanwhile
         if self.hub.is_closed():
             # The hub closed while the hook ran: a session accepted now would never be closed.
             return self._refuse(proto, HandshakeError(503, "hub is closed"))
         self._accept(proto, request, key, decision)
         proto.start()
         return None
+
+    # -- decisions made in a task, and their deadline ---------------------------------------------
+
+    def _defer(self, proto: WebSocketProtocol, handshake: Handshake | None, upgrade: bool,
+               body: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        # Reading from this client pauses until the task decides (see ProtocolCore._handshake).
+        # The deadline counts from now, when the request has been read: the client's own time
+        # to send it is bounded by the core's handshake timer, the decision's by this one.
+        loop = asyncio.get_running_loop()
+        pending = _Pending(proto, handshake, upgrade,
+                           loop.time() + self.hub.config.handshake_timeout)
+        self.hub._spawn(loop, self._decide(pending, body(pending, *args)))
+
+    async def _decide(self, pending: _Pending, body: Coroutine[Any, Any, None]) -> None:
+        # The timer is armed once the task runs, so that it always has a task to cancel.
+        pending.task = asyncio.current_task()
+        self._pending[pending.proto] = pending
+        pending.timer = asyncio.get_running_loop().call_at(pending.deadline, self._expire,
+                                                           pending)
+        if self.hub.is_closed() and pending.task is not None:
+            # A shutdown began before this task ran: end it at its first suspension, with 503.
+            pending.task.cancel()
+        try:
+            await body
+        finally:
+            if self._settle(pending):
+                # Cancelled from outside before it decided (the loop is being torn down).
+                self._end(pending, HandshakeError(503, "server shutting down"))
+
+    def _settle(self, pending: _Pending) -> bool:
+        """Mark ``pending`` decided; False if it already was (its outcome is then ignored)."""
+        if pending.settled:
+            return False
+        pending.settled = True
+        if self._pending.get(pending.proto) is pending:
+            del self._pending[pending.proto]
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+        return True
+
+    def _expire(self, pending: _Pending) -> None:
+        pending.timer = None
+        if not self._settle(pending):
+            return
+        exc = self.deadline_passed(pending.upgrade)
+        self._end(pending, exc)
+        self.hub._report(None, exc)
+
+    def deadline_passed(self, upgrade: bool = True) -> HandshakeError:
+        """Count a decision cut off at ``Config.handshake_timeout``; return the error to answer
+        and report (504: the server, not the client, ran out of time)."""
+        seconds = self.hub.config.handshake_timeout
+        if upgrade:
+            self.upgrade_deadline_exceeded += 1
+            what = "upgrade (handshake middleware or handle_upgrade)"
+        else:
+            self.http_deadline_exceeded += 1
+            what = "handle_http"
+        return HandshakeError(504, f"{what} not decided within handshake_timeout ({seconds:g}s)")
+
+    def _end(self, pending: _Pending, exc: HandshakeError) -> None:
+        # End an undecided request: its on_close callbacks now (even if a middleware ignores
+        # the cancellation, its slot is given back), the refusal if the client is still
+        # connected (a no-op otherwise), then cancel the task so that the middleware unwind.
+        handshake = pending.handshake
+        if handshake is not None:
+            handshake.status = exc.status
+            handshake._close()
+        if pending.upgrade:
+            self._refuse(pending.proto, exc)
+        else:
+            pending.proto.reject(error_response(exc))
+        task = pending.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def cancel_pending(self, reason: str = "server shutting down") -> int:
+        """End every request being decided in a task now, as its deadline would but with 503
+        and ``reason`` (:func:`shutdown` calls it). Returns how many there were."""
+        ended = 0
+        for pending in list(self._pending.values()):
+            if self._settle(pending):
+                self._end(pending, HandshakeError(503, reason))
+                ended += 1
+        return ended
 
     # -- the middleware chain --------------------------------------------------------------------
 
@@ -137,26 +271,32 @@ class Upgrader:
             self._chain = build_chain(self._chain_of, self._endpoint)
         transport = proto.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
-        handshake = Handshake(request, peer)
-        # Reading from this client pauses until the chain decides (see ProtocolCore._handshake).
-        hub._spawn(asyncio.get_running_loop(), self._run_chain(proto, handshake, self._chain))
+        self._defer(proto, Handshake(request, peer), True, self._run_chain, self._chain)
 
-    async def _run_chain(self, proto: WebSocketProtocol, handshake: Handshake,
-                         chain: CallNext) -> None:
+    async def _run_chain(self, pending: _Pending, chain: CallNext) -> None:
+        proto = pending.proto
+        handshake = pending.handshake
+        assert handshake is not None
         try:
             await chain(handshake)
             if self.hub.is_closed():
                 raise HandshakeError(503, "hub is closed")
         except HandshakeError as exc:
-            handshake.status = exc.status
-            handshake._close()
-            return self._refuse(proto, exc)
+            if self._settle(pending):
+                handshake.status = exc.status
+                handshake._close()
+                self._refuse(proto, exc)
+            return None
         except Exception as exc:
             logger.exception("handshake middleware raised")
             self.hub._report(None, exc)
-            handshake.status = 500
-            handshake._close()
-            return self._refuse(proto, HandshakeError(500, "internal error"))
+            if self._settle(pending):
+                handshake.status = 500
+                handshake._close()
+                self._refuse(proto, HandshakeError(500, "internal error"))
+            return None
+        if not self._settle(pending):
+            return None  # its deadline or a shutdown ended it meanwhile
         cleanups, handshake._cleanups = handshake._cleanups, None
         session = self._accept(proto, handshake.request, handshake._key, handshake.keys,
                                cleanups)
@@ -277,18 +417,22 @@ class Upgrader:
             logger.exception("handle_http raised")
             return proto.reject(build_response(500, (), b"internal error\n"))
         if inspect.isawaitable(result):
-            loop = asyncio.get_running_loop()
-            self.hub._spawn(loop, self._await_plain(proto, result))
+            self._defer(proto, None, False, self._await_plain, result)
             return None
         return proto.reject(_http_response(result))
 
-    async def _await_plain(self, proto: WebSocketProtocol, pending: Any) -> None:
+    async def _await_plain(self, pending: _Pending, awaitable: Any) -> None:
+        proto = pending.proto
         try:
-            result = await pending
+            result = await awaitable
         except Exception:
             logger.exception("handle_http raised")
-            return proto.reject(build_response(500, (), b"internal error\n"))
-        return proto.reject(_http_response(result))
+            if self._settle(pending):
+                proto.reject(build_response(500, (), b"internal error\n"))
+            return None
+        if self._settle(pending):
+            proto.reject(_http_response(result))
+        return None
 
 
 def upgrader_of(hub: Melody) -> Upgrader:
@@ -380,9 +524,15 @@ async def shutdown(
     d = hub._dispatch
     saved_close_timeout = d.close_timeout
     try:
-        if not hub._closed:
-            # Stop accepting: no new TCP connections, and upgrades in progress get 503.
-            hub._closed = True
+        first = not hub._closed
+        hub._closed = True
+        # Upgrades being decided (middleware, async hooks) end now with 503 and give back what
+        # they hold, such as ConnectionLimit slots; those that arrive later get 503 too.
+        upgrader = d.on_request
+        if isinstance(upgrader, Upgrader):
+            upgrader.cancel_pending()
+        if first:
+            # Stop accepting: no new TCP connections.
             for server in hub._servers:
                 server.close()
             if hub._heartbeat is not None:
