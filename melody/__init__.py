@@ -23,6 +23,7 @@ from melody.client import ClientConnection, Connect, ReconnectingClient, connect
 from melody.config import Compression, Config, RateLimit
 from melody.errors import (
     HandshakeError,
+    HandshakeTimeout,
     HubClosed,
     MelodyError,
     MessageBufferFull,
@@ -51,6 +52,7 @@ __all__ = [
     "Compression",
     "Config",
     "HandshakeError",
+    "HandshakeTimeout",
     "Headers",
     "HubClosed",
     "Melody",

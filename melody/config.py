@@ -152,7 +152,11 @@ class Config:
     #: Largest HTTP upgrade request head (request line plus headers) accepted, in bytes; a larger
     #: one gets 431 and is closed.
     max_header_size: int = 16 * 1024
-    #: Seconds a client has to send its complete upgrade request; then it is disconnected.
+    #: Seconds a client has to send its complete upgrade request; then it is disconnected. The
+    #: same bound applies to the server's decision once the request is read (the ``hub.use``
+    #: middleware chain, an async ``handle_upgrade`` or ``handle_http``): at the deadline the
+    #: decision is cancelled, its cleanups run (a ``ConnectionLimit`` slot comes back) and the
+    #: client gets 504, counted as ``upgrade_deadline_exceeded``.
     handshake_timeout: float = 10.0
     #: Seconds to wait for the peer's close frame after sending ours before dropping TCP.
     close_timeout: float = 5.0

@@ -34,6 +34,7 @@ __all__ = [
     "PongTimeout",
     "WriteTimeout",
     "HandshakeError",
+    "HandshakeTimeout",
     "RateLimited",
     "TopicLimitExceeded",
     "BackplaneError",
@@ -155,6 +156,16 @@ class HandshakeError(MelodyError):
         self.status = status
         self.reason = reason
         self.headers = headers or []
+
+
+class HandshakeTimeout(HandshakeError):
+    """The server did not decide an upgrade (or an async ``handle_http``) within
+    ``Config.handshake_timeout``: the middleware chain or hook was cancelled, its cleanups ran
+    and the client got 504. Reported to ``handle_error`` with ``session=None``; counted in
+    ``hub.stats()["upgrade_deadline_exceeded"]`` / ``["http_deadline_exceeded"]``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(504, reason)
 
 
 class ConnectionClosed(MelodyError):

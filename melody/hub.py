@@ -21,6 +21,7 @@ from melody.errors import (
     CLOSE_NORMAL,
     AckTimeout,
     DecodeError,
+    HandshakeTimeout,
     HubClosed,
     InvalidPayload,
     MessageBufferFull,
@@ -151,7 +152,7 @@ class Melody:
         self._on_session_end: list[Callable[[Session], None]] = []
         from melody.server import Upgrader
 
-        d.on_request = Upgrader(self)
+        self._upgrader = d.on_request = Upgrader(self)
         self._rebuild_dispatch()
 
     # -- handler registration (Go: HandleConnect, HandleMessage, ...) ----------------------------
@@ -417,7 +418,7 @@ class Melody:
         handler = self._on_error
         if handler is None:
             if isinstance(error, (ProtocolError, MessageBufferFull, PongTimeout, WriteTimeout,
-                                  RateLimited, DecodeError, AckTimeout)):
+                                  RateLimited, DecodeError, AckTimeout, HandshakeTimeout)):
                 logger.info("session %r: %s", session, error,
                             extra=error_fields(session, error))
             elif session is None:
@@ -836,6 +837,8 @@ class Melody:
         stats["queued_frames"] = total
         stats["max_queue_depth"] = deepest
         stats.update(self._message_stats)
+        # upgrade_deadline_exceeded, http_deadline_exceeded, decisions_pending.
+        stats.update(self._upgrader.stats())
         if self.backplane is not None:
             for key, value in self.backplane.stats().items():
                 stats[f"backplane_{key}"] = value
@@ -855,6 +858,8 @@ class Melody:
         if self._closed:
             raise HubClosed("hub is already closed")
         self._closed = True
+        # Upgrades still being decided would otherwise hold their slots until their deadline.
+        self._upgrader.cancel_pending("hub is closed")
         for proto in self._all.members():
             proto.close(code, reason)
         for server in self._servers:

@@ -27,8 +27,8 @@ own: the RFC 6455 checks, ``Config.paths``/``allowed_origins``, then ``handle_up
 * **Deadline**: the whole chain has ``Config.handshake_timeout`` seconds from the request's
   arrival. Past it the chain is cancelled (``asyncio.CancelledError`` is raised where it waits,
   so ``try``/``finally`` blocks run; do not swallow it), the ``on_close`` callbacks run, the
-  client gets 504 if it is still connected, and ``HandshakeError(504)`` goes to
-  ``handle_error``. A shutdown ends chains in progress the same way, with 503.
+  client gets 504 if it is still connected, and ``HandshakeTimeout`` (a ``HandshakeError``,
+  504) goes to ``handle_error``. A shutdown ends chains in progress the same way, with 503.
 
 Costs: with no middleware the upgrade is decided inline in the read callback. With one or more,
 each upgrade runs the chain in a task (reading from that client pauses meanwhile), a few

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from melody._core.deflate import negotiate
 from melody._core.protocol import WebSocketProtocol
-from melody.errors import CLOSE_GOING_AWAY, HandshakeError
+from melody.errors import CLOSE_GOING_AWAY, HandshakeError, HandshakeTimeout
 from melody.handshake import (
     Request,
     build_accept_response,
@@ -79,8 +79,8 @@ class Upgrader:
     the deadline its task is cancelled (``CancelledError`` goes through the middleware, so
     their ``finally`` blocks run), the handshake's ``on_close`` callbacks run (a
     ``ConnectionLimit`` slot is given back), the client gets 504 if its connection is still
-    open, and a ``HandshakeError(504)`` goes to ``handle_error``. :func:`shutdown` ends the
-    decisions in progress the same way, with 503.
+    open, and a ``HandshakeTimeout`` (a ``HandshakeError``, 504) goes to ``handle_error``.
+    :func:`shutdown` ends the decisions in progress the same way, with 503.
 
     Also keeps, per accepted session, its start time and its handshake's ``on_close``
     callbacks, run when the hub reports the session ended.
@@ -234,7 +234,7 @@ class Upgrader:
         else:
             self.http_deadline_exceeded += 1
             what = "handle_http"
-        return HandshakeError(504, f"{what} not decided within handshake_timeout ({seconds:g}s)")
+        return HandshakeTimeout(f"{what} not decided within handshake_timeout ({seconds:g}s)")
 
     def _end(self, pending: _Pending, exc: HandshakeError) -> None:
         # End an undecided request: its on_close callbacks now (even if a middleware ignores

@@ -462,8 +462,14 @@ class ProtocolCore(Connection):
         if self.state == STATE_OPEN:
             self._parse()
         elif self.state == STATE_UPGRADING and self.transport is not None:
-            # An async upgrade hook is running: stop reading until it decides.
+            # An async upgrade hook is running: stop reading until it decides. The hub bounds
+            # that decision by handshake_timeout from now and answers 504 at its deadline; this
+            # timer becomes the backstop a second after it, so that the client gets that answer
+            # rather than a reset from the clock its request started.
             self.transport.pause_reading()
+            self._cancel_timer()
+            self._timer = self.dispatch.loop.call_later(
+                self.dispatch.handshake_timeout + 1.0, self._handshake_timeout)
 
     def _reject_now(self, response: bytes) -> None:
         self.state = STATE_CLOSED
