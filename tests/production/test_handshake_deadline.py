@@ -202,9 +202,11 @@ async def test_a_client_that_leaves_mid_decision_frees_its_slot_by_the_deadline(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["shutdown", "close"])
 async def test_shutdown_ends_upgrades_in_progress_with_503_and_frees_their_slots(
-        serve_hub: Serve) -> None:
-    # A deadline far away: what ends the chain here is the shutdown.
+        serve_hub: Serve, how: str) -> None:
+    # A deadline far away: what ends the chain here is the graceful shutdown, or hub.close()
+    # (Go's Close) without one.
     hub = Melody(Config(handshake_timeout=60.0))
     limit = ConnectionLimit(max_total=5)
     stuck = Stuck()
@@ -213,34 +215,18 @@ async def test_shutdown_ends_upgrades_in_progress_with_503_and_frees_their_slots
     _, url = await serve_hub(hub)
     [client] = await send_stuck(url, 1)
     await wait_until(lambda: limit.active == 1, "slot taken")
-    async with asyncio.timeout(WAIT):
-        await hub.shutdown(timeout=2.0)
-    assert limit.active == 0
-    assert await answer_or_drop(client) == 503
-    client.close()
-    await wait_until(lambda: stuck.unwound == 1, "the stuck middleware's finally ran")
-    await assert_nothing_left(hub)
-    assert upgrader_of(hub).upgrade_deadline_exceeded == 0
-
-
-@pytest.mark.asyncio
-async def test_hub_close_ends_upgrades_in_progress_with_503_and_frees_their_slots(
-        serve_hub: Serve) -> None:
-    # hub.close() (Go's Close) without a graceful shutdown: decisions in progress end too.
-    hub = Melody(Config(handshake_timeout=60.0))
-    limit = ConnectionLimit(max_total=5)
-    stuck = Stuck()
-    hub.use(limit)
-    hub.use(stuck)
-    _, url = await serve_hub(hub)
-    [client] = await send_stuck(url, 1)
-    await wait_until(lambda: limit.active == 1, "slot taken")
-    hub.close()
+    if how == "shutdown":
+        async with asyncio.timeout(WAIT):
+            await hub.shutdown(timeout=2.0)
+    else:
+        hub.close()
     assert limit.active == 0
     assert hub.stats()["decisions_pending"] == 0
     assert await answer_or_drop(client) == 503
     client.close()
     await wait_until(lambda: stuck.unwound == 1, "the stuck middleware's finally ran")
+    await assert_nothing_left(hub)
+    assert upgrader_of(hub).upgrade_deadline_exceeded == 0
 
 
 @pytest.mark.asyncio
