@@ -68,6 +68,7 @@ TITLES = {
     "melody.hub": "The hub",
     "melody.session": "Sessions",
     "melody.config": "Configuration",
+    "melody.limits": "Bounds on settings",
     "melody.server": "Serving",
     "melody.errors": "Errors and close codes",
     "melody.client": "Client",
