@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,7 @@ from melody._core.frames import (
 )
 from melody.config import RateLimit
 from melody.errors import MessageBufferFull, RateLimited
+from melody.limits import MAX_MESSAGE_SIZE
 from melody.server import upgrader_of
 
 pytestmark = pytest.mark.asyncio
@@ -174,6 +176,24 @@ async def test_frames_claiming_huge_payloads(serve_hub: Serve, ws_connect: Conne
     raw = await raw_connect(url)
     raw.send(header_claiming(length))
     await raw.expect_failure(code)
+    await healthy.check()
+    await round_trip(url)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2**31, 2**32, 2**53, 2**63 - 1, sys.maxsize])
+async def test_extreme_announced_lengths_against_the_largest_limit(
+        serve_hub: Serve, ws_connect: Connect, raw_connect: Raw, length: int) -> None:
+    # The largest max_message_size a Config accepts (sys.maxsize itself is refused: it used to
+    # wrap the parser's arithmetic and crash the process, tests/core/test_extreme_lengths.py).
+    _hub, url, healthy = await hostile_hub(serve_hub, ws_connect,
+                                           max_message_size=MAX_MESSAGE_SIZE)
+    raw = await raw_connect(url)
+    if length <= 1:
+        raw.send_frame(OP_BINARY, b"x" * length)
+        assert (await raw.recv_data()).payload == b"x" * length
+    else:
+        raw.send(header_claiming(length))
+        await raw.expect_failure(1009)
     await healthy.check()
     await round_trip(url)
 
