@@ -333,11 +333,7 @@ class Melody:
         # peer pauses, as in the sequential mode: what a fast sender costs is the one read
         # that was being parsed, never a task per message.
         if not session._inbox and session._running < self.config.max_concurrent_handlers:
-            if inspect.iscoroutinefunction(fn):
-                session._running += 1
-                self._spawn(loop, self._run_concurrently(session, fn, args))
-            else:
-                self._run_inline(session, fn, args)
+            self._start_concurrent(loop, session, fn, args)
             return
         if session._inbox is None:
             session._inbox = deque()
@@ -364,20 +360,20 @@ class Melody:
         inbox = session._inbox
         while inbox and session._running < limit:
             fn, args = inbox.popleft()
-            if inspect.iscoroutinefunction(fn):
-                session._running += 1
-                self._spawn(self._loop or asyncio.get_running_loop(),
-                            self._run_concurrently(session, fn, args))
-            else:
-                self._run_inline(session, fn, args)
+            self._start_concurrent(self._loop or asyncio.get_running_loop(), session, fn, args)
         if session._paused and not inbox and session._running <= limit // 2:
             session._paused = False
             transport = session._proto.transport
             if transport is not None:
                 transport.resume_reading()
 
-    def _run_inline(self, session: Session, fn: Callable[..., Any],
-                    args: tuple[Any, ...]) -> None:
+    def _start_concurrent(self, loop: asyncio.AbstractEventLoop, session: Session,
+                          fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        # An async call takes a slot and a task; a sync one runs now, in its turn.
+        if inspect.iscoroutinefunction(fn):
+            session._running += 1
+            self._spawn(loop, self._run_concurrently(session, fn, args))
+            return
         try:
             fn(session, *args)
         except Exception as exc:
