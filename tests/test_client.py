@@ -872,6 +872,10 @@ def test_misuse_errors(run: Runner) -> None:
             assert await bounded(first) == "unblock"
             with pytest.raises(ValueError, match="123"):
                 await conn.close(1000, "é" * 62)
+            for code in (999, 1004, 1005, 1006, 1015, 2999, 5000, -1, 1 << 31, 1 << 64):
+                with pytest.raises(ValueError, match="may not be sent"):
+                    await conn.close(code)
+            assert conn.open
 
     run(main)
 

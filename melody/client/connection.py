@@ -19,6 +19,7 @@ import orjson
 
 from melody._core.connection import STATE_OPEN, Connection
 from melody._core.deflate import accept_response, build_offer
+from melody._core.frames import is_valid_close_code
 from melody.client.options import _Options, _parse_url
 from melody.errors import (
     CLOSE_ABNORMAL,
@@ -51,11 +52,6 @@ _MAX_BODY = 4096
 # Close codes after which ``async for`` ends quietly (RFC 6455 7.4.1: normal, going away, and
 # "no status code", which is what a bare close frame means).
 _OK_CODES = frozenset((1000, 1001, 1005))
-
-
-def _sendable_close_code(code: int) -> bool:
-    """RFC 6455 7.4: the codes a close frame may carry (what a receiving melody accepts)."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def _tokens(values: Sequence[str]) -> list[str]:
@@ -704,7 +700,11 @@ class ClientConnection:
         available to :meth:`recv`. Raises ValueError for a code that may not be sent (only
         1000-1003, 1007-1014 and 3000-4999 may) or a reason over 123 UTF-8 bytes.
         """
-        if not _sendable_close_code(code):
+        try:
+            sendable = is_valid_close_code(code)
+        except OverflowError:
+            sendable = False  # beyond a C int: not a close code either
+        if not sendable:
             raise ValueError(f"close code {code} may not be sent (RFC 6455 7.4)")
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("a close reason holds at most 123 UTF-8 bytes")
