@@ -20,6 +20,7 @@ import orjson
 from melody._core.connection import STATE_OPEN, Connection
 from melody._core.deflate import accept_response, build_offer
 from melody._core.frames import is_valid_close_code
+from melody.client.framescan import _FrameScanner
 from melody.client.options import _Options, _parse_url
 from melody.errors import (
     CLOSE_ABNORMAL,
@@ -112,7 +113,6 @@ class ClientConnection:
         "_close_reason",
         "_close_timer",
         "_closed_future",
-        "_completes",
         "_conn",
         "_down_callback",
         "_down_future",
@@ -121,7 +121,6 @@ class ClientConnection:
         "_body",
         "_body_want",
         "_head",
-        "_header_tail",
         "_keepalive_task",
         "_key",
         "_local_close",
@@ -153,7 +152,7 @@ class ClientConnection:
         "_request_seq",
         "_requests",
         "_response_headers",
-        "_skip",
+        "_scanner",
         "_subprotocol",
         "_transport",
         "_write_pauses",
@@ -192,9 +191,7 @@ class ClientConnection:
         self._buffer_view: memoryview | None = None
         self._pending: bytearray | None = None
         self._pending_lo = 0
-        self._skip = 0
-        self._completes = False
-        self._header_tail = b""
+        self._scanner = _FrameScanner()
         self._blocked = False
         self._reading_paused = False
         self._queue: deque[str | bytes] = deque()
@@ -513,80 +510,13 @@ class ClientConnection:
     def _scan(self, data: bytearray | memoryview, pos: int, end: int) -> int:
         """How much of ``data[pos:end]`` the core may parse without overfilling the queue.
 
-        Walks the frame headers (never the payloads): a frame with FIN set and a data or
-        continuation opcode completes a message. The cut falls before the last byte of the
-        first such frame there is no room for, and ``_blocked`` says so. Frame boundaries are
-        carried across reads in ``_skip`` (bytes left of the current frame), ``_completes``
-        and ``_header_tail`` (the start of a header cut by the end of a read). One cheap pass
-        per frame; the core still judges every frame.
+        ``_blocked`` says whether the cut stops short for want of room (see
+        :class:`~melody.client.framescan._FrameScanner`).
         """
         max_queue = self._max_queue
         assert max_queue is not None
-        room = max_queue - len(self._queue)
-        skip = self._skip
-        completes = self._completes
-        blocked = False
-        while pos < end:
-            if skip == 0:
-                tail = self._header_tail
-                if tail:
-                    joined = tail + bytes(data[pos:min(end, pos + 14 - len(tail))])
-                    parsed = _frame_extent(joined)
-                    if parsed is None:
-                        self._header_tail = joined
-                        pos = end
-                        break
-                    self._header_tail = b""
-                    skip = parsed[0] - len(tail)
-                    completes = parsed[1]
-                else:
-                    avail = end - pos
-                    if avail < 2:
-                        self._header_tail = bytes(data[pos:end])
-                        pos = end
-                        break
-                    b1 = data[pos + 1]
-                    length = b1 & 0x7F
-                    if length < 126:
-                        head = 2
-                    elif length == 126:
-                        if avail < 4:
-                            self._header_tail = bytes(data[pos:end])
-                            pos = end
-                            break
-                        length = (data[pos + 2] << 8) | data[pos + 3]
-                        head = 4
-                    else:
-                        if avail < 10:
-                            self._header_tail = bytes(data[pos:end])
-                            pos = end
-                            break
-                        length = int.from_bytes(data[pos + 2:pos + 10], "big")
-                        head = 10
-                    if b1 & 0x80:
-                        head += 4
-                    skip = head + length
-                    completes = (data[pos] & 0x88) == 0x80
-            avail = end - pos
-            if avail < skip:
-                skip -= avail
-                pos = end
-                break
-            if completes:
-                if room <= 0:
-                    # Everything but the frame's last byte: the core holds the rest, complete
-                    # nothing, and the message is delivered when there is room.
-                    pos += skip - 1
-                    skip = 1
-                    blocked = True
-                    break
-                room -= 1
-            pos += skip
-            skip = 0
-        self._skip = skip
-        self._completes = completes
-        self._blocked = blocked
-        return pos
+        cut, self._blocked = self._scanner.cut(data, pos, end, max_queue - len(self._queue))
+        return cut
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -985,27 +915,6 @@ class ClientConnection:
                 "connection closed before the server answered the upgrade request")
             error.__cause__ = exc
             self._opened.set_exception(error)
-
-
-def _frame_extent(header: bytes) -> tuple[int, bool] | None:
-    """``(frame length, completes a message)`` from the start of a frame, None if cut short."""
-    if len(header) < 2:
-        return None
-    length = header[1] & 0x7F
-    head = 2
-    if length == 126:
-        if len(header) < 4:
-            return None
-        length = int.from_bytes(header[2:4], "big")
-        head = 4
-    elif length == 127:
-        if len(header) < 10:
-            return None
-        length = int.from_bytes(header[2:10], "big")
-        head = 10
-    if header[1] & 0x80:
-        head += 4
-    return head + length, (header[0] & 0x88) == 0x80
 
 
 async def _open_connection(url: str, options: _Options) -> ClientConnection:
