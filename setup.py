@@ -8,7 +8,6 @@ see zlib_paths).
 
 import os
 import sys
-from glob import glob
 
 from Cython.Build import cythonize
 from Cython.Compiler import Options
@@ -51,19 +50,30 @@ ZLIB = ["zlib"] if sys.platform == "win32" else ["z"]
 
 macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 
+# The C kernels are .pyx; the rest of the engine is Python in Cython's pure-Python mode, each
+# .py compiled with the .pxd beside it (see melody/_core/__init__.py). Plain-Python modules of
+# the engine (constants, views, extensions) and the kernels' interpreted .py are not compiled.
+KERNELS = ("mask", "utf8", "deflate")
+PURE_MODE = ("frames", "connection", "protocol", "fanout", "asgi", "packet")
+
+
+def engine_source(name: str) -> str:
+    return f"melody/_core/{name}.pyx" if name in KERNELS else f"melody/_core/{name}.py"
+
+
 extensions = [
     Extension(
-        "melody._core." + os.path.splitext(os.path.basename(path))[0],
-        [path],
+        "melody._core." + name,
+        [engine_source(name)],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=macros,
         # Every module that cimports deflate's .pxd includes zlib.h (for z_stream); only
         # deflate calls into zlib and links it.
-        libraries=ZLIB if path.endswith("deflate.pyx") else [],
+        libraries=ZLIB if name == "deflate" else [],
         **zlib_paths(),
     )
-    for path in sorted(glob("melody/_core/*.pyx"))
+    for name in KERNELS + PURE_MODE
 ]
 
 directives = {
@@ -74,6 +84,10 @@ directives = {
     "initializedcheck": DEBUG,
     "embedsignature": True,
     "linetrace": DEBUG,
+    # The pure-mode sources carry annotations for mypy; their C types come from the .pxd only
+    # (an annotation such as ``data: bytes`` must not make the compiled function refuse a
+    # memoryview that the interpreted one takes).
+    "annotation_typing": False,
 }
 
 setup(

@@ -57,7 +57,8 @@ except ImportError:  # a source checkout not installed: use it in place (built w
 from compare import ready_port, server_env, stop_process
 
 from melody._core.connection import Connection
-from melody._core.deflate import Deflater, accept_response, build_offer
+from melody._core.deflate import Deflater
+from melody._core.extensions import accept_response, build_offer
 from melody.bench.report import align, format_value
 from melody.bench.system import environment, raise_nofile, rss_kib
 from melody.handshake import accept_key, build_client_request, parse_response_head

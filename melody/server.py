@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from melody._core.deflate import negotiate
+from melody._core.extensions import negotiate
 from melody._core.protocol import WebSocketProtocol
 from melody.errors import CLOSE_GOING_AWAY, HandshakeError, HandshakeTimeout
 from melody.handshake import (

@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from melody._core.connection import SEND_CLOSED, SEND_DROPPED, STATE_OPEN
+from melody._core.constants import SEND_CLOSED, SEND_DROPPED, STATE_OPEN
 from melody.errors import CLOSE_NORMAL, KeyNotFound, MessageBufferFull, SessionClosed
 
 if TYPE_CHECKING:

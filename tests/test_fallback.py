@@ -1,14 +1,17 @@
-"""The pure-Python core: how it is selected, and that it behaves exactly as the compiled one.
+"""The interpreted engine: how it is selected, and that it behaves exactly as the compiled one.
 
 Selection is checked in subprocesses (the choice is made once, when ``melody._core`` is first
-imported): ``MELODY_NO_EXTENSIONS=1`` loads the pure core and nothing compiled; extension
-modules that cannot be imported (hidden by a ``sys.meta_path`` finder, as on a platform without
-a wheel) fall back with a RuntimeWarning, or raise ImportError under
+imported): ``MELODY_NO_EXTENSIONS=1`` loads every engine module from its ``.py`` and nothing
+compiled; extension modules that cannot be imported (hidden by a ``sys.meta_path`` finder, as
+on a platform without a wheel) fall back with a RuntimeWarning, or raise ImportError under
 ``MELODY_EXPECT_COMPILED=1``.
 
 Behaviour is checked differentially in this process: Hypothesis feeds the same input to a
-compiled object and to its pure twin (imported from ``melody._core._pure`` directly) and wants
-the same results, exceptions, events, close codes and output bytes. A server's frames are
+compiled object and to the same class run by the interpreter (``melody._core.interpreted()``,
+the ``.py`` sources loaded beside the compiled modules) and wants the same results,
+exceptions, events, close codes and output bytes. For the pure-mode modules this checks that
+compiling changed nothing (C integer types, typed arguments); for the C kernels, that the short
+Python versions agree with the C ones. A server's frames are
 deterministic and compared byte for byte; a client's are masked with different random keys,
 so they are compared once unmasked. These need the compiled core in this process and skip
 under ``MELODY_NO_EXTENSIONS=1``.
@@ -33,12 +36,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import melody._core as core
-from melody._core._pure import connection as pure_connection
-from melody._core._pure import deflate as pure_deflate
-from melody._core._pure import frames as pure_frames
-from melody._core._pure import mask as pure_mask
-from melody._core._pure import packet as pure_packet
-from melody._core._pure import utf8 as pure_utf8
+
+_interpreted = core.interpreted()
+pure_connection = _interpreted.connection
+pure_deflate = _interpreted.deflate
+pure_frames = _interpreted.frames
+pure_mask = _interpreted.mask
+pure_packet = _interpreted.packet
+pure_utf8 = _interpreted.utf8
+pure_protocol = _interpreted.protocol
+pure_fanout = _interpreted.fanout
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_DIR = ROOT / "melody" / "_core"
@@ -49,7 +56,7 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 def extensions_built() -> bool:
     return all(
         any((CORE_DIR / f"{name}{suffix}").exists() for suffix in EXTENSION_SUFFIXES)
-        for name in core.MODULES
+        for name in core.COMPILED_MODULES
     )
 
 
@@ -76,8 +83,7 @@ REPORT = textwrap.dedent("""
     print(json.dumps({
         "compiled": [melody.COMPILED, core.COMPILED],
         "files": {name: modules[f"melody._core.{name}"].__file__ for name in core.MODULES},
-        "aliased": all(modules[f"melody._core.{name}"] is modules.get(f"melody._core._pure.{name}")
-                       for name in core.MODULES),
+        "stray": sorted(name for name in modules if name.count(".") > 2),
         "extensions": sorted(name for name, mod in modules.items() if isinstance(
             getattr(mod, "__loader__", None), importlib.machinery.ExtensionFileLoader)),
         "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
@@ -114,10 +120,11 @@ def report(env: dict[str, str] | None = None, hide: tuple[str, ...] = ()) -> dic
 def assert_pure(result: dict[str, Any]) -> None:
     assert result["import_error"] is None
     assert result["compiled"] == [False, False]
-    assert result["aliased"], "a compiled name is not the pure module"
+    assert result["stray"] == [], "modules below the engine's package"
     assert result["extensions"] == [], "an extension module was loaded next to the pure core"
+    assert sorted(result["files"]) == sorted(core.MODULES)
     for name, path in result["files"].items():
-        assert Path(path).parts[-2:] == ("_pure", f"{name}.py"), path
+        assert Path(path).parts[-2:] == ("_core", f"{name}.py"), path
 
 
 def test_no_extensions_loads_the_pure_core_silently() -> None:
@@ -133,11 +140,12 @@ def test_the_compiled_core_is_the_default_and_satisfies_expect_compiled() -> Non
         assert result["import_error"] is None, env
         assert result["compiled"] == [True, True], env
         assert result["warnings"] == []
-        assert sorted(result["extensions"]) == sorted(f"melody._core.{n}" for n in core.MODULES)
+        assert sorted(result["extensions"]) == sorted(
+            f"melody._core.{n}" for n in core.COMPILED_MODULES)
 
 
 def test_missing_extensions_fall_back_loudly() -> None:
-    result = report(hide=tuple(core.MODULES))
+    result = report(hide=tuple(core.COMPILED_MODULES))
     assert_pure(result)
     assert len(result["warnings"]) == 1, result["warnings"]
     warning = result["warnings"][0]
@@ -156,7 +164,7 @@ def test_a_partial_build_falls_back_whole(hidden: str) -> None:
 
 @pytest.mark.parametrize(
     ("env", "hide"),
-    [({"MELODY_EXPECT_COMPILED": "1"}, tuple(core.MODULES)),
+    [({"MELODY_EXPECT_COMPILED": "1"}, tuple(core.COMPILED_MODULES)),
      ({"MELODY_EXPECT_COMPILED": "1"}, ("protocol",)),
      ({"MELODY_EXPECT_COMPILED": "1", "MELODY_NO_EXTENSIONS": "1"}, ())],
     ids=["extensions-hidden", "one-extension-hidden", "no-extensions-asked-for"],
@@ -170,7 +178,7 @@ def test_expect_compiled_without_the_compiled_core_raises(
 
 def test_the_pure_package_imports_nothing_compiled() -> None:
     # With every extension hidden the pure modules still import: they never reach for one.
-    result = report({"MELODY_NO_EXTENSIONS": "1"}, hide=tuple(core.MODULES))
+    result = report({"MELODY_NO_EXTENSIONS": "1"}, hide=tuple(core.COMPILED_MODULES))
     assert_pure(result)
 
 
@@ -179,9 +187,11 @@ def test_the_pure_package_imports_nothing_compiled() -> None:
 if core.COMPILED:
     from melody._core import connection as c_connection
     from melody._core import deflate as c_deflate
+    from melody._core import fanout as c_fanout
     from melody._core import frames as c_frames
     from melody._core import mask as c_mask
     from melody._core import packet as c_packet
+    from melody._core import protocol as c_protocol
     from melody._core import utf8 as c_utf8
 
 needs_compiled = pytest.mark.skipif(
@@ -603,39 +613,6 @@ def test_inflater_final_blocks_and_boundaries_pure() -> None:
             module.Inflater().decompress(payload, len(text) - 1)
 
 
-negotiation_tokens = st.sampled_from([
-    "permessage-deflate", "x-webkit-deflate-frame", "server_no_context_takeover",
-    "client_no_context_takeover", "server_max_window_bits", "client_max_window_bits", "=", "8",
-    "9", "10", "15", "16", "010", '"12"', '"1 2"', ";", ",", " ", "\t", "foo", '"', "\\",
-])
-
-
-@needs_compiled
-@DIFF
-@given(header=st.lists(negotiation_tokens, max_size=14).map("".join),
-       wishes=st.tuples(st.booleans(), st.booleans(), st.integers(8, 16), st.integers(7, 15)),
-       offer=st.tuples(st.booleans(), st.booleans(), st.sampled_from([True, None, 9, 15, 8]),
-                       st.sampled_from([None, 8, 10, 15, 16])))
-def test_negotiation_pure_equals_compiled(header: str, wishes: tuple[bool, bool, int, int],
-                                          offer: tuple[bool, bool, Any, Any]) -> None:
-    assert (outcome(pure_deflate.parse_extensions, header)
-            == outcome(c_deflate.parse_extensions, header))
-    kwargs = dict(zip(["server_no_context_takeover", "client_no_context_takeover",
-                       "server_max_window_bits", "client_max_window_bits"], wishes, strict=True))
-    mine = outcome(pure_deflate.negotiate, header, **kwargs)
-    theirs = outcome(c_deflate.negotiate, header, **kwargs)
-    assert repr(mine) == repr(theirs)
-    offer_kwargs = dict(zip(["client_no_context_takeover", "server_no_context_takeover",
-                             "client_max_window_bits", "server_max_window_bits"], offer,
-                            strict=True))
-    mine_offer = outcome(pure_deflate.build_offer, **offer_kwargs)
-    assert mine_offer == outcome(c_deflate.build_offer, **offer_kwargs)
-    if mine_offer[0] == "ok":
-        mine = outcome(pure_deflate.accept_response, header, offered=mine_offer[1])
-        theirs = outcome(c_deflate.accept_response, header, offered=mine_offer[1])
-        assert repr(mine) == repr(theirs)
-
-
 def packet_outcome(fn: Any, *args: Any) -> tuple[Any, ...]:
     try:
         return "ok", fn(*args)
@@ -665,3 +642,276 @@ def test_packet_pure_equals_compiled(command: int, payload: bytes, msg_id: int, 
     for name in c_packet.__all__:
         if name.isupper():
             assert getattr(pure_packet, name) == getattr(c_packet, name), name
+
+
+# --- differential: the server protocol and the fan-out loop ---------------------------------
+#
+# The same bytes through a compiled ProtocolCore and an interpreted one, each over a transport
+# that records what it is given and an event loop whose callbacks run when the test says: the
+# same handler calls, the same bytes written, the same state and counters.
+
+HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+             b"Sec-WebSocket-Version: 13\r\n\r\n")
+RESPONSE = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+
+
+class RecordingTransport:
+    """What asyncio's transport offers the protocol, recording each call in one shared log."""
+
+    def __init__(self, log: list[Any], name: int) -> None:
+        self.log = log
+        self.name = name
+
+    def write(self, data: bytes) -> None:
+        self.log.append((self.name, "write", bytes(data)))
+
+    def writelines(self, items: list[bytes]) -> None:
+        self.log.append((self.name, "writelines", [bytes(x) for x in items]))
+
+    def close(self) -> None:
+        self.log.append((self.name, "close"))
+
+    def abort(self) -> None:
+        self.log.append((self.name, "abort"))
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.log.append((self.name, "limits", high))
+
+    def pause_reading(self) -> None:
+        self.log.append((self.name, "pause_reading"))
+
+    def resume_reading(self) -> None:
+        self.log.append((self.name, "resume_reading"))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class ManualLoop:
+    """The loop methods the protocol calls; call_soon callbacks run on ``run_ready``."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+        self.ready: list[Any] = []
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.ready.append((callback, args))
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> Any:
+        self.log.append(("call_later", delay, getattr(callback, "__name__", "?")))
+
+        class Handle:
+            def cancel(self) -> None:
+                pass
+        return Handle()
+
+    def time(self) -> float:
+        return 100.0
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        self.log.append(("exception", context["message"], repr(context.get("exception"))))
+
+    def run_ready(self) -> None:
+        while self.ready:
+            callback, args = self.ready.pop(0)
+            callback(*args)
+
+
+def make_dispatch(protocol_module: Any, log: list[Any], s: dict[str, Any]) -> Any:
+    d = protocol_module.Dispatch()
+    d.loop = ManualLoop(log)
+    d.queue_limit = s["queue_limit"]
+    d.overflow_policy = s["overflow_policy"]
+    d.max_message_size = s["max_message_size"]
+    d.direct_writes = s["direct_writes"]
+
+    def on_request(proto: Any, block: bytes) -> None:
+        log.append(("request", block))
+        if s["refuse"]:
+            proto.reject(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        else:
+            log.append(("accept", proto.accept(RESPONSE, "session")))
+
+    def on_text(session: Any, text: str) -> None:
+        log.append(("text", session, text))
+        if s["echo"]:
+            log.append(("echo", proto_of[session].send_text(text)))
+
+    def on_binary(session: Any, data: bytes) -> None:
+        log.append(("binary", session, data))
+        if s["echo"]:
+            log.append(("echo", proto_of[session].send_binary(data)))
+
+    proto_of: dict[str, Any] = {}
+    d.on_request = on_request
+    d.on_text = on_text
+    d.on_binary = on_binary
+    d.on_pong = lambda session: log.append(("pong", session))
+    d.on_close = lambda session, code, reason: log.append(("close", session, code, reason))
+    d.on_protocol_error = lambda session, code, reason: log.append(
+        ("protocol_error", session, code, reason))
+    d.on_disconnect = lambda proto: log.append(("disconnect", proto.close_code))
+    d.on_handler_error = lambda session, exc: log.append(("handler_error", repr(exc)))
+    return d, proto_of
+
+
+def run_protocol(protocol_module: Any, s: dict[str, Any], data: bytes,
+                 cuts: list[int]) -> list[Any]:
+    log: list[Any] = []
+    d, proto_of = make_dispatch(protocol_module, log, s)
+    proto = protocol_module.WebSocketProtocol(d)
+    proto_of["session"] = proto
+    proto.connection_made(RecordingTransport(log, 0))
+    last = 0
+    for step, cut in enumerate([*cuts, len(data)]):
+        piece = data[last:cut]
+        last = cut
+        if step == s["pause_at"]:
+            proto.pause_writing()
+            log.append(("paused", proto.writing_paused))
+        if step == s["resume_at"]:
+            proto.resume_writing()
+        pos = 0
+        while pos < len(piece):
+            view = proto.get_buffer(-1)
+            n = min(len(view), len(piece) - pos)
+            view[:n] = piece[pos : pos + n]
+            view.release()
+            proto.buffer_updated(n)
+            pos += n
+        d.loop.run_ready()
+        log.append(("step", proto.state, proto.close_code, proto.buffered, proto.queued,
+                    proto.queued_bytes, proto.dropped))
+    for kind, arg in s["sends"]:
+        if kind == "text":
+            log.append(("send", outcome(proto.send_text, arg)))
+        elif kind == "binary":
+            log.append(("send", outcome(proto.send_binary, arg)))
+        elif kind == "ping":
+            log.append(("send", outcome(proto.send_ping, arg)))
+        else:
+            log.append(("send", outcome(proto.close, *arg)))
+        d.loop.run_ready()
+    proto.connection_lost(None)
+    log.append(("stats", d.stats(), proto.state, proto.close_code))
+    return log
+
+
+@st.composite
+def protocol_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    items = draw(st.lists(stream_items().filter(lambda item: item[0] != "deflated"),
+                          min_size=1, max_size=8))
+    return {
+        "items": items,
+        "key": draw(keys),
+        "split_handshake": draw(st.integers(0, len(HANDSHAKE))),
+        "cuts": draw(st.lists(st.integers(0, 1 << 17), max_size=6)),
+        "refuse": draw(st.integers(0, 7)) == 0,
+        "echo": draw(st.booleans()),
+        "queue_limit": draw(st.sampled_from([0, 1, 2, 256])),
+        "overflow_policy": draw(st.sampled_from([0, 1, 2])),
+        "max_message_size": draw(st.sampled_from([1 << 20, 100, 5000])),
+        "direct_writes": draw(st.booleans()),
+        "pause_at": draw(st.integers(-1, 6)),
+        "resume_at": draw(st.integers(-1, 6)),
+        "sends": draw(st.lists(st.one_of(
+            st.tuples(st.just("text"), st.text(max_size=300)),
+            st.tuples(st.just("binary"), st.binary(max_size=300)),
+            st.tuples(st.just("ping"), st.binary(max_size=126)),
+            st.tuples(st.just("close"), st.tuples(close_codes, st.text(max_size=130))),
+        ), max_size=4)),
+    }
+
+
+@needs_compiled
+@DIFF
+@given(s=protocol_scenarios())
+def test_protocol_interpreted_equals_compiled(s: dict[str, Any]) -> None:
+    frames_data = build_stream(s["items"], masked=True, key=s["key"], compressor=None)
+    data = HANDSHAKE + frames_data
+    cuts = sorted({s["split_handshake"], *(c % (len(data) + 1) for c in s["cuts"])})
+    compiled = run_protocol(c_protocol, s, data, cuts)
+    interpreted = run_protocol(pure_protocol, s, data, cuts)
+    assert interpreted == compiled
+
+
+def run_fanout(protocol_module: Any, fanout_module: Any, s: dict[str, Any]) -> list[Any]:
+    log: list[Any] = []
+    d, _ = make_dispatch(protocol_module, log, {**s, "refuse": False, "echo": False,
+                                                "max_message_size": 1 << 20})
+    group = fanout_module.Group()
+    protos = []
+    for i in range(s["connections"]):
+        proto = protocol_module.WebSocketProtocol(d)
+        proto.connection_made(RecordingTransport(log, i))
+        view = proto.get_buffer(-1)
+        view[: len(HANDSHAKE)] = HANDSHAKE
+        view.release()
+        proto.buffer_updated(len(HANDSHAKE))
+        protos.append(proto)
+        log.append(("added", group.add(proto)))
+    for i in s["paused"]:
+        if i < len(protos):
+            protos[i].pause_writing()
+    for i in s["closed"]:
+        if i < len(protos):
+            protos[i].abort()
+    for i in s["removed"]:
+        if i < len(protos):
+            log.append(("discarded", group.discard(protos[i])))
+    for kind, payload, exclude, odd_only, via_group, same_iteration in s["broadcasts"]:
+        excluded = protos[exclude] if exclude is not None and exclude < len(protos) else None
+        predicate = (lambda session: protos.index(session) % 2 == 1) if odd_only else None
+        for proto in protos:
+            proto.session = proto
+        recipients: list[Any] = []
+        if via_group:
+            send = group.broadcast_text if kind == "text" else group.broadcast_binary
+            result = send(payload, excluded, predicate, recipients)
+        else:
+            send = (fanout_module.broadcast_text if kind == "text"
+                    else fanout_module.broadcast_binary)
+            result = send(group.members(), payload, excluded, predicate, recipients)
+        sent, dropped = result
+        log.append(("broadcast", sent, None if dropped is None else
+                    [protos.index(p) for p in dropped], [protos.index(p) for p in recipients]))
+        if not same_iteration:  # else: a burst of broadcasts in one loop iteration
+            d.loop.run_ready()
+    d.loop.run_ready()
+    for i, proto in enumerate(protos):
+        log.append(("end", i, proto.state, proto.queued, proto.queued_bytes, proto.dropped,
+                    i in group, len(group)))
+    log.append(("stats", d.stats()))
+    return log
+
+
+@st.composite
+def fanout_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(0, 6))
+    indexes = st.integers(0, max(n - 1, 0))
+    return {
+        "connections": n,
+        "paused": draw(st.lists(indexes, max_size=3)),
+        "closed": draw(st.lists(indexes, max_size=2)),
+        "removed": draw(st.lists(indexes, max_size=2)),
+        "queue_limit": draw(st.sampled_from([0, 1, 2, 256])),
+        "overflow_policy": draw(st.sampled_from([0, 1, 2])),
+        "direct_writes": draw(st.booleans()),
+        "broadcasts": draw(st.lists(st.tuples(
+            st.sampled_from(["text", "binary"]),
+            st.one_of(st.text(max_size=200), st.binary(max_size=200)),
+            st.one_of(st.none(), indexes), st.booleans(), st.booleans(), st.booleans(),
+        ).map(lambda t: (t[0], t[1] if (t[0] == "text") == isinstance(t[1], str)
+                         else (t[1].decode("latin-1") if t[0] == "text" else t[1].encode()),
+                         *t[2:])), max_size=6)),
+    }
+
+
+@needs_compiled
+@DIFF
+@given(s=fanout_scenarios())
+def test_fanout_interpreted_equals_compiled(s: dict[str, Any]) -> None:
+    compiled = run_fanout(c_protocol, c_fanout, s)
+    interpreted = run_fanout(pure_protocol, pure_fanout, s)
+    assert interpreted == compiled

@@ -1,6 +1,18 @@
-# A ProtocolCore whose peer is an ASGI server's send/receive pair instead of a transport.
+# C types for asgi.py when it is compiled (Cython's pure-Python mode): a ProtocolCore whose peer
+# is an ASGI server's send/receive pair instead of a transport. It overrides the C methods the
+# fan-out loop and the heartbeat call (admit, send_frame, send_shared, send_close_frame).
 
-from melody._core.protocol cimport ProtocolCore
+import cython
+
+from melody._core.frames cimport close_reason, is_valid_close_code
+from melody._core.protocol cimport Dispatch, ProtocolCore
+
+cdef int ADMIT_DROPPED_OLDEST, ADMIT_OK, ADMIT_REFUSED, OP_TEXT
+cdef int SEND_CLOSED, SEND_DROPPED, SEND_DROPPED_OLDEST, SEND_OK, SEND_QUEUED
+cdef int STATE_CLOSED, STATE_CLOSING, STATE_OPEN
+cdef double _NEVER
+
+cpdef Py_ssize_t _utf8_length(str text) except -1
 
 
 cdef class AsgiConnection(ProtocolCore):
@@ -18,14 +30,25 @@ cdef class AsgiConnection(ProtocolCore):
     cdef unsigned long long _progress
     cdef unsigned long long _progress_mark
 
+    cdef _too_big(self, Py_ssize_t nbytes)
+    @cython.locals(code=int, was_open=bint)
+    cdef _peer_closed(self, object message)
+    cdef _finish(self)
+    cdef _wake_reader(self)
+    @cython.locals(d=Dispatch)
+    cdef int admit(self) except -1
+    cdef bint _drop_oldest(self) except -1
+    cdef _discard_queued_data(self)
+    cdef int send_frame(self, bytes frame, bint control) except -1
+    @cython.locals(d=Dispatch, n=Py_ssize_t)
+    cdef int send_shared(self, bytes frame, int opcode, object payload) except -1
+    cdef int send_close_frame(self, int code, object reason) except -1
+    @cython.locals(d=Dispatch, n=Py_ssize_t, admitted=int)
+    cpdef int send_text(self, str text) except -1
     cdef int _submit(self, object message, Py_ssize_t nbytes, bint control) except -1
     cdef int _send_now(self, object message, bint control) except -1
-    cdef int _send_failed(self, object exc) except -1
-    cdef int _arm_write_timer(self) except -1
-    cdef int _wake_reader(self) except -1
-    cdef int _too_big(self, Py_ssize_t nbytes) except -1
-    cdef int _peer_closed(self, object message) except -1
-    cdef int _finish(self) except -1
+    cdef _send_failed(self, object exc)
+    cdef _arm_write_timer(self)
 
 
 cdef class AsgiTransport:

@@ -1,26 +1,22 @@
-# The sans-I/O WebSocket connection: bytes in, events and frames out.
+# C types for connection.py when it is compiled (Cython's pure-Python mode). The fields are the
+# object's C struct; the cdef methods are called through the C vtable by the server protocol
+# (protocol.py), which overrides the hooks; the kernels are cimported so that the parser calls
+# them in C.
 
-from melody._core.utf8 cimport Utf8Validator
+import cython
+
 from melody._core.deflate cimport Deflater, Inflater
+from melody._core.mask cimport region_bytes, unmask_region
+from melody._core.utf8 cimport Utf8Validator, decode_region
+from melody._core.frames cimport build_close_frame, build_frame, is_valid_close_code
 
-cpdef enum:
-    STATE_HANDSHAKE = 0
-    STATE_OPEN = 1
-    STATE_CLOSING = 2
-    STATE_CLOSED = 3
-    STATE_UPGRADING = 4
-
-cpdef enum:
-    SEND_OK = 0
-    SEND_QUEUED = 1
-    SEND_DROPPED = 2
-    SEND_CLOSED = 3
-    SEND_DROPPED_OLDEST = 4
-
-cpdef enum:
-    ADMIT_REFUSED = 0
-    ADMIT_OK = 1
-    ADMIT_DROPPED_OLDEST = 2
+cdef int OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FIN_BIT, RSV1_BIT
+cdef int STATE_OPEN, STATE_CLOSING, STATE_CLOSED
+cdef int SEND_OK, SEND_DROPPED, SEND_CLOSED, SEND_DROPPED_OLDEST
+cdef int ADMIT_REFUSED, ADMIT_OK, ADMIT_DROPPED_OLDEST
+cdef Py_ssize_t _SCRATCH_SIZE
+cdef bytearray _scratch
+cdef Py_ssize_t _SSIZE_MAX
 
 
 cdef class Connection:
@@ -28,30 +24,21 @@ cdef class Connection:
     cdef public Py_ssize_t max_message_size
     cdef public int state
 
-    # Read buffer. Reads land in a scratch buffer shared by every connection of the process
-    # (parsing is synchronous, so it is free again when buffer_updated returns); only bytes of
-    # an incomplete frame are copied to a private buffer, so an idle connection holds none.
-    cdef unsigned char* _cur
-    cdef unsigned char* _priv
-    cdef Py_ssize_t _priv_cap
+    # The read buffer: the unparsed bytes are _cur[_start:_end] (see get_buffer).
+    cdef bytearray _cur
+    cdef bytearray _priv
     cdef Py_ssize_t _start
     cdef Py_ssize_t _end
     cdef Py_ssize_t _need
     cdef Py_ssize_t _base_cap
-    cdef unsigned char* _read_ptr
-    cdef Py_ssize_t _read_len
+    cdef bint _read_into_scratch
 
-    # The frame being received: how many payload bytes were already unmasked and checked.
     cdef Py_ssize_t _frame_done
 
-    # The fragmented message being reassembled.
+    cdef bytearray _msg
     cdef int _msg_opcode
-    # A fragment of the message being reassembled was refused by _admit_frame.
-    cdef bint _msg_refused
     cdef bint _msg_compressed
-    cdef unsigned char* _msg
-    cdef Py_ssize_t _msg_len
-    cdef Py_ssize_t _msg_cap
+    cdef bint _msg_refused
     cdef Utf8Validator _utf8
 
     cdef public Deflater deflater
@@ -61,33 +48,47 @@ cdef class Connection:
     cdef list _events
     cdef list _outgoing
 
-    # Bytes of the message being delivered (after reassembly and decompression).
     cdef public Py_ssize_t message_size
-
     cdef public int close_code
     cdef public object close_reason
 
-    cdef int _process(self, Py_ssize_t nbytes) except -1
-    cdef int _parse(self) except -1
-    cdef int _settle(self) except -1
+    cdef Py_ssize_t _priv_room(self) except -1
+    @cython.locals(live=Py_ssize_t, want=Py_ssize_t, cap=Py_ssize_t, fresh_cap=Py_ssize_t,
+                   priv=bytearray, cur=bytearray, fresh=bytearray)
+    cdef _reserve(self, Py_ssize_t extra)
+    @cython.locals(live=Py_ssize_t, missing=Py_ssize_t)
     cdef Py_ssize_t _growth(self) noexcept
-    cdef int _reserve(self, Py_ssize_t extra) except -1
+    @cython.locals(live=Py_ssize_t)
+    cdef _settle(self)
+    cdef _process(self, Py_ssize_t nbytes)
+    @cython.locals(avail=Py_ssize_t, buf=bytearray, at=Py_ssize_t, b0=cython.uchar,
+                   b1=cython.uchar, fin=bint, opcode=int, masked=bint, compressed=bint,
+                   length=Py_ssize_t, hlen=Py_ssize_t, i=int, room=Py_ssize_t, got=Py_ssize_t,
+                   done=Py_ssize_t, payload=Py_ssize_t, msg=bytearray, inflated=bytes)
+    cdef _parse(self)
+    @cython.locals(msg=bytearray, opcode=int, inflated=bytes)
+    cdef _deliver_reassembled(self)
+    cdef Py_ssize_t _msg_len(self) except -1
     cdef Utf8Validator _validator(self)
-    cdef int _event(self, tuple event) except -1
-    cdef int _msg_append(self, const unsigned char* data, Py_ssize_t length) except -1
-    cdef void _msg_reset(self) noexcept
-    cdef int _fail(self, int code, object reason) except -1
-    cdef int _close_frame(self, const unsigned char* payload, Py_ssize_t length) except -1
-    cdef int _deliver(self, int opcode, object data) except -1
-    cdef bytes frame_message(self, int opcode, const unsigned char* data, Py_ssize_t length)
+    cdef _event(self, tuple event)
+    cdef _msg_reset(self)
+    cdef _deliver(self, int opcode, object data)
+    @cython.locals(length=Py_ssize_t, code=int, was_open=bint)
+    cdef _close_frame(self, bytes payload)
+    @cython.locals(was_open=bint)
+    cdef _fail(self, int code, object reason)
 
-    cdef int _on_text(self, object text) except -1
-    cdef int _on_binary(self, object data) except -1
-    cdef bint _admit_frame(self, Py_ssize_t length) except -1
-    cdef int _on_ping(self, object payload) except -1
-    cdef int _on_pong(self, object payload) except -1
-    cdef int _on_close(self, int code, object reason) except -1
-    cdef int _on_fail(self, int code, object reason) except -1
+    cdef bytes frame_message(self, int opcode, object data)
+    @cython.locals(admitted=int)
+    cpdef int send_text(self, str text) except -1
     cdef int admit(self) except -1
     cdef int send_frame(self, bytes frame, bint control) except -1
     cdef int send_close_frame(self, int code, object reason) except -1
+
+    cdef _on_text(self, object text)
+    cdef _on_binary(self, object data)
+    cdef bint _admit_frame(self, Py_ssize_t length) except -1
+    cdef _on_ping(self, object payload)
+    cdef _on_pong(self, object payload)
+    cdef _on_close(self, int code, object reason)
+    cdef _on_fail(self, int code, object reason)

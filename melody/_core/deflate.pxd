@@ -1,4 +1,4 @@
-# permessage-deflate (RFC 7692) over zlib's C API.
+# permessage-deflate (RFC 7692 section 7.2) over zlib's C API: a C kernel of the engine.
 
 cdef extern from "zlib.h":
     ctypedef struct z_stream:
@@ -38,6 +38,8 @@ cdef class Inflater:
     cdef bint _busy     # set while inflate() may run without the GIL: refuses a second thread
 
     cpdef bytes decompress(self, object data, Py_ssize_t max_size)
+    cpdef bytes decompress_region(self, bytearray buf, Py_ssize_t start, Py_ssize_t length,
+                                  Py_ssize_t max_size)
     cdef bytes decompress_ptr(self, const unsigned char* data, Py_ssize_t length,
                               Py_ssize_t max_size)
     cdef int _restart_keep_window(self) except -1

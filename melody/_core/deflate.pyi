@@ -1,15 +1,11 @@
 """permessage-deflate (RFC 7692) over zlib's C API.
 
 :class:`Deflater` and :class:`Inflater` turn one whole message into its compressed payload and
-back (section 7.2). :func:`negotiate` (server), :func:`build_offer` and :func:`accept_response`
-(client) run the ``Sec-WebSocket-Extensions`` handshake (section 7.1) and yield a
-:class:`DeflateParams`, which builds the right Deflater and Inflater for either side.
+back (section 7.2). The negotiation (section 7.1) is in ``melody._core.extensions``.
 """
 
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final, Self
+from typing import Self
 
 from typing_extensions import disjoint_base
 
@@ -18,19 +14,7 @@ if sys.version_info >= (3, 12):
 else:
     from typing_extensions import Buffer
 
-__all__ = [
-    "EXTENSION_NAME",
-    "DeflateParams",
-    "Deflater",
-    "Inflater",
-    "accept_response",
-    "build_offer",
-    "negotiate",
-    "parse_extensions",
-]
-
-EXTENSION_NAME: Final[str]
-"""``"permessage-deflate"``, the extension token."""
+__all__ = ["Deflater", "Inflater"]
 
 @disjoint_base
 class Deflater:
@@ -115,6 +99,8 @@ class Inflater:
         """True while this Inflater holds zlib state: from its first non-empty message on with
         context takeover, never between messages with ``no_context_takeover``."""
     def __new__(cls, window_bits: int = 15, no_context_takeover: bool = False) -> Self: ...
+    def decompress_region(self, buf: bytearray, start: int, length: int, max_size: int) -> bytes:
+        """``decompress`` of ``buf[start:start + length]`` (ValueError if outside ``buf``)."""
     def decompress(self, data: Buffer, max_size: int) -> bytes:
         """Decompress one whole message (all its frames' payloads concatenated).
 
@@ -128,90 +114,3 @@ class Inflater:
         ``max_size``. Pass ``sys.maxsize`` for no limit. Large inputs and outputs are inflated
         with the GIL released.
         """
-
-@dataclass(frozen=True)
-class DeflateParams:
-    """The agreed permessage-deflate parameters of one connection (RFC 7692 section 7.1).
-
-    ``server_*`` apply to what the server compresses, ``client_*`` to what the client
-    compresses. Window bits are 8..15, though neither side can compress with 8 (the
-    negotiation functions never agree to that). ``echo_server_max_window_bits`` records that
-    the offer carried ``server_max_window_bits``, which the response must then repeat even at
-    15 (7.1.2.1); it takes no part in ``==``. A frozen dataclass; raises ValueError on
-    out-of-range window bits.
-    """
-
-    server_no_context_takeover: bool = False
-    client_no_context_takeover: bool = False
-    server_max_window_bits: int = 15
-    client_max_window_bits: int = 15
-    echo_server_max_window_bits: bool = ...  # field(default=False, compare=False)
-    def __post_init__(self) -> None:
-        """Validate the window bits (ValueError)."""
-    def response_header(self) -> str:
-        """The ``Sec-WebSocket-Extensions`` value a server sends to accept with these values.
-
-        For example ``"permessage-deflate; server_no_context_takeover;
-        client_max_window_bits=12"``. ``client_max_window_bits`` appears only below 15,
-        ``server_max_window_bits`` below 15 or when echoed.
-        """
-    def server_deflater(self, level: int = 6, mem_level: int = 8) -> Deflater:
-        """A :class:`Deflater` for the server's outgoing messages (ValueError for window 8)."""
-    def server_inflater(self) -> Inflater:
-        """An :class:`Inflater` for the messages the server receives."""
-    def client_deflater(self, level: int = 6, mem_level: int = 8) -> Deflater:
-        """A :class:`Deflater` for the client's outgoing messages (ValueError for window 8)."""
-    def client_inflater(self) -> Inflater:
-        """An :class:`Inflater` for the messages the client receives."""
-
-def parse_extensions(
-    header_values: str | Iterable[str],
-) -> list[tuple[str, list[tuple[str, str | None]]]]:
-    """Parse ``Sec-WebSocket-Extensions`` values (RFC 6455 section 9.1, RFC 7230 lists).
-
-    Each value (one header line; a single ``str`` is one line) is a comma-separated list of
-    ``name; param; param=value; param="quoted value"``. Returns ``[(name, [(param, value or
-    None), ...]), ...]`` in order, quoted values unescaped; empty list elements are skipped.
-    Raises ValueError on any syntax error, including a value holding no extension.
-    """
-
-def negotiate(
-    header_values: str | Iterable[str],
-    *,
-    server_no_context_takeover: bool = False,
-    client_no_context_takeover: bool = False,
-    server_max_window_bits: int = 15,
-    client_max_window_bits: int = 15,
-) -> DeflateParams | None:
-    """Server side: accept the first permessage-deflate offer that can be honoured (7.1).
-
-    The keyword arguments are the server's wishes: a ``*_no_context_takeover`` set here is
-    always sent; the server window is the smaller of this and the offer's; the client window is
-    lowered only if the offer carried ``client_max_window_bits``. Offers with unknown,
-    duplicated or invalid parameters, or demanding ``server_max_window_bits=8``, are skipped.
-    Returns None when no offer is acceptable or the header does not parse. Raises ValueError
-    for invalid settings (server window 9..15, client window 8..15).
-    """
-
-def build_offer(
-    *,
-    client_no_context_takeover: bool = False,
-    server_no_context_takeover: bool = False,
-    client_max_window_bits: int | bool | None = True,
-    server_max_window_bits: int | None = None,
-) -> str:
-    """Client side: the ``Sec-WebSocket-Extensions`` value offering permessage-deflate.
-
-    ``client_max_window_bits``: True offers the valueless parameter (the server may pick a
-    window), an int 9..15 a limit, None or False nothing. ``server_max_window_bits``: None, or
-    an int 8..15 the server must stay within. Raises ValueError otherwise.
-    """
-
-def accept_response(header_value: str | Iterable[str], *, offered: str) -> DeflateParams:
-    """Client side: check the server's response against ``offered`` (what build_offer returned).
-
-    Returns the agreed :class:`DeflateParams`. Raises ValueError when the response is
-    malformed, holds anything but one permessage-deflate, or grants what was not offered (the
-    client must then fail the connection, RFC 7692 section 5); also for
-    ``client_max_window_bits=8``, which zlib cannot honour.
-    """

@@ -1,24 +1,30 @@
-# Frame building (RFC 6455 section 5.2) shared by the connection, the fan-out loop and the client.
+# C types for frames.py when it is compiled (Cython's pure-Python mode): the frame builders the
+# connection, the fan-out loop and the client call once per message.
 
-cpdef enum:
-    OP_CONT = 0x0
-    OP_TEXT = 0x1
-    OP_BINARY = 0x2
-    OP_CLOSE = 0x8
-    OP_PING = 0x9
-    OP_PONG = 0xA
+import cython
 
-cdef enum:
-    FIN_BIT = 0x80
-    RSV1_BIT = 0x40
+# The opcodes stay Python globals here (re-exported for callers); the hot paths of the other
+# modules read their own C copies.
+cdef Py_ssize_t _KEY_POOL_SIZE
+cdef bytes _key_pool
+cdef Py_ssize_t _key_pos
+cdef object _head2, _head4, _head10
+cdef list _short_heads
 
-cdef bytes build_frame(unsigned char first_byte, const unsigned char* payload,
-                       Py_ssize_t length, bint masked)
+@cython.locals(pos=Py_ssize_t)
+cpdef bytes fresh_mask_key()
+
+@cython.locals(heads=list)
+cdef bytes _short_head(int first_byte, Py_ssize_t length)
+
+@cython.locals(n=Py_ssize_t, mask_bit=int)
+cpdef bytes build_frame(int first_byte, object payload, bint masked)
 # One frame: ``first_byte`` is FIN|RSV|opcode; the payload is copied once into the new bytes
 # object. ``masked`` frames (client to server) get a fresh random key.
 
-cdef bytes build_close_frame(int code, object reason, bint masked)
+cpdef bytes close_reason(object reason)
+cpdef bytes build_close_frame(int code, object reason, bint masked)
 # A close frame with ``code`` (0 means no status: empty payload) and a UTF-8 reason cut to fit
 # the 125-byte control payload limit.
 
-cdef void fresh_mask_key(unsigned char* out) noexcept
+cpdef bint is_valid_close_code(object code) except -1

@@ -20,3 +20,12 @@ def mask_into(buffer: Buffer, key: Buffer, offset: int = 0) -> None:
     Raises ``TypeError`` if ``buffer`` is read-only or not bytes-like, ``ValueError`` for a
     key that is not 4 bytes or a negative ``offset``, ``BufferError`` if not contiguous.
     """
+
+def unmask_region(buf: bytearray, start: int, length: int, key_at: int, phase: int) -> int:
+    """XOR ``buf[start:start + length]`` in place with the 4-byte key at ``buf[key_at:]``.
+
+    ``phase``: payload bytes unmasked before ``start``. ValueError for a region outside ``buf``.
+    """
+
+def region_bytes(buf: bytearray, start: int, length: int) -> bytes:
+    """``buf[start:start + length]`` as new ``bytes`` (ValueError if outside ``buf``)."""

@@ -1,11 +1,15 @@
 # cython: language_level=3
-"""Masking (RFC 6455 section 5.3): XOR a payload with a 4-byte key, in place or into a copy.
+"""Masking (RFC 6455 section 5.3) and the byte-region primitives of the frame reader, in C.
 
-``mask_inplace`` is the C entry point the frame codec and the connection cimport; ``mask`` and
-``mask_into`` expose the same loop to Python for the pure-Python side and the tests.
+One of the engine's three C kernels (with ``utf8`` and ``deflate``): the connection, written
+once in Python (``connection.py``), keeps unparsed bytes in a ``bytearray`` and calls
+``unmask_region`` and ``region_bytes`` on it; compiled, those calls are direct C calls (see
+``mask.pxd``), interpreted they go to ``mask.py``, the short Python version of this file.
+``mask`` and ``mask_into`` expose the same loop to Python callers and the tests.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
@@ -139,3 +143,41 @@ def mask_into(buffer, key, Py_ssize_t offset=0):
             mask_inplace(<unsigned char*>view.buf, view.len, k, offset)
     finally:
         PyBuffer_Release(&view)
+
+
+cdef inline int _check_region(bytearray buf, Py_ssize_t start, Py_ssize_t length) except -1:
+    # The one bound check of every region call: what follows indexes the buffer unchecked.
+    if start < 0 or length < 0 or length > PyByteArray_GET_SIZE(buf) - start:
+        raise ValueError(f"region [{start}, {start}+{length}) outside a buffer of "
+                         f"{PyByteArray_GET_SIZE(buf)} bytes")
+    return 0
+
+
+cpdef int unmask_region(bytearray buf, Py_ssize_t start, Py_ssize_t length, Py_ssize_t key_at,
+                        Py_ssize_t phase) except -1:
+    """XOR ``buf[start:start + length]`` in place with the 4-byte key at ``buf[key_at:]``.
+
+    ``phase`` is how many bytes of the same payload were unmasked before ``start`` (a frame
+    unmasked as it arrives equals the frame unmasked whole). Raises ValueError for a region
+    outside ``buf``. Costs one pass over the region.
+    """
+    cdef unsigned char key[4]
+    cdef unsigned char* base
+    _check_region(buf, start, length)
+    _check_region(buf, key_at, 4)
+    if phase < 0:
+        raise ValueError(f"phase must be >= 0, got {phase}")
+    base = <unsigned char*>PyByteArray_AS_STRING(buf)
+    memcpy(key, base + key_at, 4)
+    if length >= _NOGIL_THRESHOLD:
+        with nogil:
+            mask_inplace(base + start, length, key, phase)
+    else:
+        mask_inplace(base + start, length, key, phase)
+    return 0
+
+
+cpdef bytes region_bytes(bytearray buf, Py_ssize_t start, Py_ssize_t length):
+    """``buf[start:start + length]`` as new ``bytes``, in one copy (ValueError if outside)."""
+    _check_region(buf, start, length)
+    return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf) + start, length)

@@ -1,6 +1,20 @@
-# The asyncio glue: a Connection that reads from and writes to a transport.
+# C types for protocol.py when it is compiled (Cython's pure-Python mode): the asyncio glue, a
+# Connection that reads from and writes to a transport. The fan-out loop (fanout.py) and the
+# ASGI glue (asgi.py) cimport these classes and call send_shared and admit in C.
+
+import cython
 
 from melody._core.connection cimport Connection
+from melody._core.frames cimport build_frame
+from melody._core.mask cimport region_bytes
+
+cdef int ADMIT_DROPPED_OLDEST, ADMIT_OK, ADMIT_REFUSED, FIN_BIT, OP_PING, OP_PONG
+cdef int SEND_CLOSED, SEND_OK, SEND_QUEUED
+cdef int STATE_CLOSED, STATE_CLOSING, STATE_HANDSHAKE, STATE_OPEN, STATE_UPGRADING
+cdef bytes _REQUEST_TOO_LARGE
+
+
+cdef class ProtocolCore
 
 
 cdef class Dispatch:
@@ -90,14 +104,38 @@ cdef class ProtocolCore(Connection):
     cdef double _bucket_bytes
     cdef double _bucket_stamp
 
-    cdef int _handshake(self) except -1
+    cdef _process(self, Py_ssize_t nbytes)
+    @cython.locals(buf=bytearray, live=Py_ssize_t, head=Py_ssize_t)
+    cdef _handshake(self)
+    @cython.locals(d=Dispatch, now=double, elapsed=double)
     cdef bint _within_rate(self, Py_ssize_t size) except -1
-    cdef int _close_transport(self) except -1
-    cdef int _flush(self) except -1
-    cdef int send_shared(self, bytes frame) except -1
-    cdef int _write_failed(self, exc) except -1
-    cdef int _drain_queue(self) except -1
-    cdef int _drop_oldest(self) except -1
-    cdef int _cancel_timer(self) except -1
+    cdef _close_transport(self)
+    cdef _flush(self)
+    @cython.locals(d=Dispatch)
+    cdef int send_shared(self, bytes frame, int opcode, object payload) except -1
+    cdef _write_failed(self, exc)
+    @cython.locals(frames=list)
+    cdef _drain_queue(self)
+    @cython.locals(i=Py_ssize_t)
+    cdef bint _drop_oldest(self) except -1
+    cdef _cancel_timer(self)
     cdef _reject_now(self, bytes response)
+    @cython.locals(kept_bytes=Py_ssize_t)
     cdef _discard_queued_data(self)
+    cdef int admit(self) except -1
+    @cython.locals(d=Dispatch, n=Py_ssize_t)
+    cdef int send_frame(self, bytes frame, bint control) except -1
+    cdef _on_text(self, object text)
+    cdef _on_binary(self, object data)
+    cdef bint _admit_frame(self, Py_ssize_t length) except -1
+    cdef _on_ping(self, object payload)
+    cdef _on_pong(self, object payload)
+    cdef _on_close(self, int code, object reason)
+    cdef _on_fail(self, int code, object reason)
+
+
+@cython.locals(p=ProtocolCore)
+cdef _flush_all(list dirty)
+
+@cython.locals(p=ProtocolCore, dead=list, ping=bytes)
+cpdef list heartbeat(list protocols, double now, double ping_period, double pong_wait)

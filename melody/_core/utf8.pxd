@@ -11,3 +11,9 @@ cdef class Utf8Validator:
     cdef bint is_complete(self) noexcept nogil
     # True when no code point is left open (the text fed so far is complete, valid UTF-8).
     cdef void reset_state(self) noexcept nogil
+    cpdef bint feed_region(self, bytearray buf, Py_ssize_t start, Py_ssize_t length) except -1
+    # ``feed_ptr`` for a region of a bytearray (the call connection.py makes): True while valid.
+
+
+cpdef str decode_region(bytearray buf, Py_ssize_t start, Py_ssize_t length)
+# Strict UTF-8 decoding of a region of the connection's read buffer (UnicodeDecodeError if bad).

@@ -13,6 +13,9 @@ from typing_extensions import disjoint_base
 class Utf8Validator:
     """Validate one text message fed in pieces; ``reset`` before the next message."""
 
+    def feed_region(self, buf: bytearray, start: int, length: int) -> bool:
+        """``feed`` for ``buf[start:start + length]`` (ValueError if outside ``buf``)."""
+
     def feed(self, data: Buffer) -> bool:
         """Validate the next piece; False from the first byte that cannot be valid UTF-8 on."""
 
@@ -28,3 +31,6 @@ class Utf8Validator:
 
 def validate(data: Buffer) -> bool:
     """True if ``data`` is complete, valid UTF-8 (what strict ``bytes.decode`` accepts)."""
+
+def decode_region(buf: bytearray, start: int, length: int) -> str:
+    """``buf[start:start + length]`` as strict UTF-8 (UnicodeDecodeError if invalid)."""

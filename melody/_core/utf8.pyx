@@ -13,6 +13,8 @@ no surrogates (U+D800..U+DFFF), nothing above U+10FFFF.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
@@ -165,6 +167,23 @@ cdef inline unsigned int _run(unsigned int state, const unsigned char* data, Py_
     return state
 
 
+cdef inline int _check_region(bytearray buf, Py_ssize_t start, Py_ssize_t length) except -1:
+    # The one bound check of a region call: the pointer arithmetic after it is unchecked.
+    if start < 0 or length < 0 or length > PyByteArray_GET_SIZE(buf) - start:
+        raise ValueError(f"region [{start}, {start}+{length}) outside a buffer of "
+                         f"{PyByteArray_GET_SIZE(buf)} bytes")
+    return 0
+
+
+cpdef str decode_region(bytearray buf, Py_ssize_t start, Py_ssize_t length):
+    """``buf[start:start + length]`` decoded as strict UTF-8, with no intermediate bytes.
+
+    Raises UnicodeDecodeError for invalid UTF-8 and ValueError for a region outside ``buf``.
+    """
+    _check_region(buf, start, length)
+    return PyUnicode_DecodeUTF8(PyByteArray_AS_STRING(buf) + start, length, NULL)
+
+
 cdef class Utf8Validator:
     """Validate one text message fed in pieces; ``reset`` before the next message.
 
@@ -193,6 +212,12 @@ cdef class Utf8Validator:
     cdef void reset_state(self) noexcept nogil:
         self._state = _ACCEPT
         self._consumed = 0
+
+    cpdef bint feed_region(self, bytearray buf, Py_ssize_t start, Py_ssize_t length) except -1:
+        """``feed`` for ``buf[start:start + length]`` without a view (ValueError if outside)."""
+        _check_region(buf, start, length)
+        return self.feed_ptr(<const unsigned char*>PyByteArray_AS_STRING(buf) + start,
+                             length) == 0
 
     def feed(self, data):
         """Validate the next piece of the message (any C-contiguous bytes-like object).

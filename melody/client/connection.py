@@ -17,8 +17,9 @@ from typing import Any, cast
 
 import orjson
 
-from melody._core.connection import STATE_OPEN, Connection
-from melody._core.deflate import accept_response, build_offer
+from melody._core.connection import Connection
+from melody._core.constants import STATE_OPEN
+from melody._core.extensions import accept_response, build_offer
 from melody._core.frames import is_valid_close_code
 from melody.client.framescan import _FrameScanner
 from melody.client.options import _Options, _parse_url
@@ -630,11 +631,7 @@ class ClientConnection:
         available to :meth:`recv`. Raises ValueError for a code that may not be sent (only
         1000-1003, 1007-1014 and 3000-4999 may) or a reason over 123 UTF-8 bytes.
         """
-        try:
-            sendable = is_valid_close_code(code)
-        except OverflowError:
-            sendable = False  # beyond a C int: not a close code either
-        if not sendable:
+        if not is_valid_close_code(code):
             raise ValueError(f"close code {code} may not be sent (RFC 6455 7.4)")
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("a close reason holds at most 123 UTF-8 bytes")

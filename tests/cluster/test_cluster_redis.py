@@ -316,7 +316,7 @@ async def test_bad_settings_fail_at_construction() -> None:
 
 async def test_a_cancelled_presence_query_leaves_the_connection_usable(
         redis_url: str, prefix: str) -> None:
-    from melody._core.connection import STATE_OPEN
+    from melody._core.constants import STATE_OPEN
     from melody._core.protocol import WebSocketProtocol
     from melody.handshake import parse_request
 

@@ -14,7 +14,7 @@ import pytest
 from cluster_support import Client, server_port, wait_until
 
 import melody
-from melody._core.connection import STATE_CLOSED, STATE_OPEN
+from melody._core.constants import STATE_CLOSED, STATE_OPEN
 from melody._core.fanout import Group
 from melody._core.protocol import WebSocketProtocol
 from melody.backplane import Backplane

@@ -21,15 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from melody._core.connection import (
-    SEND_CLOSED,
-    SEND_OK,
-    STATE_CLOSED,
-    STATE_CLOSING,
-    STATE_OPEN,
-    Connection,
-)
-from melody._core.deflate import DeflateParams, Deflater, Inflater
+from melody._core.connection import Connection
+from melody._core.constants import SEND_CLOSED, SEND_OK, STATE_CLOSED, STATE_CLOSING, STATE_OPEN
+from melody._core.deflate import Deflater, Inflater
+from melody._core.extensions import DeflateParams
 from melody._core.frames import encode_close
 
 MiB = 1 << 20

@@ -13,11 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from melody._core.deflate import (
+from melody._core.deflate import Deflater, Inflater
+from melody._core.extensions import (
     EXTENSION_NAME,
     DeflateParams,
-    Deflater,
-    Inflater,
     accept_response,
     build_offer,
     negotiate,

@@ -49,7 +49,8 @@ from wsproto.frame_protocol import (
     ParseFailed,
 )
 
-from melody._core.connection import STATE_CLOSED, Connection
+from melody._core.connection import Connection
+from melody._core.constants import STATE_CLOSED
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 

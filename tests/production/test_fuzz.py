@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from prod_support import echo, round_trip
 
 from melody import Config, HandshakeError, Melody
-from melody._core.connection import STATE_CLOSED, Connection
+from melody._core.connection import Connection
+from melody._core.constants import STATE_CLOSED
 from melody.handshake import error_response, is_upgrade_request, parse_request, validate_upgrade
 
 Serve = Callable[..., Awaitable[tuple[Melody, str]]]
@@ -270,7 +271,8 @@ import atheris
 
 with atheris.instrument_imports():
     from melody import HandshakeError
-    from melody._core.connection import STATE_CLOSED, Connection
+    from melody._core.connection import Connection
+    from melody._core.constants import STATE_CLOSED
     from melody.handshake import error_response, is_upgrade_request, parse_request, validate_upgrade
 
 

@@ -1,18 +1,26 @@
 """A hub connection served by an ASGI server (uvicorn, hypercorn, ...) instead of melody's own.
 
-The pure-Python twin of the compiled ``asgi`` module. ``AsgiConnection`` is a ``ProtocolCore``:
-the hub keeps it in the same groups as the native connections and the fan-out loop calls the
-same two methods on it, ``admit`` and ``send_frame``. What differs is the far side:
+``AsgiConnection`` is a ``ProtocolCore``: the hub keeps it in the same groups as the native
+connections and the fan-out loop calls the same C methods on it, ``admit`` and
+``send_shared``. What differs is the far side. Its bytes belong to the ASGI server, so:
 
-* outgoing frames are turned back into ASGI messages (the header of one built, unmasked,
-  uncompressed server frame gives the opcode and the payload, decoded once per broadcast);
-* each message goes to the ASGI ``send`` at once: its coroutine is stepped right here, and only
-  when it suspends (the peer stopped reading) is it finished by a writer task, later messages
-  waiting in a queue bounded by ``Dispatch.queue_limit`` with the hub's overflow policy;
+* outgoing messages go out as ASGI messages. The fan-out hands every recipient the shared
+  frame together with the message's opcode and payload (``send_shared``); this class takes the
+  payload as it is and never parses a frame (an ASGI server frames and compresses on its own,
+  so ``deflater`` stays None);
+* each message goes to the ASGI ``send`` at once: its coroutine is stepped right here, and an
+  ASGI server that is below its write-buffer mark completes it without suspending (uvicorn
+  does). Only when it suspends (the peer stopped reading) is it finished by a writer task, and
+  later messages wait in a queue bounded by ``Dispatch.queue_limit`` with the hub's overflow
+  policy, as frames wait on the native path while the transport is paused;
 * incoming messages arrive through ``run()``, a loop over the ASGI ``receive`` that calls the
   hub's handlers exactly as the frame parser does;
 * there is no ping in ASGI: the hub's heartbeat never pings these connections nor takes them
-  for dead.
+  for dead. Liveness is the ASGI server's job (uvicorn's ``ws_ping_interval``).
+
+One source for both builds: compiled with ``asgi.pxd`` (a C subclass of ``ProtocolCore``, so
+that the fan-out loop reaches it through the same C calls) and run as it is where no compiled
+engine exists.
 """
 
 from __future__ import annotations
@@ -23,20 +31,22 @@ from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from melody._core._pure.connection import (
+from .constants import (
     ADMIT_DROPPED_OLDEST,
     ADMIT_OK,
     ADMIT_REFUSED,
+    OP_TEXT,
     SEND_CLOSED,
     SEND_DROPPED,
     SEND_DROPPED_OLDEST,
     SEND_OK,
     SEND_QUEUED,
     STATE_CLOSED,
+    STATE_CLOSING,
     STATE_OPEN,
 )
-from melody._core._pure.frames import OP_BINARY, OP_CLOSE, OP_TEXT
-from melody._core._pure.protocol import Dispatch, ProtocolCore
+from .frames import close_reason, is_valid_close_code
+from .protocol import Dispatch, ProtocolCore
 
 __all__ = ["AsgiConnection", "AsgiTransport"]
 
@@ -50,40 +60,6 @@ def _utf8_length(text: str) -> int:
     if text.isascii():
         return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
-
-
-# The last data frame turned back into a payload. A broadcast hands the same frame object to
-# every recipient, so the ASGI ones decode it once; holding the frame keeps its id from being
-# reused, and the entry is dropped when the loop iteration ends.
-_last_frame: bytes | None = None
-_last_payload: Any = None
-_last_opcode = 0
-_clear_scheduled = False
-
-
-def _clear_last_frame() -> None:
-    global _last_frame, _last_payload, _clear_scheduled
-    _last_frame = None
-    _last_payload = None
-    _clear_scheduled = False
-
-
-def _frame_header(frame: bytes) -> tuple[int, int]:
-    # (header length, opcode) of one whole server frame (RFC 6455 5.2): 2, 4 or 10 bytes.
-    # Server frames are never masked, and on this path never compressed (RSV1).
-    n = len(frame)
-    if n < 2:
-        raise ValueError("truncated frame")
-    if frame[0] & 0x70 or frame[1] & 0x80:
-        raise ValueError("ASGI connections take unmasked frames without RSV bits")
-    header = 2
-    if (frame[1] & 0x7F) == 126:
-        header = 4
-    elif (frame[1] & 0x7F) == 127:
-        header = 10
-    if n < header:
-        raise ValueError("truncated frame header")
-    return header, frame[0] & 0x0F
 
 
 def _is_disconnect(exc: BaseException) -> bool:
@@ -115,17 +91,7 @@ async def _resume(it: Any, step: Any) -> None:
 class AsgiConnection(ProtocolCore):
     """One WebSocket connection accepted by an ASGI server, registered in a melody hub."""
 
-    __slots__ = (
-        "_progress",
-        "_progress_mark",
-        "_read_paused",
-        "_read_waiter",
-        "_reader",
-        "_reader_cancelled",
-        "_send",
-        "_writer",
-    )
-
+    # The fields (compiled: the C struct in asgi.pxd).
     _send: Any
     _writer: Any
     _reader: Any
@@ -135,18 +101,6 @@ class AsgiConnection(ProtocolCore):
     _progress: int
     _progress_mark: int
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        self = super().__new__(cls, *args, **kwargs)
-        self._send = None
-        self._writer = None
-        self._reader = None
-        self._reader_cancelled = False
-        self._read_paused = False
-        self._read_waiter = None
-        self._progress = 0
-        self._progress_mark = 0
-        return self
-
     def __init__(self, dispatch: Dispatch, send: Callable[[_Message], Awaitable[None]],
                  scope: dict[str, Any]) -> None:
         if type(scope) is not dict and scope is not None:
@@ -154,6 +108,13 @@ class AsgiConnection(ProtocolCore):
                             f"got {type(scope).__name__})")
         ProtocolCore.__init__(self, dispatch)
         self._send = send
+        self._writer = None
+        self._reader = None
+        self._reader_cancelled = False
+        self._read_paused = False
+        self._read_waiter = None
+        self._progress = 0
+        self._progress_mark = 0
         self._queue = deque()
         self.transport = AsgiTransport(self, scope)
 
@@ -320,50 +281,43 @@ class AsgiConnection(ProtocolCore):
         self._queued_bytes = 0
 
     def send_frame(self, frame: bytes, control: bool) -> int:
-        # What the fan-out loop, the heartbeat and send_close_frame hand over: one whole frame.
-        global _last_frame, _last_payload, _last_opcode, _clear_scheduled
+        # Only pings and pongs come this way (the heartbeat skips these connections; closes go
+        # through send_close_frame, broadcasts through send_shared): ASGI has none, the server
+        # keeps the peer alive.
+        if not control:
+            raise ValueError("an ASGI connection takes messages, not data frames")
+        return SEND_CLOSED if self.state == STATE_CLOSED else SEND_OK
+
+    def send_shared(self, frame: bytes, opcode: int, payload: Any) -> int:
+        # A broadcast: the message as the publisher gave it, shared by every ASGI recipient.
         d = self.dispatch
-        if self.state == STATE_CLOSED:
-            return SEND_CLOSED
-        payload: Any
-        if frame is _last_frame:
-            opcode = _last_opcode
-            payload = _last_payload
-        else:
-            header, opcode = _frame_header(frame)
-            if opcode == OP_CLOSE:
-                code = 1000
-                reason = ""
-                if len(frame) - header >= 2:
-                    code = (frame[header] << 8) | frame[header + 1]
-                    reason = frame[header + 2 :].decode("utf-8")
-                return self._submit({"type": "websocket.close", "code": code, "reason": reason},
-                                    0, True)
-            if control:
-                return SEND_OK  # a ping or pong: ASGI has none (the server keeps the peer alive)
-            if opcode == OP_TEXT:
-                payload = frame[header:].decode("utf-8")
-            elif opcode == OP_BINARY:
-                payload = frame[header:]
-            else:
-                raise ValueError(f"unexpected opcode {opcode} for an ASGI connection")
-            _last_frame = frame
-            _last_payload = payload
-            _last_opcode = opcode
-            if not _clear_scheduled:
-                _clear_scheduled = True
-                d.loop.call_soon(_clear_last_frame)
         if self.state != STATE_OPEN:
             return SEND_CLOSED
         if opcode == OP_TEXT:
             n = _utf8_length(payload)
             message = {"type": "websocket.send", "text": payload}
         else:
+            if type(payload) is not bytes:
+                payload = bytes(payload)
             n = len(payload)
             message = {"type": "websocket.send", "bytes": payload}
         d.messages_out += 1
         d.bytes_out += n
         return self._submit(message, n, False)
+
+    def send_close_frame(self, code: int, reason: Any) -> int:
+        # The closing handshake as an ASGI message: the code and reason a close frame would
+        # carry (no code: 1000, ASGI's default), sent after what is queued.
+        if code != 0 and not is_valid_close_code(code):
+            raise ValueError(f"close code {code} may not be sent")
+        if self.state != STATE_OPEN:
+            return SEND_CLOSED
+        self.state = STATE_CLOSING
+        self.close_code = code
+        self.close_reason = reason
+        message = {"type": "websocket.close", "code": code or 1000,
+                   "reason": close_reason(reason).decode("utf-8") if code else ""}
+        return self._submit(message, 0, True)
 
     def send_text(self, text: str) -> int:
         """Send a text message; returns a SEND_* status (SEND_CLOSED once closing)."""

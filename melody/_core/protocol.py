@@ -1,4 +1,3 @@
-# cython: language_level=3
 """The server connection over an asyncio (or uvloop) transport.
 
 ``ProtocolCore`` is the sans-I/O ``Connection`` plus a transport: it reads the HTTP upgrade
@@ -12,27 +11,124 @@ a loop iteration at once, the frames after it together at the end of the iterati
 mark (the peer is not reading) frames wait in a queue bounded by ``Dispatch.queue_limit``; a data
 frame over the bound is dropped and reported, never a close frame. If the peer reads nothing for
 ``write_wait`` the connection is aborted as a slow reader.
+
+One source for both builds: ``protocol.pxd`` gives the compiled classes their C fields and
+makes the hooks that ``connection.py`` calls C methods; interpreted, this file runs as it is.
 """
+
+from __future__ import annotations
 
 import asyncio
 from collections import deque
+from time import monotonic
+from typing import Any
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.time cimport monotonic
-from libc.string cimport memchr
-
-from melody._core.connection cimport (
-    Connection, STATE_HANDSHAKE, STATE_OPEN, STATE_CLOSING, STATE_CLOSED, STATE_UPGRADING,
-    SEND_OK, SEND_QUEUED, SEND_CLOSED,
-    ADMIT_REFUSED, ADMIT_OK, ADMIT_DROPPED_OLDEST,
+from .connection import Connection
+from .constants import (
+    ADMIT_DROPPED_OLDEST,
+    ADMIT_OK,
+    ADMIT_REFUSED,
+    FIN_BIT,
+    OP_PING,
+    OP_PONG,
+    SEND_CLOSED,
+    SEND_OK,
+    SEND_QUEUED,
+    STATE_CLOSED,
+    STATE_CLOSING,
+    STATE_HANDSHAKE,
+    STATE_OPEN,
+    STATE_UPGRADING,
 )
-from melody._core.frames cimport build_frame, FIN_BIT, OP_PING, OP_PONG
+from .frames import build_frame
+from .mask import region_bytes
+
+__all__ = ["Dispatch", "ProtocolCore", "WebSocketProtocol", "heartbeat"]
 
 
-cdef class Dispatch:
+class Dispatch:
     """What a server's connections call into: the hub's handlers and limits, shared by all."""
 
-    def __init__(self):
+    # The fields (compiled: the C struct in protocol.pxd).
+    loop: Any
+    on_request: Any
+    on_text: Any
+    on_binary: Any
+    on_pong: Any
+    on_close: Any
+    on_protocol_error: Any
+    on_disconnect: Any
+    on_timeout: Any
+    on_handler_error: Any
+    on_rate_limit: Any
+    write_wait: float
+    close_timeout: float
+    handshake_timeout: float
+    max_header_size: int
+    max_message_size: int
+    queue_limit: int
+    write_buffer_high: int
+    read_buffer_size: int
+    queue_bytes_limit: int
+    overflow_policy: int
+    rate_limited: bool
+    rate_messages: float
+    burst_messages: float
+    rate_bytes: float
+    burst_bytes: float
+    rate_close: bool
+    _dirty: list[Any]
+    _flush_scheduled: bool
+    direct_writes: bool
+    tick: int
+    _burst_seen: bool
+    _defer_shared: bool
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    frames_dropped: int
+    broadcasts: int
+    connects: int
+    disconnects: int
+    writes: int
+    messages_rate_limited: int
+    requests_too_large: int
+    handshake_timeouts: int
+
+    def __init__(self) -> None:
+        self.loop = None
+        self.on_request = None
+        self.on_text = None
+        self.on_binary = None
+        self.on_pong = None
+        self.on_close = None
+        self.on_protocol_error = None
+        self.on_disconnect = None
+        self.on_timeout = None
+        self.on_handler_error = None
+        self.rate_limited = False
+        self.rate_messages = 0.0
+        self.burst_messages = 0.0
+        self.rate_bytes = 0.0
+        self.burst_bytes = 0.0
+        self.rate_close = False
+        self.on_rate_limit = None
+        self._flush_scheduled = False
+        self._burst_seen = False
+        self._defer_shared = False
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+        self.frames_dropped = 0
+        self.broadcasts = 0
+        self.connects = 0
+        self.disconnects = 0
+        self.writes = 0
+        self.messages_rate_limited = 0
+        self.requests_too_large = 0
+        self.handshake_timeouts = 0
         self.write_wait = 10.0
         self.close_timeout = 5.0
         self.handshake_timeout = 10.0
@@ -48,28 +144,22 @@ cdef class Dispatch:
         self.tick = 1
         self._dirty = []
 
-    def flush(self):
+    def flush(self) -> None:
         """Write what every connection gathered during this loop iteration (one write each).
 
         Scheduled with call_soon by the first frame of an iteration: a burst of broadcasts
         then costs at most two system calls per connection (the direct first write and this
         one) instead of one per frame. It also ends the iteration for send_frame (``tick``).
         """
-        cdef ProtocolCore p
-        cdef list dirty = self._dirty
+        dirty = self._dirty
         self._dirty = []
         self._flush_scheduled = False
         self.tick += 1
         self._defer_shared = self._burst_seen
         self._burst_seen = False
-        for obj in dirty:
-            p = <ProtocolCore>obj
-            try:
-                p._flush()
-            except Exception as exc:
-                p._write_failed(exc)
+        _flush_all(dirty)
 
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         """The hub-wide counters, as a dict."""
         return {
             "messages_in": self.messages_in, "bytes_in": self.bytes_in,
@@ -83,28 +173,79 @@ cdef class Dispatch:
         }
 
 
-cdef bytes _REQUEST_TOO_LARGE = (
+_REQUEST_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
     b"Connection: close\r\n\r\n")
 
 
-cdef class ProtocolCore(Connection):
+class ProtocolCore(Connection):
     """One server connection. Created by the server's protocol factory, one per socket."""
 
-    def __init__(self, Dispatch dispatch):
+    # The fields (compiled: the C struct in protocol.pxd).
+    transport: Any
+    dispatch: Dispatch
+    session: Any
+    _queue: Any  # a deque once writing paused, else None
+    _queued_bytes: int
+    _pending: Any  # None, one frame, or a list of frames
+    _queued_pong: Any
+    _pending_bytes: int
+    _direct_tick: int
+    _writing_paused: bool
+    _close_after_flush: bool
+    _in_handshake: bool
+    _opened: bool
+    _timer: Any
+    _write_timer: Any
+    reads: int
+    reads_seen: int
+    last_active: float
+    last_ping: float
+    dropped: int
+    _bucket_messages: float
+    _bucket_bytes: float
+    _bucket_stamp: float
+
+    def __init__(self, dispatch: Dispatch) -> None:
+        if not isinstance(dispatch, Dispatch):
+            raise TypeError(f"Argument 'dispatch' has incorrect type (expected "
+                            f"{Dispatch.__module__}.Dispatch, got {type(dispatch).__name__})")
         Connection.__init__(self, True, dispatch.max_message_size, dispatch.read_buffer_size)
         self.dispatch = dispatch
         self.state = STATE_HANDSHAKE
+        self.transport = None
+        self.session = None
+        self._queue = None
+        self._queued_bytes = 0
+        self._queued_pong = None
+        self._pending = None
+        self._pending_bytes = 0
+        # Dispatch.tick when this connection last wrote a frame straight to the transport.
+        self._direct_tick = 0
+        self._writing_paused = False
+        self._close_after_flush = False
+        self._in_handshake = False
+        self._opened = False
+        self._timer = None
+        self._write_timer = None
+        self.reads = 0
+        self.reads_seen = 0
+        self.last_active = 0.0
+        self.last_ping = 0.0
+        self.dropped = 0
+        self._bucket_messages = 0.0
+        self._bucket_bytes = 0.0
+        self._bucket_stamp = 0.0
 
     # -- asyncio.BaseProtocol ------------------------------------------------------------------
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=self.dispatch.write_buffer_high)
         self._timer = self.dispatch.loop.call_later(
             self.dispatch.handshake_timeout, self._handshake_timeout)
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: BaseException | None) -> None:
         self.state = STATE_CLOSED
         self._cancel_timer()
         if self._write_timer is not None:
@@ -122,11 +263,11 @@ cdef class ProtocolCore(Connection):
             self._opened = False
             self.dispatch.on_disconnect(self)
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         # The peer half-closed without a close frame: nothing more will come, close our side.
         return False
 
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         self._writing_paused = True
         if self._queue is None:
             self._queue = deque()
@@ -134,16 +275,15 @@ cdef class ProtocolCore(Connection):
             self._write_timer = self.dispatch.loop.call_later(
                 self.dispatch.write_wait, self._write_timeout)
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         self._writing_paused = False
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
         self._drain_queue()
 
-    cdef int _drain_queue(self) except -1:
+    def _drain_queue(self) -> None:
         # Hand the whole queue to the transport in one call: the peer reads again.
-        cdef list frames
         queue = self._queue
         self._queued_pong = None
         if queue:
@@ -155,17 +295,15 @@ cdef class ProtocolCore(Connection):
                 self.transport.writelines(frames)
         if self._close_after_flush and not self._queue and self.transport is not None:
             self.transport.close()
-        return 0
 
     # -- timers ----------------------------------------------------------------------------------
 
-    cdef int _cancel_timer(self) except -1:
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        return 0
 
-    def _handshake_timeout(self):
+    def _handshake_timeout(self) -> None:
         self._timer = None
         if self.state == STATE_HANDSHAKE or self.state == STATE_UPGRADING:
             self.state = STATE_CLOSED
@@ -173,7 +311,7 @@ cdef class ProtocolCore(Connection):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _write_timeout(self):
+    def _write_timeout(self) -> None:
         self._write_timer = None
         if self.transport is not None and self._writing_paused:
             if self._opened and self.dispatch.on_timeout is not None:
@@ -181,50 +319,39 @@ cdef class ProtocolCore(Connection):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _close_timeout(self):
+    def _close_timeout(self) -> None:
         self._timer = None
         if self.transport is not None:
             self.transport.abort()
 
     # -- reading -------------------------------------------------------------------------------
 
-    cdef int _process(self, Py_ssize_t nbytes) except -1:
+    def _process(self, nbytes: int) -> None:
         self.reads += 1
         self.dispatch.bytes_in += nbytes
         if self.state == STATE_OPEN or self.state == STATE_CLOSING:
-            return self._parse()
-        if self.state == STATE_HANDSHAKE:
-            return self._handshake()
-        if self.state == STATE_CLOSED:
+            self._parse()
+        elif self.state == STATE_HANDSHAKE:
+            self._handshake()
+        elif self.state == STATE_CLOSED:
             self._start = self._end
         # STATE_UPGRADING: the hub is deciding; keep the bytes until it has.
-        return 0
 
-    cdef int _handshake(self) except -1:
-        cdef unsigned char* p = self._cur + self._start
-        cdef Py_ssize_t live = self._end - self._start
-        cdef Py_ssize_t i = 0
-        cdef Py_ssize_t head = -1
-        cdef void* hit
-        while i + 3 < live:
-            hit = memchr(p + i, b'\r', live - i - 3)
-            if hit == NULL:
-                break
-            i = <unsigned char*>hit - p
-            if p[i + 1] == b'\n' and p[i + 2] == b'\r' and p[i + 3] == b'\n':
-                head = i + 4
-                break
-            i += 1
+    def _handshake(self) -> None:
+        buf = self._cur
+        live = self._end - self._start
+        head = buf.find(b"\r\n\r\n", self._start, self._end)
         if head < 0:
             if live > self.dispatch.max_header_size:
                 self.dispatch.requests_too_large += 1
                 self._reject_now(_REQUEST_TOO_LARGE)
-            return 0
+            return
+        head += 4 - self._start
         if head > self.dispatch.max_header_size:
             self.dispatch.requests_too_large += 1
             self._reject_now(_REQUEST_TOO_LARGE)
-            return 0
-        block = PyBytes_FromStringAndSize(<char*>p, head)
+            return
+        block = region_bytes(buf, self._start, head)
         self._start += head
         self.state = STATE_UPGRADING
         self._in_handshake = True
@@ -233,8 +360,8 @@ cdef class ProtocolCore(Connection):
         finally:
             self._in_handshake = False
         if self.state == STATE_OPEN:
-            return self._parse()
-        if self.state == STATE_UPGRADING and self.transport is not None:
+            self._parse()
+        elif self.state == STATE_UPGRADING and self.transport is not None:
             # An async upgrade hook is running: stop reading until it decides. The hub bounds
             # that decision by handshake_timeout from now and answers 504 at its deadline; this
             # timer becomes the backstop a second after it, so that the client gets that answer
@@ -243,9 +370,8 @@ cdef class ProtocolCore(Connection):
             self._cancel_timer()
             self._timer = self.dispatch.loop.call_later(
                 self.dispatch.handshake_timeout + 1.0, self._handshake_timeout)
-        return 0
 
-    cdef _reject_now(self, bytes response):
+    def _reject_now(self, response: bytes) -> None:
         self.state = STATE_CLOSED
         self._start = self._end
         self._cancel_timer()
@@ -253,8 +379,8 @@ cdef class ProtocolCore(Connection):
             self.transport.write(response)
             self.transport.close()
 
-    def accept(self, bytes response, object session, object inflater=None,
-               object deflater=None, Py_ssize_t compress_min_size=0):
+    def accept(self, response: bytes, session: Any, inflater: Any = None, deflater: Any = None,
+               compress_min_size: int = 0) -> bool:
         """Finish the upgrade: send the 101 ``response`` and start the session."""
         if self.state != STATE_UPGRADING or self.transport is None:
             return False
@@ -272,7 +398,7 @@ cdef class ProtocolCore(Connection):
         self.last_ping = now
         return True
 
-    def start(self):
+    def start(self) -> None:
         """Begin delivering frames, once the hub has registered the session.
 
         When the upgrade was decided inside the read callback the frames that followed the
@@ -287,7 +413,7 @@ cdef class ProtocolCore(Connection):
         finally:
             self._settle()
 
-    def reject(self, bytes response):
+    def reject(self, response: bytes) -> None:
         """Refuse the upgrade with ``response`` (an HTTP error) and close the connection."""
         if self.state != STATE_UPGRADING:
             return
@@ -295,7 +421,7 @@ cdef class ProtocolCore(Connection):
 
     # -- writing -------------------------------------------------------------------------------
 
-    cdef int admit(self) except -1:
+    def admit(self) -> int:
         # Only a peer that stopped reading has a queue; a reading peer takes everything.
         if not self._writing_paused:
             return ADMIT_OK
@@ -317,19 +443,19 @@ cdef class ProtocolCore(Connection):
             self.close(1008, "message buffer full: reading too slowly")
         return ADMIT_REFUSED
 
-    cdef int _drop_oldest(self) except -1:
-        cdef Py_ssize_t i = 0
+    def _drop_oldest(self) -> bool:
+        i = 0
         queue = self._queue
         for item in queue:
             if type(item) is bytes:
                 del queue[i]
-                self._queued_bytes -= len(<bytes>item)
-                return 1
+                self._queued_bytes -= len(item)
+                return True
             i += 1
-        return 0
+        return False
 
-    cdef _discard_queued_data(self):
-        cdef Py_ssize_t kept_bytes = 0
+    def _discard_queued_data(self) -> None:
+        kept_bytes = 0
         queue = self._queue
         kept = [item for item in queue if type(item) is not bytes]
         dropped = len(queue) - len(kept)
@@ -338,10 +464,10 @@ cdef class ProtocolCore(Connection):
         queue.clear()
         for item in kept:
             queue.append(item)
-            kept_bytes += len(<bytes>item[0])
+            kept_bytes += len(item[0])
         self._queued_bytes = kept_bytes
 
-    cdef int send_frame(self, bytes frame, bint control) except -1:
+    def send_frame(self, frame: bytes, control: bool) -> int:
         # A connection's first frame of a loop iteration is written at once: the transport
         # tries send() right away, so a lone reply (an echo) leaves now rather than one
         # iteration later. The frames after it, and broadcast frames during bursts
@@ -351,19 +477,19 @@ cdef class ProtocolCore(Connection):
         # with nothing pending or queued before it goes direct, so none overtakes another. A
         # peer that has stopped reading (pause_writing) gets a bounded queue instead; control
         # frames are marked in it (a 1-tuple) so that no overflow policy ever drops them.
-        cdef Dispatch d = self.dispatch
-        cdef Py_ssize_t n = len(frame)
+        d = self.dispatch
+        n = len(frame)
         if self.transport is None:
             return SEND_CLOSED
         if not control:
             d.messages_out += 1
         d.bytes_out += n
         if self._writing_paused:
-            if control and (<unsigned char*>frame)[0] == (FIN_BIT | OP_PONG):
+            if control and frame[0] == (FIN_BIT | OP_PONG):
                 # 5.5.3: answering only the latest ping is allowed. A peer that floods pings
                 # and reads nothing keeps one pong queued, not one per ping.
                 if self._queued_pong is not None:
-                    self._queued_bytes += n - len(<bytes>self._queued_pong[0])
+                    self._queued_bytes += n - len(self._queued_pong[0])
                     self._queued_pong[0] = frame
                     return SEND_QUEUED
                 self._queued_pong = [frame]
@@ -395,7 +521,7 @@ cdef class ProtocolCore(Connection):
                 d._flush_scheduled = True
                 d.loop.call_soon(d.flush)
         elif type(pending) is list:
-            (<list>pending).append(frame)
+            pending.append(frame)
         else:
             self._pending = [pending, frame]
         self._pending_bytes += n
@@ -403,7 +529,7 @@ cdef class ProtocolCore(Connection):
             self._flush()
         return SEND_OK
 
-    cdef int _write_failed(self, exc) except -1:
+    def _write_failed(self, exc: BaseException) -> None:
         # One connection's failing write must not reach the caller (a broadcast would stop
         # half way, a flush would skip the other connections): it is reported to the loop's
         # exception handler and the connection dropped.
@@ -411,43 +537,43 @@ cdef class ProtocolCore(Connection):
             "message": "melody: writing to a connection failed",
             "exception": exc, "protocol": self})
         self.abort()
-        return 0
 
-    cdef int send_shared(self, bytes frame) except -1:
-        # A broadcast's frame (the fan-out loop). A lone broadcast goes out at once like any
-        # first frame of an iteration: each recipient's send() happens while the loop walks
-        # the recipients, not after it (measured: ~7% lower latency at N = 10,000). But when
-        # broadcasts come in bursts (a publisher's read holding several), writing the first at
-        # once costs a second write per connection for the rest: so once an iteration has seen
-        # a burst, the next ones gather every broadcast frame for one write at their end, until
-        # an iteration passes without a burst. Marking the connection as having written
-        # directly sends the frame down the gathering path.
-        cdef Dispatch d = self.dispatch
+    def send_shared(self, frame: bytes, opcode: int, payload: Any) -> int:
+        # A broadcast's frame (the fan-out loop; ``opcode`` and ``payload`` are the message
+        # itself, for connections that are not sockets: see asgi.py). A lone broadcast goes
+        # out at once like any first frame of an iteration: each recipient's send() happens
+        # while the loop walks the recipients, not after it (measured: ~7% lower latency at
+        # N = 10,000). But when broadcasts come in bursts (a publisher's read holding
+        # several), writing the first at once costs a second write per connection for the
+        # rest: so once an iteration has seen a burst, the next ones gather every broadcast
+        # frame for one write at their end, until an iteration passes without a burst.
+        # Marking the connection as having written directly sends the frame down the
+        # gathering path.
+        d = self.dispatch
         if self._direct_tick == d.tick or self._pending is not None:
             d._burst_seen = True
         if d._defer_shared:
             self._direct_tick = d.tick
         return self.send_frame(frame, False)
 
-    cdef int _flush(self) except -1:
+    def _flush(self) -> None:
         pending = self._pending
         if pending is None:
-            return 0
+            return
         self._pending = None
         self._pending_bytes = 0
         if self.transport is None:
-            return 0
+            return
         self.dispatch.writes += 1
         if type(pending) is list:
             self.transport.writelines(pending)
         else:
             self.transport.write(pending)
-        return 0
 
-    cdef int _close_transport(self) except -1:
+    def _close_transport(self) -> None:
         self._cancel_timer()
         if self.transport is None:
-            return 0
+            return
         self._flush()
         if self._writing_paused and self._queue:
             # The close frame is queued behind data: close once it is flushed (write_wait
@@ -455,9 +581,8 @@ cdef class ProtocolCore(Connection):
             self._close_after_flush = True
         else:
             self.transport.close()
-        return 0
 
-    def close(self, int code=1000, object reason=""):
+    def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; drop TCP if the peer does not answer in close_timeout."""
         if self.state == STATE_UPGRADING or self.state == STATE_HANDSHAKE:
             self.state = STATE_CLOSED
@@ -471,24 +596,24 @@ cdef class ProtocolCore(Connection):
             self._timer = self.dispatch.loop.call_later(
                 self.dispatch.close_timeout, self._close_timeout)
 
-    def abort(self):
+    def abort(self) -> None:
         """Drop the TCP connection at once, without a close handshake."""
         self.state = STATE_CLOSED
         if self.transport is not None:
             self.transport.abort()
 
     @property
-    def queued(self):
+    def queued(self) -> int:
         """Frames waiting for the peer to read (beyond the transport's own buffer)."""
         return len(self._queue) if self._queue is not None else 0
 
     @property
-    def queued_bytes(self):
+    def queued_bytes(self) -> int:
         """Bytes of the frames in :attr:`queued`."""
         return self._queued_bytes
 
     @property
-    def writing_paused(self):
+    def writing_paused(self) -> bool:
         return self._writing_paused
 
     # -- events to the hub -----------------------------------------------------------------------
@@ -496,14 +621,13 @@ cdef class ProtocolCore(Connection):
     # A handler's exception must not unwind into the event loop's read callback (it would kill
     # the connection with a bare traceback): it goes to the hub, which reports it.
 
-    cdef bint _within_rate(self, Py_ssize_t size) except -1:
+    def _within_rate(self, size: int) -> bool:
         # Token buckets, refilled from the monotonic clock on each message or frame charged (a
         # C call, no timer): ``burst`` tokens at most, ``rate`` per second. One message token
         # and ``size`` byte tokens per message; control frames and non-final fragments take a
         # message token each (see Connection._admit_frame).
-        cdef Dispatch d = self.dispatch
-        cdef double now = monotonic()
-        cdef double elapsed
+        d = self.dispatch
+        now = monotonic()
         if self._bucket_stamp == 0:
             self._bucket_messages = d.burst_messages
             self._bucket_bytes = d.burst_bytes
@@ -524,43 +648,40 @@ cdef class ProtocolCore(Connection):
             d.on_rate_limit(self.session, size)
         return False
 
-    cdef bint _admit_frame(self, Py_ssize_t length) except -1:
+    def _admit_frame(self, length: int) -> bool:
         # Frame bytes are charged with the message they belong to (control frames carry at
         # most 125): here only the message token.
         return not self.dispatch.rate_limited or self._within_rate(0)
 
-    cdef int _on_text(self, object text) except -1:
+    def _on_text(self, text: str) -> None:
         self.dispatch.messages_in += 1
         if self.dispatch.rate_limited and not self._within_rate(self.message_size):
-            return 0
+            return
         try:
             self.dispatch.on_text(self.session, text)
         except Exception as exc:
             self.dispatch.on_handler_error(self.session, exc)
-        return 0
 
-    cdef int _on_binary(self, object data) except -1:
+    def _on_binary(self, data: bytes) -> None:
         self.dispatch.messages_in += 1
         if self.dispatch.rate_limited and not self._within_rate(self.message_size):
-            return 0
+            return
         try:
             self.dispatch.on_binary(self.session, data)
         except Exception as exc:
             self.dispatch.on_handler_error(self.session, exc)
-        return 0
 
-    cdef int _on_ping(self, object payload) except -1:
-        return 0
+    def _on_ping(self, payload: bytes) -> None:
+        pass
 
-    cdef int _on_pong(self, object payload) except -1:
+    def _on_pong(self, payload: bytes) -> None:
         if self.dispatch.on_pong is not None:
             try:
                 self.dispatch.on_pong(self.session)
             except Exception as exc:
                 self.dispatch.on_handler_error(self.session, exc)
-        return 0
 
-    cdef int _on_close(self, int code, object reason) except -1:
+    def _on_close(self, code: int, reason: str) -> None:
         # Section 7.1.1: the server closes TCP first, once its close reply is written.
         self._close_transport()
         if self.dispatch.on_close is not None:
@@ -568,13 +689,20 @@ cdef class ProtocolCore(Connection):
                 self.dispatch.on_close(self.session, code, reason)
             except Exception as exc:
                 self.dispatch.on_handler_error(self.session, exc)
-        return 0
 
-    cdef int _on_fail(self, int code, object reason) except -1:
+    def _on_fail(self, code: int, reason: str) -> None:
         self._close_transport()
         if self.dispatch.on_protocol_error is not None:
             self.dispatch.on_protocol_error(self.session, code, reason)
-        return 0
+
+
+def _flush_all(dirty: list[Any]) -> None:
+    # Dispatch.flush's loop, typed in protocol.pxd (after ProtocolCore is declared).
+    for p in dirty:
+        try:
+            p._flush()
+        except Exception as exc:
+            p._write_failed(exc)
 
 
 class WebSocketProtocol(ProtocolCore, asyncio.BufferedProtocol):
@@ -583,17 +711,18 @@ class WebSocketProtocol(ProtocolCore, asyncio.BufferedProtocol):
     __slots__ = ()
 
 
-def heartbeat(list protocols, double now, double ping_period, double pong_wait):
+def heartbeat(protocols: list[Any], now: float, ping_period: float,
+              pong_wait: float) -> list[Any]:
     """Ping the connections due for it; return the ones silent for longer than ``pong_wait``.
 
     Any inbound bytes count as a sign of life (a pong, a message), read from the per-connection
     read counter, so the read path pays one increment and no clock call.
     """
-    cdef ProtocolCore p
-    cdef list dead = []
-    cdef bytes ping = build_frame(FIN_BIT | OP_PING, NULL, 0, False)
-    for obj in protocols:
-        p = <ProtocolCore?>obj
+    dead = []
+    ping = build_frame(FIN_BIT | OP_PING, b"", False)
+    for p in protocols:
+        if not isinstance(p, ProtocolCore):
+            raise TypeError(f"Cannot convert {type(p).__name__} to ProtocolCore")
         if p.state != STATE_OPEN:
             continue
         if p.reads != p.reads_seen:

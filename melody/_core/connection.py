@@ -1,17 +1,19 @@
 """The sans-I/O WebSocket connection (RFC 6455 sections 5 to 7, RFC 7692 for compression).
 
-The pure-Python twin of the compiled ``connection`` module: the same state machine, the same
-events, close codes and output bytes. ``Connection`` parses frames from bytes it is given and
-produces events and frames to send; it never touches a socket. The asyncio protocol
-(``protocol.py``) subclasses it and overrides the ``_on_*`` and ``send_frame`` hooks.
+``Connection`` parses frames from bytes it is given and produces events and frames to send; it
+never touches a socket. The asyncio protocol (``protocol.py``) subclasses it and overrides the
+``_on_*`` and ``send_frame`` hooks, so that in a server the events go straight to the hub with
+no intermediate list; used on its own (tests, other I/O) it collects events in a list returned
+by ``receive_data`` and frames in ``data_to_send``.
 
 Failing fast is deliberate: a frame header is judged as soon as its first two bytes arrive (bad
 opcode, reserved bits, an unmasked client frame, a message over ``max_message_size``), before
 any payload is buffered, and text is checked for UTF-8 as it arrives, not when it is complete.
 
-Where the compiled class keeps a C buffer, this one keeps the unparsed bytes as one object:
-the bytes just read while a read is being parsed, and a ``bytearray`` holding only the start of
-an incomplete frame between reads (nothing at all on an idle connection).
+One source for both builds (Cython's pure-Python mode): ``connection.pxd`` gives the compiled
+module its C fields and the C types of the parser's locals; interpreted, this file runs as it
+is. The byte work is done by the C kernels ``mask``, ``utf8`` and ``deflate`` on regions of the
+read buffer, so neither build copies a payload more than once.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from melody._core._pure._buffer import simple_view
-from melody._core._pure.deflate import Deflater, Inflater
-from melody._core._pure.frames import (
+from .constants import (
+    ADMIT_DROPPED_OLDEST,
+    ADMIT_OK,
+    ADMIT_REFUSED,
     FIN_BIT,
     OP_BINARY,
     OP_CLOSE,
@@ -30,51 +33,37 @@ from melody._core._pure.frames import (
     OP_PONG,
     OP_TEXT,
     RSV1_BIT,
-    build_close_frame,
-    build_frame,
+    SEND_CLOSED,
+    SEND_DROPPED,
+    SEND_DROPPED_OLDEST,
+    SEND_OK,
+    STATE_CLOSED,
+    STATE_CLOSING,
+    STATE_OPEN,
 )
-from melody._core._pure.mask import xor
-from melody._core._pure.utf8 import Utf8Validator
+from .deflate import Deflater, Inflater
+from .frames import build_close_frame, build_frame, is_valid_close_code
+from .mask import region_bytes, unmask_region
+from .utf8 import Utf8Validator, decode_region
+from .views import flat
 
-STATE_HANDSHAKE = 0
-STATE_OPEN = 1
-STATE_CLOSING = 2
-STATE_CLOSED = 3
-STATE_UPGRADING = 4
-
-SEND_OK = 0
-SEND_QUEUED = 1
-SEND_DROPPED = 2
-SEND_CLOSED = 3
-SEND_DROPPED_OLDEST = 4
-
-ADMIT_REFUSED = 0
-ADMIT_OK = 1
-ADMIT_DROPPED_OLDEST = 2
-
-# Reads of every connection land here first (see get_buffer): parsing is synchronous, and the
-# bytes are copied out before buffer_updated returns, so one buffer serves the process.
+# Reads of every connection of this process land here first (see get_buffer): parsing is
+# synchronous, so the buffer is free again when buffer_updated returns, and only the bytes of
+# an incomplete frame are copied to a connection's own buffer: an idle connection holds none.
 # 256 KiB: larger than a socket's usual receive window, so one read rarely needs two calls.
+# It is never resized, so a view of it that a caller still holds can never be invalidated.
 _SCRATCH_SIZE = 262144
 _scratch = bytearray(_SCRATCH_SIZE)
-# Our own view, to copy from; get_buffer hands out a new one each time (a caller may release it).
-_scratch_view = memoryview(_scratch)
 
 _SSIZE_MAX = (1 << 63) - 1
 
 
 def _ssize(value: Any) -> int:
-    # What a Cython Py_ssize_t argument takes: anything with __index__ that fits.
+    # What a C Py_ssize_t argument takes: anything with __index__ that fits.
     number = operator.index(value)
     if not -_SSIZE_MAX - 1 <= number <= _SSIZE_MAX:
         raise OverflowError("Python int too large to convert to C ssize_t")
     return number
-
-
-def _valid_close_code(code: int) -> bool:
-    # RFC 6455 7.4.1-7.4.2: 1004-1006 and 1015 are reserved and never sent; 1012-1014 are
-    # registered with IANA since; 3000-4999 are for libraries and applications.
-    return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
 
 
 class Connection:
@@ -84,169 +73,160 @@ class Connection:
     sends unmasked ones; a client the reverse, with a fresh random key per frame.
     """
 
-    __slots__ = (
-        "_base_cap",
-        "_buf",
-        "_events",
-        "_frame_done",
-        "_is_server",
-        "_msg",
-        "_msg_compressed",
-        "_msg_opcode",
-        "_msg_refused",
-        "_outgoing",
-        "_start",
-        "_utf8",
-        "close_code",
-        "close_reason",
-        "compress_min_size",
-        "deflater",
-        "inflater",
-        "max_message_size",
-        "message_size",
-        "state",
-    )
-
-    _is_server: bool
+    # The fields (compiled: the C struct in connection.pxd).
+    is_server: bool
     max_message_size: int
     state: int
-    # The unparsed bytes are _buf[_start:]; _buf is None when there are none.
-    _buf: bytes | bytearray | None
+    _cur: Any  # bytearray or None
+    _priv: Any  # bytearray or None
     _start: int
+    _end: int
+    _need: int
     _base_cap: int
-    # The frame being received: how many payload bytes were already unmasked and checked.
+    _read_into_scratch: bool
     _frame_done: int
-    # The fragmented message being reassembled.
+    _msg: Any  # bytearray or None
     _msg_opcode: int
     _msg_compressed: bool
     _msg_refused: bool
-    _msg: bytearray | None
     _utf8: Utf8Validator | None
-    deflater: Deflater | None
-    inflater: Inflater | None
-    compress_min_size: int
     _events: list[tuple[Any, ...]] | None
     _outgoing: list[bytes] | None
+    deflater: Any  # Deflater or None
+    inflater: Any  # Inflater or None
+    compress_min_size: int
     message_size: int
     close_code: int
     close_reason: str
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        # The compiled class's __cinit__ (and C's zeroed fields): every field has a value even
-        # if a subclass never calls Connection.__init__.
-        self = super().__new__(cls)
-        self._is_server = False
-        self.max_message_size = 0
-        self.state = 0
-        self._buf = None
+    def __init__(self, is_server: bool = True, max_message_size: int = 1 << 20,
+                 read_buffer_size: int = 16384) -> None:
+        max_message_size = _ssize(max_message_size)
+        read_buffer_size = _ssize(read_buffer_size)
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1")
+        self.is_server = bool(is_server)
+        self.max_message_size = max_message_size
+        self._base_cap = max(read_buffer_size, 1024)
+        self.state = STATE_OPEN
+        # The unparsed bytes are _cur[_start:_end]; _cur is the scratch buffer while a read is
+        # parsed, _priv (this connection's own) between reads, None when there are none.
+        self._cur = None
+        self._priv = None
         self._start = 0
-        self._base_cap = 0
+        self._end = 0
+        self._need = 0
+        self._read_into_scratch = False
+        # The frame being received: how many payload bytes were already unmasked and checked.
         self._frame_done = 0
+        # The fragmented message being reassembled; _msg_refused: a fragment of it was
+        # refused by _admit_frame.
+        self._msg = None
         self._msg_opcode = 0
         self._msg_compressed = False
         self._msg_refused = False
-        self._msg = None
-        # Per-connection objects are made on first use: a server connection never needs the
-        # event and output lists (its subclass dispatches directly), and only text that
-        # arrives in pieces needs the incremental validator. Idle connections stay small.
+        # Made on first use: a server connection never needs the event and output lists (its
+        # subclass dispatches directly), and only text that arrives in pieces needs the
+        # incremental validator. Idle connections stay small.
         self._utf8 = None
         self._events = None
         self._outgoing = None
         self.deflater = None
         self.inflater = None
         self.compress_min_size = 0
+        # Bytes of the message being delivered (after reassembly and decompression).
         self.message_size = 0
         self.close_code = 0
         self.close_reason = ""
-        return self
-
-    def __init__(
-        self,
-        is_server: bool = True,
-        max_message_size: int = 1 << 20,
-        read_buffer_size: int = 16384,
-    ) -> None:
-        max_message_size = _ssize(max_message_size)
-        read_buffer_size = _ssize(read_buffer_size)
-        if max_message_size < 1:
-            raise ValueError("max_message_size must be >= 1")
-        self._is_server = bool(is_server)
-        self.max_message_size = max_message_size
-        self._base_cap = max(read_buffer_size, 1024)
-        self.state = STATE_OPEN
-
-    @property
-    def is_server(self) -> bool:
-        """True for the server end (peer frames must be masked, ours are not)."""
-        return self._is_server
 
     # -- the read buffer -------------------------------------------------------------------
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where the next read goes (asyncio.BufferedProtocol): a writable view.
 
-        A view of the process-wide scratch buffer, valid until ``buffer_updated``.
+        The process-wide scratch buffer when nothing is pending; otherwise the free room after
+        the incomplete frame in this connection's own buffer, with room for at least the rest
+        of the frame when its size is known.
         """
-        return memoryview(_scratch)
+        if self._end == self._start:
+            self._read_into_scratch = True
+            return memoryview(_scratch)
+        if self._priv_room() < 4096:
+            self._reserve(max(4096, self._growth()))
+        self._read_into_scratch = False
+        return memoryview(self._priv)[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were read into the region last returned by get_buffer: process them.
-
-        On a bare Connection the events this produces are kept until the next
-        ``receive_data`` call, which returns them first (``receive_data(b"")`` collects them);
-        a subclass (the server protocol) dispatches them as they come.
-        """
-        if nbytes:
-            self._append(_scratch_view[:nbytes].tobytes())
+        """``nbytes`` were read into the region last returned by get_buffer: process them."""
+        if self._read_into_scratch:
+            self._read_into_scratch = False
+            self._cur = _scratch
+            self._start = 0
+            self._end = nbytes
+        else:
+            self._end += nbytes
         try:
             self._process(nbytes)
         finally:
             self._settle()
 
-    def _append(self, data: bytes) -> None:
-        # After _settle, _buf is None or a bytearray starting at the first unparsed byte.
-        buf = self._buf
-        if buf is None:
-            self._buf = data
-            self._start = 0
-        elif type(buf) is bytearray:
-            buf += data
+    def _priv_room(self) -> int:
+        priv = self._priv
+        return 0 if priv is None else len(priv) - self._end
+
+    def _reserve(self, extra: int) -> None:
+        # Make the private buffer hold the live bytes plus ``extra`` more, moving the live
+        # bytes there if they are in the scratch buffer. A buffer is never resized (a view of
+        # it may still be held by the event loop): growing means a new one.
+        live = self._end - self._start
+        want = live + extra
+        priv = self._priv
+        cur = self._cur
+        if cur is not None and cur is priv:
+            cap = len(priv)
+            if cap - self._end >= extra:
+                return
+            if cap >= want:
+                priv[0:live] = priv[self._start:self._end]
+                self._start = 0
+                self._end = live
+                return
+            fresh_cap = max(want, self._base_cap)
+            # Written so that nothing overflows with max_message_size near PY_SSIZE_T_MAX.
+            if fresh_cap < 2 * cap and cap <= (self.max_message_size - 16) // 2 + 16:
+                fresh_cap = 2 * cap
         else:
-            fresh = bytearray(buf[self._start :])
-            fresh += data
-            self._buf = fresh
-            self._start = 0
+            fresh_cap = max(want, self._base_cap)
+        fresh = bytearray(fresh_cap)
+        if live:
+            fresh[0:live] = cur[self._start:self._end]
+        self._priv = fresh
+        self._cur = fresh
+        self._start = 0
+        self._end = live
+
+    def _growth(self) -> int:
+        # Room to make for the rest of the frame: never more than has arrived so far (the
+        # buffer doubles) nor less than 64 KiB, so that memory follows the bytes a peer really
+        # sent, not the length its header claims.
+        live = self._end - self._start
+        missing = self._need - live
+        if missing <= 0:
+            return 0
+        return min(missing, max(live, 65536))
 
     def _settle(self) -> None:
-        # After processing: nothing left -> hold no memory; leftovers -> keep only them, in a
-        # bytearray of our own that later reads extend.
-        buf = self._buf
-        if buf is None:
-            return
-        start = self._start
-        if start >= len(buf):
-            self._buf = None
+        # After processing: nothing left -> hold no memory; leftovers -> keep them privately.
+        live = self._end - self._start
+        if live == 0:
             self._start = 0
-        elif type(buf) is not bytearray:
-            self._buf = bytearray(buf[start:] if start else buf)
-            self._start = 0
-        elif start:
-            del buf[:start]
-            self._start = 0
-
-    def _own_buffer(self) -> bytearray:
-        # The unparsed bytes in a bytearray of our own, from _start 0 (to unmask in place).
-        buf = self._buf
-        if type(buf) is bytearray:
-            return buf
-        fresh = bytearray(buf[self._start :]) if buf is not None else bytearray()
-        self._buf = fresh
-        self._start = 0
-        return fresh
-
-    def _drop_input(self) -> None:
-        if self._buf is not None:
-            self._start = len(self._buf)
+            self._end = 0
+            self._cur = None
+            self._priv = None
+        elif self._cur is not self._priv:
+            self._reserve(self._growth())
+        elif self._need > len(self._priv) - self._start:
+            self._reserve(self._growth())
 
     # -- sans-I/O entry points ---------------------------------------------------------------
 
@@ -257,13 +237,12 @@ class Connection:
         ``("pong", bytes)``, ``("close", code, reason)`` (the peer closed; the reply is queued)
         and ``("fail", code, reason)`` (a protocol violation; a close with ``code`` is queued).
         """
-        if type(data) is not bytes:
-            view = simple_view(data)
-            data = view.tobytes()
-            view.release()
-        nbytes = len(data)
+        view = flat(data)
+        nbytes = len(view)
         if nbytes:
-            self._append(data)
+            self._reserve(nbytes)
+            self._cur[self._end:self._end + nbytes] = view
+            self._end += nbytes
         try:
             self._process(nbytes)
         finally:
@@ -283,8 +262,7 @@ class Connection:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet parsed (an incomplete frame)."""
-        buf = self._buf
-        return 0 if buf is None else len(buf) - self._start
+        return self._end - self._start
 
     # -- parsing -------------------------------------------------------------------------------
 
@@ -292,25 +270,21 @@ class Connection:
         if self.state == STATE_CLOSED:
             # Nothing after a failure or a finished close handshake is ever parsed: drop it
             # rather than let a peer that keeps sending grow our memory.
-            self._drop_input()
+            self._start = self._end
             return
         self._parse()
 
     def _parse(self) -> None:
-        while True:
-            state = self.state
-            if state != STATE_OPEN and state != STATE_CLOSING:
-                return
-            buf = self._buf
-            if buf is None:
-                return
-            start = self._start
-            avail = len(buf) - start
+        while self.state == STATE_OPEN or self.state == STATE_CLOSING:
+            avail = self._end - self._start
             if avail < 2:
+                self._need = 2
                 return
-            b0 = buf[start]
-            b1 = buf[start + 1]
-            fin = b0 & 0x80
+            buf = self._cur
+            at = self._start
+            b0 = buf[at]
+            b1 = buf[at + 1]
+            fin = (b0 & 0x80) != 0
             opcode = b0 & 0x0F
             masked = (b1 & 0x80) != 0
 
@@ -337,35 +311,43 @@ class Connection:
             else:
                 return self._fail(1002, f"unknown data opcode {opcode:#x}")
             # Section 5.1: clients mask every frame, servers none.
-            if masked != self._is_server:
-                return self._fail(1002, "unmasked frame from a client" if self._is_server
+            if masked != self.is_server:
+                return self._fail(1002, "unmasked frame from a client" if self.is_server
                                   else "masked frame from a server")
 
             length = b1 & 0x7F
             hlen = 2
             if length == 126:
                 if avail < 4:
+                    self._need = 4
                     return
-                length = (buf[start + 2] << 8) | buf[start + 3]
+                length = (buf[at + 2] << 8) | buf[at + 3]
                 hlen = 4
             elif length == 127:
                 if avail < 10:
+                    self._need = 10
                     return
-                length = int.from_bytes(buf[start + 2 : start + 10], "big")
-                if length >> 63:
+                if buf[at + 2] & 0x80:
                     return self._fail(1002, "payload length with the most significant bit set")
+                length = 0
+                for i in range(2, 10):
+                    length = (length << 8) | buf[at + i]
                 hlen = 10
             if masked:
                 hlen += 4
             # Refuse an oversize message from its header, before buffering its payload.
             if opcode < 8:
-                msg = self._msg
-                room = self.max_message_size - (len(msg) if msg is not None else 0)
+                room = self.max_message_size - self._msg_len()
                 if length > (room if room > 0 else 0):
                     return self._fail(
                         1009, f"message over max_message_size ({self.max_message_size} bytes)")
-            total = hlen + length
-            if avail < total:
+            # No sum of a header length and a 63-bit payload length is formed before the
+            # payload is known to be here: compiled, it would wrap with max_message_size near
+            # 2**63. Compare what has arrived against what is announced instead.
+            if avail < hlen or length > avail - hlen:
+                # What the buffer must grow to: the whole frame, saturated (the buffer only
+                # grows as bytes really arrive, see _growth).
+                self._need = _SSIZE_MAX if length > _SSIZE_MAX - hlen else hlen + length
                 # Check text as it arrives so that invalid UTF-8 fails fast (Autobahn 6.4.*).
                 if avail > hlen and not compressed and (
                         opcode == OP_TEXT or (opcode == OP_CONT and self._msg_opcode == OP_TEXT
@@ -373,30 +355,21 @@ class Connection:
                     got = avail - hlen
                     done = self._frame_done
                     if got > done:
-                        own = self._own_buffer()
-                        p = self._start + hlen
+                        payload = at + hlen
                         if masked:
-                            own[p + done : p + got] = xor(
-                                own[p + done : p + got], bytes(own[p - 4 : p]), done)
+                            unmask_region(buf, payload + done, got - done, payload - 4, done)
                         self._frame_done = got
-                        if not self._validator().feed(own[p + done : p + got]):
+                        if not self._validator().feed_region(buf, payload + done, got - done):
                             return self._fail(1007, "invalid UTF-8 in a text message")
                 return
 
-            p = start + hlen
+            payload = at + hlen
             done = self._frame_done
-            payload: bytes
             if masked and length > done:
-                key = bytes(buf[p - 4 : p])
-                if done:
-                    payload = bytes(buf[p : p + done]) + xor(
-                        buf[p + done : p + length], key, done)
-                else:
-                    payload = xor(buf[p : p + length], key, 0)
-            else:
-                payload = bytes(buf[p : p + length])
-            self._start = start + total
+                unmask_region(buf, payload + done, length - done, payload - 4, done)
+            self._start = at + hlen + length
             self._frame_done = 0
+            self._need = 0
 
             if opcode >= 8:
                 # Control frames cost the peer's inbound budget too (a ping flood is traffic
@@ -404,51 +377,60 @@ class Connection:
                 if opcode != OP_CLOSE and not self._admit_frame(length):
                     continue
                 if opcode == OP_PING:
+                    data = region_bytes(buf, payload, length)
                     if self.state == STATE_OPEN:
-                        self.send_frame(build_frame(FIN_BIT | OP_PONG, payload,
-                                                    not self._is_server), True)
-                    self._on_ping(payload)
+                        self.send_frame(build_frame(FIN_BIT | OP_PONG, data, not self.is_server),
+                                        True)
+                    self._on_ping(data)
                 elif opcode == OP_PONG:
-                    self._on_pong(payload)
+                    self._on_pong(region_bytes(buf, payload, length))
                 else:
-                    self._close_frame(payload)
+                    self._close_frame(region_bytes(buf, payload, length))
                 continue
 
-            data: Any
             if opcode != OP_CONT and fin:
                 # A whole message in one frame: the common case, no reassembly copy.
+                self.message_size = length
                 if compressed:
-                    assert self.inflater is not None
                     try:
-                        payload = self.inflater.decompress(payload, self.max_message_size)
+                        inflated = self.inflater.decompress_region(buf, payload, length,
+                                                                   self.max_message_size)
                     except OverflowError:
                         return self._fail(1009, "decompressed message over max_message_size")
                     except ValueError:
                         return self._fail(1007, "invalid compressed data")
-                if opcode == OP_TEXT:
+                    self.message_size = len(inflated)
+                    if opcode == OP_TEXT:
+                        try:
+                            text = inflated.decode("utf-8")
+                        except UnicodeDecodeError:
+                            return self._fail(1007, "invalid UTF-8 in a text message")
+                        self._deliver(opcode, text)
+                    else:
+                        self._deliver(opcode, inflated)
+                elif opcode == OP_TEXT:
                     if done:
                         self._validator().reset()
                     try:
-                        data = payload.decode("utf-8")
+                        text = decode_region(buf, payload, length)
                     except UnicodeDecodeError:
                         return self._fail(1007, "invalid UTF-8 in a text message")
+                    self._deliver(opcode, text)
                 else:
-                    data = payload
-                self.message_size = len(payload)
-                self._deliver(opcode, data)
+                    self._deliver(opcode, region_bytes(buf, payload, length))
                 continue
 
             # Fragmented message (section 5.4): reassemble; check text fragment by fragment.
             if opcode != OP_CONT:
                 self._msg_opcode = opcode
                 self._msg_compressed = compressed
+            if self._msg is None:
+                self._msg = bytearray()
             msg = self._msg
-            if msg is None:
-                self._msg = msg = bytearray(payload)
-            else:
-                msg += payload
+            if length:
+                msg += region_bytes(buf, payload, length)
             if (self._msg_opcode == OP_TEXT and not self._msg_compressed and length > done
-                    and not self._validator().feed(payload[done:] if done else payload)):
+                    and not self._validator().feed_region(buf, payload + done, length - done)):
                 return self._fail(1007, "invalid UTF-8 in a text message")
             if not fin:
                 # Each fragment but the last costs a message's token, so a stream of empty
@@ -460,40 +442,46 @@ class Connection:
             if self._msg_refused:
                 self._msg_reset()
                 continue
-            opcode = self._msg_opcode
-            self.message_size = len(msg)
-            try:
-                if self._msg_compressed:
-                    assert self.inflater is not None
+            self._deliver_reassembled()
+
+    def _deliver_reassembled(self) -> None:
+        msg = self._msg
+        opcode = self._msg_opcode
+        self.message_size = len(msg)
+        try:
+            if self._msg_compressed:
+                try:
+                    inflated = self.inflater.decompress_region(msg, 0, len(msg),
+                                                               self.max_message_size)
+                except OverflowError:
+                    return self._fail(1009, "decompressed message over max_message_size")
+                except ValueError:
+                    return self._fail(1007, "invalid compressed data")
+                self.message_size = len(inflated)
+                if opcode == OP_TEXT:
                     try:
-                        inflated = self.inflater.decompress(msg, self.max_message_size)
-                    except OverflowError:
-                        return self._fail(1009, "decompressed message over max_message_size")
-                    except ValueError:
-                        return self._fail(1007, "invalid compressed data")
-                    self.message_size = len(inflated)
-                    if opcode == OP_TEXT:
-                        try:
-                            data = inflated.decode("utf-8")
-                        except UnicodeDecodeError:
-                            return self._fail(1007, "invalid UTF-8 in a text message")
-                    else:
-                        data = inflated
-                elif opcode == OP_TEXT:
-                    if not self._validator().complete():
-                        return self._fail(1007, "text message ends inside a UTF-8 sequence")
-                    data = msg.decode("utf-8")
+                        data = inflated.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return self._fail(1007, "invalid UTF-8 in a text message")
                 else:
-                    data = bytes(msg)
-            finally:
-                self._msg_reset()
-            self._deliver(opcode, data)
+                    data = inflated
+            elif opcode == OP_TEXT:
+                if not self._validator().complete():
+                    return self._fail(1007, "text message ends inside a UTF-8 sequence")
+                data = decode_region(msg, 0, len(msg))
+            else:
+                data = region_bytes(msg, 0, len(msg))
+        finally:
+            self._msg_reset()
+        self._deliver(opcode, data)
+
+    def _msg_len(self) -> int:
+        return 0 if self._msg is None else len(self._msg)
 
     def _validator(self) -> Utf8Validator:
-        utf8 = self._utf8
-        if utf8 is None:
-            self._utf8 = utf8 = Utf8Validator()
-        return utf8
+        if self._utf8 is None:
+            self._utf8 = Utf8Validator()
+        return self._utf8
 
     def _event(self, event: tuple[Any, ...]) -> None:
         if self._events is None:
@@ -526,7 +514,7 @@ class Connection:
             return self._fail(1002, "close frame with a 1-byte payload")
         else:
             code = (payload[0] << 8) | payload[1]
-            if not _valid_close_code(code):
+            if not is_valid_close_code(code):
                 return self._fail(1002, f"invalid close code {code}")
             try:
                 reason = payload[2:].decode("utf-8")
@@ -539,7 +527,7 @@ class Connection:
         self.state = STATE_CLOSED
         if was_open:
             self.send_frame(build_close_frame(0 if code == 1005 else code, "",
-                                              not self._is_server), True)
+                                              not self.is_server), True)
         self._msg_reset()
         self._on_close(code, reason)
 
@@ -553,37 +541,32 @@ class Connection:
         self._msg_reset()
         self._frame_done = 0
         # Nothing more is parsed: drop what is buffered.
-        self._drop_input()
+        self._start = self._end
         if was_open:
-            self.send_frame(build_close_frame(code, reason, not self._is_server), True)
+            self.send_frame(build_close_frame(code, reason, not self.is_server), True)
         self._on_fail(code, reason)
 
     # -- sending ------------------------------------------------------------------------------
 
     def frame_message(self, opcode: int, data: Any) -> bytes:
-        """The frame for one whole message, compressed when permessage-deflate is on.
-
-        ``data`` is ``bytes`` or a flat byte view (the compiled method's pointer and length).
-        """
+        """The frame for one whole message (``bytes`` or a flat byte view), compressed when
+        permessage-deflate is on."""
         deflater = self.deflater
         if deflater is not None and len(data) >= self.compress_min_size:
-            packed = deflater.compress(data)
-            return build_frame(FIN_BIT | RSV1_BIT | opcode, packed, not self._is_server)
-        return build_frame(FIN_BIT | opcode, data, not self._is_server)
+            return build_frame(FIN_BIT | RSV1_BIT | opcode, deflater.compress(data),
+                               not self.is_server)
+        return build_frame(FIN_BIT | opcode, data, not self.is_server)
 
     def send_text(self, text: str) -> int:
         """Send a text message; returns a SEND_* status (SEND_CLOSED once closing)."""
         if type(text) is not str:
-            if text is not None:
-                raise TypeError(f"Argument 'text' has incorrect type (expected str, "
-                                f"got {type(text).__name__})")
+            raise TypeError(f"Argument 'text' has incorrect type (expected str, "
+                            f"got {type(text).__name__})")
         if self.state != STATE_OPEN:
             return SEND_CLOSED
         admitted = self.admit()
         if admitted == ADMIT_REFUSED:
             return SEND_DROPPED
-        if text is None:
-            raise TypeError("bad argument type for built-in operation")
         status = self.send_frame(self.frame_message(OP_TEXT, text.encode("utf-8")), False)
         return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
 
@@ -594,15 +577,7 @@ class Connection:
         admitted = self.admit()
         if admitted == ADMIT_REFUSED:
             return SEND_DROPPED
-        if type(data) is bytes:
-            frame = self.frame_message(OP_BINARY, data)
-        else:
-            view = simple_view(data)
-            try:
-                frame = self.frame_message(OP_BINARY, view)
-            finally:
-                view.release()
-        status = self.send_frame(frame, False)
+        status = self.send_frame(self.frame_message(OP_BINARY, flat(data)), False)
         return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
 
     def send_ping(self, data: Any = b"") -> int:
@@ -614,30 +589,28 @@ class Connection:
         return self._send_control(OP_PONG, data)
 
     def _send_control(self, opcode: int, data: Any) -> int:
-        opcode = operator.index(opcode)
         if self.state != STATE_OPEN:
             return SEND_CLOSED
-        view = data if type(data) is bytes else simple_view(data)
+        view = flat(data)
         if len(view) > 125:
             raise ValueError("control frame payload over 125 bytes")
-        frame = build_frame(FIN_BIT | opcode, view, not self._is_server)
-        return self.send_frame(frame, True)
+        return self.send_frame(build_frame(FIN_BIT | opcode, view, not self.is_server), True)
 
     def send_close(self, code: int = 1000, reason: str = "") -> int:
         """Start the closing handshake; returns SEND_CLOSED if it had started already."""
-        return self.send_close_frame(operator.index(code), reason)
+        return self.send_close_frame(code, reason)
 
     def send_close_frame(self, code: int, reason: Any) -> int:
         # 7.4.1: send only what a peer may accept (1005, 1006 and 1015 never, nor the
         # unassigned 1004 and 1016-2999); 0 means "no status" (an empty payload).
-        if code != 0 and not _valid_close_code(code):
+        if code != 0 and not is_valid_close_code(code):
             raise ValueError(f"close code {code} may not be sent")
         if self.state != STATE_OPEN:
             return SEND_CLOSED
         self.state = STATE_CLOSING
         self.close_code = code
         self.close_reason = reason
-        return self.send_frame(build_close_frame(code, reason, not self._is_server), True)
+        return self.send_frame(build_close_frame(code, reason, not self.is_server), True)
 
     # -- hooks: a subclass sends and dispatches for real ---------------------------------------
 
@@ -677,3 +650,6 @@ class Connection:
 
     def _on_fail(self, code: int, reason: str) -> None:
         self._event(("fail", code, reason))
+
+
+__all__ = ["Connection", "Deflater", "Inflater"]

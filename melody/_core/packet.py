@@ -1,9 +1,11 @@
 """The binary Packet (``melody.codecs.Packet``): parse and build, bytes in and bytes out.
 
-The pure-Python twin of the compiled ``packet`` module. A 14-byte big-endian header (magic u16,
+A 14-byte big-endian header (magic u16,
 version u8, flags u8, command u16, id u32, length u32) inside one WebSocket binary message. The
 frame already delimits the message, so the length field is a check: a length that disagrees
 with the frame is refused rather than trusted.
+
+One source for both builds: ``packet.pxd`` types the header checks for the compiled module.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import operator
 import struct
 from typing import Any
 
-from melody._core._pure._buffer import simple_view
+from .views import flat as simple_view
 
 __all__ = [
     "HEADER_SIZE", "PACKET_VERSION", "DEFAULT_MAGIC", "FLAG_REPLY", "FLAG_ERROR",
@@ -61,7 +63,8 @@ def check_packet(data: Any, magic: int) -> int:
         return PACKET_BAD_MAGIC
     if data[2] != PACKET_VERSION:
         return PACKET_BAD_VERSION
-    if int.from_bytes(data[10:14], "big") != length - HEADER_SIZE:
+    declared = (data[10] << 24) | (data[11] << 16) | (data[12] << 8) | data[13]
+    if declared != length - HEADER_SIZE:
         return PACKET_LENGTH_MISMATCH
     return 0
 
@@ -120,5 +123,5 @@ def parse(data: Any, magic: int = DEFAULT_MAGIC) -> tuple[int, int, int, bytes]:
             detail = (f" (header says {int.from_bytes(buf[10:14], 'big')}, message holds "
                       f"{len(buf) - HEADER_SIZE})")
         raise PacketError(status, _REASONS[status] + detail)
-    return ((buf[4] << 8) | buf[5], int.from_bytes(buf[6:10], "big"), buf[3],
-            bytes(buf[HEADER_SIZE:]))
+    _, _, flags, command, msg_id, _ = _header.unpack_from(buf)
+    return command, msg_id, flags, bytes(buf[HEADER_SIZE:])

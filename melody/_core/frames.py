@@ -1,9 +1,12 @@
-"""Building WebSocket frames (RFC 6455 section 5.2).
+"""Building WebSocket frames (RFC 6455 section 5.2), and the close-code rule.
 
-The pure-Python twin of the compiled ``frames`` module. Server frames are unmasked, so one built
-frame is the same bytes for every recipient. Client frames are masked with a fresh key each
-(section 5.3), drawn from the OS's CSPRNG in batches because ``os.urandom`` per frame would cost
-a system call per message.
+Server frames are unmasked, so one built frame is the same bytes for every recipient: the hub
+builds a broadcast once and hands the same object to every transport. Client frames are masked
+with a fresh key each (section 5.3), drawn from the OS's CSPRNG in batches because
+``os.urandom`` per frame would cost a system call per message.
+
+One source for both builds: compiled with ``frames.pxd`` (C types for the hot functions) and
+run as it is where no compiled engine exists.
 """
 
 from __future__ import annotations
@@ -13,24 +16,16 @@ import os
 import struct
 from typing import Any
 
-from melody._core._pure._buffer import simple_view
-from melody._core._pure.mask import xor
+from .constants import FIN_BIT, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RSV1_BIT
+from .mask import mask
+from .views import flat
 
 __all__ = [
     "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
-    "encode_frame", "encode_close", "parse_close", "is_valid_close_code",
+    "build_frame", "build_close_frame", "close_reason", "encode_frame", "encode_close",
+    "parse_close",
+    "is_valid_close_code",
 ]  # fmt: skip
-
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
-
-# The compiled module's cdef enum, for the other pure modules (not part of its Python API).
-FIN_BIT = 0x80
-RSV1_BIT = 0x40
 
 _INT_MAX = (1 << 31) - 1
 
@@ -42,6 +37,9 @@ _key_pos = _KEY_POOL_SIZE
 _head2 = struct.Struct("!BB").pack
 _head4 = struct.Struct("!BBH").pack
 _head10 = struct.Struct("!BBQ").pack
+# The 2-byte headers of unmasked frames up to 125 bytes, per first byte, made on first use: a
+# short frame is then one concatenation (one allocation and copy), as in C.
+_short_heads: list[Any] = [None] * 256
 
 
 def fresh_mask_key() -> bytes:
@@ -52,13 +50,25 @@ def fresh_mask_key() -> bytes:
         _key_pool = os.urandom(_KEY_POOL_SIZE)
         pos = 0
     _key_pos = pos + 4
-    return _key_pool[pos : pos + 4]
+    return _key_pool[pos:pos + 4]
+
+
+def _short_head(first_byte: int, length: int) -> bytes:
+    heads = _short_heads[first_byte]
+    if heads is None:
+        heads = _short_heads[first_byte] = [_head2(first_byte, n) for n in range(126)]
+    head: bytes = heads[length]
+    return head
 
 
 def build_frame(first_byte: int, payload: Any, masked: bool) -> bytes:
     """One frame: ``first_byte`` is FIN|RSV|opcode; ``payload`` is ``bytes`` or a flat byte
     view, copied once into the new bytes object. ``masked`` frames get a fresh random key."""
+    frame: bytes
     n = len(payload)
+    if not masked and n < 126:
+        frame = _short_head(first_byte, n) + payload
+        return frame
     mask_bit = 0x80 if masked else 0
     if n > 65535:
         head = _head10(first_byte, mask_bit | 127, n)
@@ -68,53 +78,51 @@ def build_frame(first_byte: int, payload: Any, masked: bool) -> bytes:
         head = _head2(first_byte, mask_bit | n)
     if masked:
         key = fresh_mask_key()
-        return head + key + xor(payload, key, 0)
-    frame: bytes = head + payload
+        return head + key + mask(payload, key)
+    frame = head + payload
     return frame
 
 
+def close_reason(reason: Any) -> bytes:
+    """A close reason (str or bytes) as the UTF-8 a close frame carries: cut to 123 bytes (the
+    125-byte control payload less the code) on a code point boundary, so that the peer never
+    sees invalid UTF-8 (1007)."""
+    if not reason:
+        return b""
+    encoded = reason.encode("utf-8") if isinstance(reason, str) else bytes(reason)
+    if len(encoded) > 123:
+        encoded = encoded[:123].decode("utf-8", "ignore").encode("utf-8")
+    return encoded
+
+
 def build_close_frame(code: int, reason: Any, masked: bool) -> bytes:
-    """A close frame with ``code`` (0: no status, an empty payload) and a UTF-8 reason cut to
-    fit the 125-byte control payload limit."""
+    """A close frame with ``code`` (0: no status, an empty payload) and ``close_reason(reason)``."""
     if not code:
         return build_frame(FIN_BIT | OP_CLOSE, b"", masked)
-    payload = _head2((code >> 8) & 0xFF, code & 0xFF)
-    if reason:
-        encoded = reason.encode("utf-8") if isinstance(reason, str) else bytes(reason)
-        # Cut on a code point boundary so the peer does not see invalid UTF-8 (1007).
-        if len(encoded) > 123:
-            encoded = encoded[:123].decode("utf-8", "ignore").encode("utf-8")
-        payload += encoded
-    return build_frame(FIN_BIT | OP_CLOSE, payload, masked)
+    return build_frame(FIN_BIT | OP_CLOSE, _head2((code >> 8) & 0xFF, code & 0xFF)
+                       + close_reason(reason), masked)
 
 
 def _c_int(value: Any) -> int:
-    # What a Cython ``int`` argument takes: anything with __index__ that fits a C int.
+    # What a C ``int`` argument takes: anything with __index__ that fits.
     number = operator.index(value)
     if not -_INT_MAX - 1 <= number <= _INT_MAX:
         raise OverflowError("value too large to convert to int")
     return number
 
 
-def encode_frame(
-    opcode: int,
-    payload: Any = b"",
-    *,
-    fin: bool = True,
-    rsv1: bool = False,
-    mask: bool = False,
-) -> bytes:
+def encode_frame(opcode: int, payload: Any = b"", *, fin: bool = True, rsv1: bool = False,
+                 mask: bool = False) -> bytes:
     """Build one frame. ``payload`` is any bytes-like object; ``mask`` picks a fresh key."""
     opcode = _c_int(opcode)
     if opcode < 0 or opcode > 15:
         raise ValueError("opcode must be 0..15")
-    view = payload if type(payload) is bytes else simple_view(payload)
     first = opcode
     if fin:
         first |= FIN_BIT
     if rsv1:
         first |= RSV1_BIT
-    return build_frame(first, view, bool(mask))
+    return build_frame(first, flat(payload), bool(mask))
 
 
 def encode_close(code: int = 1000, reason: str | bytes = "", *, mask: bool = False) -> bytes:
@@ -126,8 +134,14 @@ def encode_close(code: int = 1000, reason: str | bytes = "", *, mask: bool = Fal
 
 
 def is_valid_close_code(code: int) -> bool:
-    """True for the codes a peer may send in a close frame (RFC 6455 7.4, IANA registry)."""
-    code = _c_int(code)
+    """True for the codes a peer may send in a close frame (RFC 6455 7.4, IANA registry).
+
+    The one place of this rule: the connection checks received close frames with it, and the
+    session, the client and the metrics check the codes they send or name with it. 1004-1006
+    and 1015 are reserved and never sent; 1012-1014 are registered with IANA since; 3000-4999
+    are for libraries and applications.
+    """
+    code = operator.index(code)
     return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
 
 

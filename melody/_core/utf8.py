@@ -1,7 +1,6 @@
-"""Incremental UTF-8 validation (RFC 3629) for text messages that arrive in pieces.
+"""The interpreted version of the ``utf8`` kernel (``utf8.pyx``); ``utf8.pyi`` documents it.
 
-The pure-Python twin of the compiled ``utf8`` module: the same verdicts at the same byte. The
-work is CPython's own strict decoder run incrementally (``codecs.utf_8_decode`` with
+The work is CPython's own strict decoder run incrementally (``codecs.utf_8_decode`` with
 ``final=False``), which judges every byte it is given except one case: it holds back a piece
 ending in ``ED A0``..``ED BF`` (the start of an encoded surrogate, never valid) so that an
 error handler could see the whole sequence. RFC 6455 section 8.1 wants that failed at once, as
@@ -13,19 +12,15 @@ from __future__ import annotations
 import codecs
 from typing import Any
 
-from melody._core._pure._buffer import simple_view
+from .views import flat as simple_view
 
-__all__ = ["Utf8Validator", "validate"]
+__all__ = ["Utf8Validator", "decode_region", "validate"]
 
 _decode = codecs.utf_8_decode
 
 
 class Utf8Validator:
-    """Validate one text message fed in pieces; ``reset`` before the next message.
-
-    ``feed`` returns False from the first byte that cannot continue valid UTF-8 on, and
-    ``complete`` says whether the text fed so far ends on a code point boundary.
-    """
+    """Validate one text message fed in pieces; ``reset`` before the next message."""
 
     __slots__ = ("_consumed", "_open", "_rejected")
 
@@ -35,13 +30,16 @@ class Utf8Validator:
         self._rejected = False
         self._consumed = 0
 
-    def feed(self, data: Any) -> bool:
-        """Validate the next piece of the message (any C-contiguous bytes-like object).
+    def feed_region(self, buf: bytearray, start: int, length: int) -> bool:
+        """``feed`` for ``buf[start:start + length]``."""
+        if start < 0 or length < 0 or length > len(buf) - start:
+            raise ValueError(f"region [{start}, {start}+{length}) outside a buffer of "
+                             f"{len(buf)} bytes")
+        with memoryview(buf) as view:
+            return self.feed(bytes(view[start:start + length]))
 
-        Returns False once the text can no longer be valid UTF-8, and keeps returning False
-        until ``reset``. A piece may end inside a code point. Raises ``TypeError`` if ``data``
-        is not bytes-like.
-        """
+    def feed(self, data: Any) -> bool:
+        """Validate the next piece of the message (any C-contiguous bytes-like object)."""
         if type(data) is not bytes:
             data = simple_view(data)
         if self._rejected:
@@ -73,10 +71,7 @@ class Utf8Validator:
         return True
 
     def complete(self) -> bool:
-        """Return True when the text fed so far is complete, valid UTF-8.
-
-        False while a code point is still open or after the text was found invalid.
-        """
+        """Return True when the text fed so far is complete, valid UTF-8."""
         return not self._rejected and not self._open
 
     def reset(self) -> None:
@@ -87,20 +82,12 @@ class Utf8Validator:
 
     @property
     def consumed(self) -> int:
-        """Bytes fed and accepted since the last reset.
-
-        Once the text is invalid this is the index (from the start of the message) of the
-        first byte that made it so, for error reports.
-        """
+        """Bytes fed and accepted since the last reset."""
         return self._consumed
 
 
 def validate(data: Any) -> bool:
-    """Return True if ``data`` (any C-contiguous bytes-like object) is complete, valid UTF-8.
-
-    Accepts exactly what strict ``bytes.decode("utf-8")`` accepts. Raises ``TypeError`` if
-    ``data`` is not bytes-like.
-    """
+    """Return True if ``data`` (any C-contiguous bytes-like object) is complete, valid UTF-8."""
     if type(data) is not bytes:
         data = simple_view(data)
     try:
@@ -108,3 +95,12 @@ def validate(data: Any) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def decode_region(buf: bytearray, start: int, length: int) -> str:
+    """Interpreted ``utf8.decode_region``: a region of ``buf`` as strict UTF-8."""
+    if start < 0 or length < 0 or length > len(buf) - start:
+        raise ValueError(f"region [{start}, {start}+{length}) outside a buffer of "
+                         f"{len(buf)} bytes")
+    with memoryview(buf) as view:
+        return str(view[start:start + length], "utf-8")
