@@ -41,6 +41,9 @@ from melody.bench.system import environment, parse_cpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVERS = ("melody", "picows", "websockets", "aiohttp")
+# The server name of --baseline's hub: melody's benchmark hub run from another source tree.
+BASELINE = "melody@base"
+BASELINE_TREE: str | None = None
 QUICK = {"connections": 1000, "duration": 3.0, "warmup": 0.5, "settle": 1.0, "repeats": 1}
 DEFAULTS = {"connections": 10_000, "duration": 10.0, "warmup": 1.0, "settle": 2.0, "repeats": 3}
 
@@ -88,12 +91,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="N=1000, 3 s phases, 1 repeat (explicit options still win)")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="directory for the JSON and PNG (default bench/results)")
+    p.add_argument("--baseline", default=None, metavar="TREE",
+                   help="another melody source tree, built in place (e.g. a git worktree of an"
+                        " older commit): its hub runs as the server 'melody@base' right after"
+                        " melody, so that old and new are measured in one run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
     args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(args.server_list) - set(SERVERS)
     if unknown:
         p.error(f"unknown server(s) {sorted(unknown)}; known: {', '.join(SERVERS)}")
+    if args.baseline is not None:
+        args.baseline = os.path.abspath(args.baseline)
+        if not os.path.isdir(os.path.join(args.baseline, "melody", "_core")):
+            p.error(f"--baseline {args.baseline!r} holds no melody/_core")
+        at = args.server_list.index("melody") + 1 if "melody" in args.server_list else 0
+        args.server_list.insert(at, BASELINE)
     args.workloads = list(DEFAULT_WORKLOADS) if args.workload == "all" else [
         w.strip() for w in args.workload.split(",") if w.strip()]
     return args
@@ -118,8 +131,8 @@ def say(args: argparse.Namespace, msg: str) -> None:
 def server_process(name: str, log_dir: str, extra_args: list[str] | None = None) -> Any:
     """Start ``bench/servers/<name>_hub.py --port 0 [extra_args]``; yield ``(process, port)``;
     stop it."""
-    env = server_env()
-    script = os.path.join(HERE, "servers", f"{name}_hub.py")
+    env = server_env(BASELINE_TREE if name == BASELINE else None)
+    script = os.path.join(HERE, "servers", f"{name.partition('@')[0]}_hub.py")
     log = tempfile.NamedTemporaryFile(
         "w+", prefix=f"{name}-", suffix=".log", dir=log_dir, delete=False)
     proc = subprocess.Popen([sys.executable, script, "--port", "0", *(extra_args or [])],
@@ -144,12 +157,13 @@ def server_process(name: str, log_dir: str, extra_args: list[str] | None = None)
                 os.unlink(log.name)
 
 
-def server_env() -> dict[str, str]:
+def server_env(melody_root: str | None = None) -> dict[str, str]:
     """The environment of a server process: this one's, plus the very melody this harness
-    runs (a source checkout built in place or an installed wheel) on PYTHONPATH, whatever the
-    current directory, and unbuffered output."""
+    runs (a source checkout built in place or an installed wheel; ``melody_root`` for another
+    tree) on PYTHONPATH, whatever the current directory, and unbuffered output."""
     env = dict(os.environ)
-    melody_root = os.path.dirname(os.path.dirname(os.path.abspath(melody.__file__)))
+    if melody_root is None:
+        melody_root = os.path.dirname(os.path.dirname(os.path.abspath(melody.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [melody_root, env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -308,7 +322,9 @@ def table(summary: dict[str, Any], names: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global BASELINE_TREE
     args = parse_args(argv)
+    BASELINE_TREE = args.baseline
     os.makedirs(args.out, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     names = args.server_list

@@ -9,8 +9,8 @@ over it in ``melody/``. Every engine module is written once:
   where no compiled module exists.
 * ``mask``, ``utf8`` and ``deflate`` are the C kernels (pointer loops, zlib's C API), written
   as ``.pyx``; each has a short interpreted version, the ``.py`` of the same name.
-* ``constants``, ``views`` and ``extensions`` (permessage-deflate negotiation, once per
-  connection) are plain Python in every build.
+* ``constants``, ``views``, ``zlib_params`` and ``extensions`` (permessage-deflate
+  negotiation, once per connection) are plain Python in every build.
 
 Which build runs:
 
@@ -39,8 +39,8 @@ import warnings
 from importlib.machinery import EXTENSION_SUFFIXES
 
 #: The engine's modules, in import order (each imports only those before it).
-MODULES = ("constants", "views", "mask", "utf8", "deflate", "extensions", "frames",
-           "connection", "protocol", "fanout", "asgi", "packet")
+MODULES = ("constants", "views", "zlib_params", "mask", "utf8", "deflate", "extensions",
+           "frames", "connection", "protocol", "fanout", "asgi", "packet")
 
 #: The modules a build compiles (the others are plain Python in every build).
 COMPILED_MODULES = ("mask", "utf8", "deflate", "frames", "connection", "protocol", "fanout",

@@ -4,12 +4,12 @@
 
 import cython
 
-from melody._core.frames cimport close_reason, is_valid_close_code
+from melody._core.frames cimport close_reason
 from melody._core.protocol cimport Dispatch, ProtocolCore
 
 cdef int ADMIT_DROPPED_OLDEST, ADMIT_OK, ADMIT_REFUSED, OP_TEXT
-cdef int SEND_CLOSED, SEND_DROPPED, SEND_DROPPED_OLDEST, SEND_OK, SEND_QUEUED
-cdef int STATE_CLOSED, STATE_CLOSING, STATE_OPEN
+cdef int SEND_CLOSED, SEND_OK, SEND_QUEUED
+cdef int STATE_CLOSED, STATE_OPEN
 cdef double _NEVER
 
 cpdef Py_ssize_t _utf8_length(str text) except -1
@@ -40,11 +40,10 @@ cdef class AsgiConnection(ProtocolCore):
     cdef bint _drop_oldest(self) except -1
     cdef _discard_queued_data(self)
     cdef int send_frame(self, bytes frame, bint control) except -1
-    @cython.locals(d=Dispatch, n=Py_ssize_t)
     cdef int send_shared(self, bytes frame, int opcode, object payload) except -1
-    cdef int send_close_frame(self, int code, object reason) except -1
-    @cython.locals(d=Dispatch, n=Py_ssize_t, admitted=int)
-    cpdef int send_text(self, str text) except -1
+    @cython.locals(d=Dispatch, n=Py_ssize_t)
+    cdef int _send_admitted(self, int opcode, object message) except -1
+    cdef int _send_close(self, int code, object reason) except -1
     cdef int _submit(self, object message, Py_ssize_t nbytes, bint control) except -1
     cdef int _send_now(self, object message, bint control) except -1
     cdef _send_failed(self, object exc)

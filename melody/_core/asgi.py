@@ -37,15 +37,12 @@ from .constants import (
     ADMIT_REFUSED,
     OP_TEXT,
     SEND_CLOSED,
-    SEND_DROPPED,
-    SEND_DROPPED_OLDEST,
     SEND_OK,
     SEND_QUEUED,
     STATE_CLOSED,
-    STATE_CLOSING,
     STATE_OPEN,
 )
-from .frames import close_reason, is_valid_close_code
+from .frames import close_reason
 from .protocol import Dispatch, ProtocolCore
 
 __all__ = ["AsgiConnection", "AsgiTransport"]
@@ -290,65 +287,31 @@ class AsgiConnection(ProtocolCore):
 
     def send_shared(self, frame: bytes, opcode: int, payload: Any) -> int:
         # A broadcast: the message as the publisher gave it, shared by every ASGI recipient.
-        d = self.dispatch
         if self.state != STATE_OPEN:
             return SEND_CLOSED
+        return self._send_admitted(opcode, payload)
+
+    def _send_admitted(self, opcode: int, message: Any) -> int:
+        # An admitted message (send_text, send_binary, a broadcast) as an ASGI message.
+        d = self.dispatch
         if opcode == OP_TEXT:
-            n = _utf8_length(payload)
-            message = {"type": "websocket.send", "text": payload}
+            n = _utf8_length(message)
+            event = {"type": "websocket.send", "text": message}
         else:
-            if type(payload) is not bytes:
-                payload = bytes(payload)
-            n = len(payload)
-            message = {"type": "websocket.send", "bytes": payload}
+            if type(message) is not bytes:
+                message = bytes(message)
+            n = len(message)
+            event = {"type": "websocket.send", "bytes": message}
         d.messages_out += 1
         d.bytes_out += n
-        return self._submit(message, n, False)
+        return self._submit(event, n, False)
 
-    def send_close_frame(self, code: int, reason: Any) -> int:
+    def _send_close(self, code: int, reason: Any) -> int:
         # The closing handshake as an ASGI message: the code and reason a close frame would
         # carry (no code: 1000, ASGI's default), sent after what is queued.
-        if code != 0 and not is_valid_close_code(code):
-            raise ValueError(f"close code {code} may not be sent")
-        if self.state != STATE_OPEN:
-            return SEND_CLOSED
-        self.state = STATE_CLOSING
-        self.close_code = code
-        self.close_reason = reason
-        message = {"type": "websocket.close", "code": code or 1000,
-                   "reason": close_reason(reason).decode("utf-8") if code else ""}
-        return self._submit(message, 0, True)
-
-    def send_text(self, text: str) -> int:
-        """Send a text message; returns a SEND_* status (SEND_CLOSED once closing)."""
-        if type(text) is not str and text is not None:
-            raise TypeError(f"Argument 'text' has incorrect type (expected str, "
-                            f"got {type(text).__name__})")
-        d = self.dispatch
-        if self.state != STATE_OPEN:
-            return SEND_CLOSED
-        admitted = self.admit()
-        if admitted == ADMIT_REFUSED:
-            return SEND_DROPPED
-        n = _utf8_length(text)
-        d.messages_out += 1
-        d.bytes_out += n
-        status = self._submit({"type": "websocket.send", "text": text}, n, False)
-        return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
-
-    def send_binary(self, data: Any) -> int:
-        """Send a binary message (any bytes-like object, copied); returns a SEND_* status."""
-        d = self.dispatch
-        if self.state != STATE_OPEN:
-            return SEND_CLOSED
-        admitted = self.admit()
-        if admitted == ADMIT_REFUSED:
-            return SEND_DROPPED
-        payload = data if type(data) is bytes else bytes(data)
-        d.messages_out += 1
-        d.bytes_out += len(payload)
-        status = self._submit({"type": "websocket.send", "bytes": payload}, len(payload), False)
-        return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
+        return self._submit({"type": "websocket.close", "code": code or 1000,
+                             "reason": close_reason(reason).decode("utf-8") if code else ""},
+                            0, True)
 
     def _submit(self, message: _Message, nbytes: int, control: bool) -> int:
         if self._writing_paused:

@@ -64,10 +64,12 @@ cdef class Connection:
     @cython.locals(avail=Py_ssize_t, buf=bytearray, at=Py_ssize_t, b0=cython.uchar,
                    b1=cython.uchar, fin=bint, opcode=int, masked=bint, compressed=bint,
                    length=Py_ssize_t, hlen=Py_ssize_t, i=int, room=Py_ssize_t, got=Py_ssize_t,
-                   done=Py_ssize_t, payload=Py_ssize_t, msg=bytearray, inflated=bytes)
+                   done=Py_ssize_t, payload=Py_ssize_t, msg=bytearray)
     cdef _parse(self)
-    @cython.locals(msg=bytearray, opcode=int, inflated=bytes)
+    @cython.locals(msg=bytearray, opcode=int)
     cdef _deliver_reassembled(self)
+    @cython.locals(inflated=bytes)
+    cdef _inflated(self, int opcode, bytearray buf, Py_ssize_t start, Py_ssize_t length)
     cdef Py_ssize_t _msg_len(self) except -1
     cdef Utf8Validator _validator(self)
     cdef _event(self, tuple event)
@@ -79,11 +81,14 @@ cdef class Connection:
     cdef _fail(self, int code, object reason)
 
     cdef bytes frame_message(self, int opcode, object data)
-    @cython.locals(admitted=int)
     cpdef int send_text(self, str text) except -1
+    @cython.locals(admitted=int)
+    cdef int _send_message(self, int opcode, object message) except -1
+    cdef int _send_admitted(self, int opcode, object message) except -1
     cdef int admit(self) except -1
     cdef int send_frame(self, bytes frame, bint control) except -1
     cdef int send_close_frame(self, int code, object reason) except -1
+    cdef int _send_close(self, int code, object reason) except -1
 
     cdef _on_text(self, object text)
     cdef _on_binary(self, object data)

@@ -392,22 +392,10 @@ class Connection:
                 # A whole message in one frame: the common case, no reassembly copy.
                 self.message_size = length
                 if compressed:
-                    try:
-                        inflated = self.inflater.decompress_region(buf, payload, length,
-                                                                   self.max_message_size)
-                    except OverflowError:
-                        return self._fail(1009, "decompressed message over max_message_size")
-                    except ValueError:
-                        return self._fail(1007, "invalid compressed data")
-                    self.message_size = len(inflated)
-                    if opcode == OP_TEXT:
-                        try:
-                            text = inflated.decode("utf-8")
-                        except UnicodeDecodeError:
-                            return self._fail(1007, "invalid UTF-8 in a text message")
-                        self._deliver(opcode, text)
-                    else:
-                        self._deliver(opcode, inflated)
+                    data = self._inflated(opcode, buf, payload, length)
+                    if data is None:
+                        return
+                    self._deliver(opcode, data)
                 elif opcode == OP_TEXT:
                     if done:
                         self._validator().reset()
@@ -450,21 +438,9 @@ class Connection:
         self.message_size = len(msg)
         try:
             if self._msg_compressed:
-                try:
-                    inflated = self.inflater.decompress_region(msg, 0, len(msg),
-                                                               self.max_message_size)
-                except OverflowError:
-                    return self._fail(1009, "decompressed message over max_message_size")
-                except ValueError:
-                    return self._fail(1007, "invalid compressed data")
-                self.message_size = len(inflated)
-                if opcode == OP_TEXT:
-                    try:
-                        data = inflated.decode("utf-8")
-                    except UnicodeDecodeError:
-                        return self._fail(1007, "invalid UTF-8 in a text message")
-                else:
-                    data = inflated
+                data = self._inflated(opcode, msg, 0, len(msg))
+                if data is None:
+                    return
             elif opcode == OP_TEXT:
                 if not self._validator().complete():
                     return self._fail(1007, "text message ends inside a UTF-8 sequence")
@@ -474,6 +450,25 @@ class Connection:
         finally:
             self._msg_reset()
         self._deliver(opcode, data)
+
+    def _inflated(self, opcode: int, buf: bytearray, start: int, length: int) -> Any:
+        # The decompressed message (text decoded), or None once the connection has failed.
+        try:
+            inflated = self.inflater.decompress_region(buf, start, length, self.max_message_size)
+        except OverflowError:
+            self._fail(1009, "decompressed message over max_message_size")
+            return None
+        except ValueError:
+            self._fail(1007, "invalid compressed data")
+            return None
+        self.message_size = len(inflated)
+        if opcode != OP_TEXT:
+            return inflated
+        try:
+            return inflated.decode("utf-8")
+        except UnicodeDecodeError:
+            self._fail(1007, "invalid UTF-8 in a text message")
+            return None
 
     def _msg_len(self) -> int:
         return 0 if self._msg is None else len(self._msg)
@@ -562,23 +557,26 @@ class Connection:
         if type(text) is not str:
             raise TypeError(f"Argument 'text' has incorrect type (expected str, "
                             f"got {type(text).__name__})")
-        if self.state != STATE_OPEN:
-            return SEND_CLOSED
-        admitted = self.admit()
-        if admitted == ADMIT_REFUSED:
-            return SEND_DROPPED
-        status = self.send_frame(self.frame_message(OP_TEXT, text.encode("utf-8")), False)
-        return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
+        return self._send_message(OP_TEXT, text)
 
     def send_binary(self, data: Any) -> int:
         """Send a binary message (any bytes-like object); returns a SEND_* status."""
+        return self._send_message(OP_BINARY, data)
+
+    def _send_message(self, opcode: int, message: Any) -> int:
+        # Admission first (see admit), then the message goes out in this connection's way.
         if self.state != STATE_OPEN:
             return SEND_CLOSED
         admitted = self.admit()
         if admitted == ADMIT_REFUSED:
             return SEND_DROPPED
-        status = self.send_frame(self.frame_message(OP_BINARY, flat(data)), False)
+        status = self._send_admitted(opcode, message)
         return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
+
+    def _send_admitted(self, opcode: int, message: Any) -> int:
+        # One admitted message (a str for text) as a frame; the ASGI glue overrides this.
+        data = message.encode("utf-8") if opcode == OP_TEXT else flat(message)
+        return self.send_frame(self.frame_message(opcode, data), False)
 
     def send_ping(self, data: Any = b"") -> int:
         """Send a ping with up to 125 bytes of payload."""
@@ -610,6 +608,10 @@ class Connection:
         self.state = STATE_CLOSING
         self.close_code = code
         self.close_reason = reason
+        return self._send_close(code, reason)
+
+    def _send_close(self, code: int, reason: Any) -> int:
+        # The close frame of send_close_frame; the ASGI glue overrides this.
         return self.send_frame(build_close_frame(code, reason, not self.is_server), True)
 
     # -- hooks: a subclass sends and dispatches for real ---------------------------------------

@@ -28,6 +28,7 @@ from collections import deque
 from typing import Any
 
 from .views import flat as simple_view
+from .zlib_params import check_deflater, check_inflater
 
 __all__ = ["Deflater", "Inflater"]
 
@@ -131,15 +132,7 @@ class Deflater:
         mem_level: int = 8,
     ) -> None:
         window_bits, level, mem_level = _c_int(window_bits), _c_int(level), _c_int(mem_level)
-        if window_bits == 8:
-            raise ValueError(
-                "window_bits=8 cannot be honoured: zlib compresses with 9 when asked for 8")
-        if not 9 <= window_bits <= 15:
-            raise ValueError(f"window_bits must be between 9 and 15, not {window_bits}")
-        if not -1 <= level <= 9:
-            raise ValueError(f"level must be between -1 and 9, not {level}")
-        if not 1 <= mem_level <= 9:
-            raise ValueError(f"mem_level must be between 1 and 9, not {mem_level}")
+        check_deflater(window_bits, level, mem_level)
         self._window_bits = window_bits
         self._no_context_takeover = bool(no_context_takeover)
         self._level = level
@@ -261,8 +254,7 @@ class Inflater:
 
     def __init__(self, window_bits: int = 15, no_context_takeover: bool = False) -> None:
         window_bits = _c_int(window_bits)
-        if not 8 <= window_bits <= 15:
-            raise ValueError(f"window_bits must be between 8 and 15, not {window_bits}")
+        check_inflater(window_bits)
         self._window_bits = window_bits
         self._no_context_takeover = bool(no_context_takeover)
         self._wbits = window_bits if window_bits > 8 else 9

@@ -24,6 +24,8 @@ from cpython.ref cimport Py_XDECREF
 from libc.limits cimport UINT_MAX
 from libc.string cimport memcmp
 
+from melody._core.zlib_params import check_deflater, check_inflater
+
 cdef extern from "zlib.h" nogil:
     const int Z_OK
     const int Z_STREAM_END
@@ -234,15 +236,7 @@ cdef class Deflater:
 
     def __cinit__(self, int window_bits=15, bint no_context_takeover=False, int level=6,
                   int mem_level=8):
-        if window_bits == 8:
-            raise ValueError(
-                "window_bits=8 cannot be honoured: zlib compresses with 9 when asked for 8")
-        if not 9 <= window_bits <= 15:
-            raise ValueError(f"window_bits must be between 9 and 15, not {window_bits}")
-        if not -1 <= level <= 9:
-            raise ValueError(f"level must be between -1 and 9, not {level}")
-        if not 1 <= mem_level <= 9:
-            raise ValueError(f"mem_level must be between 1 and 9, not {mem_level}")
+        check_deflater(window_bits, level, mem_level)
         self.window_bits = window_bits
         self.no_context_takeover = no_context_takeover
         self.level = level
@@ -389,8 +383,7 @@ cdef class Inflater:
     """
 
     def __cinit__(self, int window_bits=15, bint no_context_takeover=False):
-        if not 8 <= window_bits <= 15:
-            raise ValueError(f"window_bits must be between 8 and 15, not {window_bits}")
+        check_inflater(window_bits)
         self.window_bits = window_bits
         self.no_context_takeover = no_context_takeover
         self._stream = NULL
