@@ -6,7 +6,8 @@ receives to its own sessions. The contract, so that a new broker (NATS, ...) is 
 - ``start(hub)`` / ``stop()``: connect and begin delivering; disconnect. ``start`` returns once
   the node is subscribed to the hub-wide channel (or raises); later outages are the
   backplane's to survive (reconnect with backoff, resubscribe) and to report through
-  ``hub._report(None, error)``.
+  ``state.report(None, error)``, where ``state = melody._hubstate.state_of(hub)`` is the
+  hub's internal state (taken once, in ``start``).
 - ``publish(topic, binary, payload)``: send one message to every *other* node, at most once,
   never blocking the caller (queue it; the queue is bounded in messages *and* bytes, and what
   does not fit is dropped and counted with its reason). ``topic`` None is a hub-wide broadcast.
@@ -15,7 +16,7 @@ receives to its own sessions. The contract, so that a new broker (NATS, ...) is 
   has subscribers for (interest-based routing). They never block either, and a session that
   joins and leaves in a loop must not become as many broker commands: coalesce.
 - ``cluster_topic_len(topic)``: subscribers of ``topic`` over all live nodes.
-- When a message arrives from another node, call ``hub._deliver_remote(topic, binary,
+- When a message arrives from another node, call ``state.deliver_remote(topic, binary,
   payload)``; the node's own messages must be recognised (:func:`is_from`, on the envelope's
   first bytes, before the payload is decoded or copied) and not delivered twice: the hub
   delivered them locally when they were sent.
