@@ -14,9 +14,9 @@ from melody.config import Config
 from melody.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, HubClosed, SessionClosed
 from melody.routing import Authorizer, Router
 from melody.server.asgi import AsgiAdapter
+from melody.server.lifecycle import serve as _serve
+from melody.server.lifecycle import shutdown as _shutdown
 from melody.server.native import Upgrader
-from melody.server.serve import serve as _serve
-from melody.server.serve import shutdown as _shutdown
 from melody.session import Session
 
 if TYPE_CHECKING:
