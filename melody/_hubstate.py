@@ -525,17 +525,11 @@ class HubState:
                 self.call(proto.session, sent_handler, payload)
         return int(sent)
 
-    def _observed_deliver(
-        self,
-        msg: Any,
-        binary: bool,
-        targets: Targets,
-        exclude: WebSocketProtocol | None = None,
-        predicate: Callable[[Session], bool] | None = None,
-    ) -> int:
+    def _observed_deliver(self, *args: Any, **kwargs: Any) -> int:
+        # _deliver, timed for the observers.
         start = time.perf_counter()
         try:
-            return self._deliver(msg, binary, targets, exclude, predicate)
+            return self._deliver(*args, **kwargs)
         finally:
             elapsed = time.perf_counter() - start
             for observe in self.fanout_observers:
