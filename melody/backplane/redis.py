@@ -106,7 +106,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from melody._hubstate import state_of
-from melody.backplane.base import (
+from melody.backplane import (
     ENVELOPE_OVERHEAD,
     Backplane,
     decode_envelope,
