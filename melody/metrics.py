@@ -88,7 +88,12 @@ _GAUGES = (
 
 
 def close_code_class(code: int) -> str:
-    """The ``reason`` label of a disconnect with close ``code`` (1006: no close frame)."""
+    """The ``reason`` label of a disconnect with close ``code`` (1006: no close frame).
+
+    A classification for the label, not the rule of which codes may be sent or received (that
+    is ``melody._core.frames.is_valid_close_code``): codes that never travel in a frame (1005,
+    1006, 1015) have labels too.
+    """
     label = _CODE_CLASSES.get(code)
     if label is not None:
         return label
