@@ -1,4 +1,4 @@
-"""Serving a hub with melody's own server: ``serve`` inside a loop, blocking ``run``, shutdown."""
+"""The life of melody's own server: ``serve`` inside a loop, blocking ``run``, shutdown."""
 
 from __future__ import annotations
 
