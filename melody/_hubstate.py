@@ -126,7 +126,6 @@ class HubState:
         #: The hub this is the state of (its public face).
         self.hub = hub
         self.config = config
-        self.codec = codec
         # What broadcast_json/publish_json/write_json encode with: the hub's codec when it is
         # a text one (so a custom JSON codec is used), else orjson.
         self.json: Codec = codec if codec is not None and not codec.binary else _JSON
@@ -204,6 +203,11 @@ class HubState:
         d.on_handler_error = self.report
         #: What the compiled connections call (the handlers, the limits, the counters).
         self.dispatch = d
+
+    @property
+    def codec(self) -> Codec | None:
+        """The hub's codec (``hub.codec``), read where it is used."""
+        return self.hub.codec
 
     # -- the dispatch table ----------------------------------------------------------------------
 
