@@ -63,6 +63,8 @@ autodoc_mock_imports: list[str] = []
 
 # Modules that are not API: the command line, the demo, the benchmark tool.
 SKIP_MODULES = {"melody.cli", "melody.demo", "melody.bench", "melody.__main__"}
+#: Modules still importable at their old path (thin re-exports), documented where the code is.
+MOVED = {"melody.asgi": "melody.server.asgi", "melody.redis_backplane": "melody.backplane.redis"}
 # Sections in reading order; any other public module follows, in name order.
 TITLES = {
     "melody.hub": "The hub",
@@ -74,9 +76,9 @@ TITLES = {
     "melody.client": "Client",
     "melody.handshake": "HTTP requests and the handshake",
     "melody.middleware": "Handshake middleware",
-    "melody.asgi": "ASGI",
+    "melody.server.asgi": "ASGI",
     "melody.backplane": "Backplanes",
-    "melody.redis_backplane": "Redis backplane",
+    "melody.backplane.redis": "Redis backplane",
     "melody.workers": "Worker processes",
     "melody.logs": "Structured logs",
 }
@@ -104,7 +106,7 @@ def _import(name: str) -> ModuleType | None:
 def _public_modules() -> list[str]:
     found = [f"melody.{info.name}" for info in pkgutil.iter_modules(melody.__path__)
              if not info.name.startswith("_")]
-    found = [name for name in found if name not in SKIP_MODULES]
+    found = [MOVED.get(name, name) for name in found if name not in SKIP_MODULES]
     order = list(TITLES)
     return sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
 

@@ -7,56 +7,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import os
-import ssl as _ssl
 import sys
 from collections.abc import Sequence
-from typing import Any
+
+from melody._startup import load_hub, ssl_context
 
 __all__ = ["main", "load_hub"]
-
-
-def load_hub(spec: str, *, factory: bool = False) -> Any:
-    """Import ``module:attr`` (``attr`` may be dotted) and return the hub it names.
-
-    With ``factory`` the attribute is called with no arguments and must return the hub.
-    Raises ``SystemExit`` with a clear message when the module or attribute is missing.
-    """
-    from melody.hub import Melody
-
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise SystemExit(f"melody: expected MODULE:ATTRIBUTE, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"melody: cannot import {module_name!r}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise SystemExit(f"melody: {module_name!r} has no attribute {attr!r}") from None
-    if factory:
-        obj = obj()
-    if not isinstance(obj, Melody):
-        raise SystemExit(f"melody: {spec} is {type(obj).__name__}, not a melody.Melody"
-                         " (use --factory if it is a function returning one)")
-    return obj
-
-
-def _ssl_context(certfile: str | None, keyfile: str | None) -> _ssl.SSLContext | None:
-    if not certfile:
-        if keyfile:
-            raise SystemExit("melody: --keyfile needs --certfile")
-        return None
-    context = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certfile, keyfile)
-    return context
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from melody.demo import hub
     else:
         hub = load_hub(args.app, factory=args.factory)
-    context = _ssl_context(args.certfile, args.keyfile)
+    context = ssl_context(args.certfile, args.keyfile)
     if args.metrics:
         try:
             import prometheus_client  # noqa: F401

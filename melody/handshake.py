@@ -189,13 +189,12 @@ class Headers:
         """
         if not isinstance(other, Headers):
             return NotImplemented
-        if len(self._fields) != len(other._fields):
+        theirs = other.items()
+        if len(self._fields) != len(theirs):
             return False
         return all(
             a_name.lower() == b_name.lower() and a_value == b_value
-            for (a_name, a_value), (b_name, b_value) in zip(
-                self._fields, other._fields, strict=False
-            )
+            for (a_name, a_value), (b_name, b_value) in zip(self._fields, theirs, strict=False)
         )
 
     def __repr__(self) -> str:

@@ -43,9 +43,10 @@ Served from a registry of the hub's own (with the process and GC collectors) unl
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from melody._hubstate import state_of
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -87,7 +88,12 @@ _GAUGES = (
 
 
 def close_code_class(code: int) -> str:
-    """The ``reason`` label of a disconnect with close ``code`` (1006: no close frame)."""
+    """The ``reason`` label of a disconnect with close ``code`` (1006: no close frame).
+
+    A classification for the label, not the rule of which codes may be sent or received (that
+    is ``melody._core.frames.is_valid_close_code``): codes that never travel in a frame (1005,
+    1006, 1015) have labels too.
+    """
     label = _CODE_CLASSES.get(code)
     if label is not None:
         return label
@@ -149,23 +155,9 @@ class HubMetrics:
             registry=self.registry)
         self._generate = prom.generate_latest
         self.content_type: str = prom.CONTENT_TYPE_LATEST
-        self._time_fanout(hub)
-
-    def _time_fanout(self, hub: Melody) -> None:
-        # Every broadcast and publish variant goes through Melody._deliver once: time it there,
-        # with the instance attribute shadowing the method (hubs without metrics pay nothing).
-        deliver: Callable[..., int] = hub._deliver
-        observe = self.fanout.observe
-        clock = time.perf_counter
-
-        def timed_deliver(*args: Any, **kwargs: Any) -> int:
-            start = clock()
-            try:
-                return deliver(*args, **kwargs)
-            finally:
-                observe(clock() - start)
-
-        vars(hub)["_deliver"] = timed_deliver
+        # Every broadcast and publish variant, and every delivery of another node's message,
+        # is one fan-out: the hub times it once observed (hubs without metrics pay nothing).
+        state_of(hub).observe_fanout(self.fanout.observe)
 
     def rejected(self, status: int) -> None:
         """Count an upgrade refused with ``status``."""
@@ -186,9 +178,7 @@ def enable(hub: Melody, registry: CollectorRegistry | None = None) -> HubMetrics
     Idempotent: a second call returns the first call's :class:`HubMetrics` (``registry`` is
     then ignored). Raises ``RuntimeError`` when prometheus_client is not installed.
     """
-    from melody.server import upgrader_of
-
-    upgrader = upgrader_of(hub)
-    if upgrader.metrics is None:
-        upgrader.metrics = HubMetrics(hub, registry)
-    return upgrader.metrics
+    state = state_of(hub)
+    if state.metrics is None:
+        state.metrics = HubMetrics(hub, registry)
+    return state.metrics

@@ -77,7 +77,7 @@ class Handshake:
     socket's remote address; ``keys`` the dict the session will start with.
     """
 
-    __slots__ = ("_cleanups", "_key", "keys", "peer", "request", "started", "status")
+    __slots__ = ("_cleanups", "keys", "peer", "request", "started", "status")
 
     request: Request
     peer: Any
@@ -96,7 +96,6 @@ class Handshake:
         #: The HTTP status the upgrade ended with (101 when accepted); 0 while undecided.
         self.status = 0
         self._cleanups: list[Callable[[], object]] | None = None
-        self._key = ""
 
     @property
     def client_ip(self) -> str | None:
@@ -115,10 +114,22 @@ class Handshake:
             self._cleanups = []
         self._cleanups.append(fn)
 
-    def _close(self) -> None:
-        cleanups, self._cleanups = self._cleanups, None
+    def end(self) -> None:
+        """Run the ``on_close`` callbacks now: the upgrade was refused or abandoned.
+
+        Called by the server that decides the upgrade, not by middleware; a second call (or
+        one after :meth:`take_on_close`) does nothing.
+        """
+        cleanups = self.take_on_close()
         if cleanups:
             run_cleanups(cleanups)
+
+    def take_on_close(self) -> list[Callable[[], object]] | None:
+        """Hand over the ``on_close`` callbacks (None if there are none): the upgrade was
+        accepted, and they now run when the session ends. Called by the server, not by
+        middleware."""
+        cleanups, self._cleanups = self._cleanups, None
+        return cleanups
 
     def __repr__(self) -> str:
         return f"<Handshake {peer_text(self.peer)} {self.request.path!r}>"

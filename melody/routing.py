@@ -45,9 +45,11 @@ import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from melody._hubstate import state_of
 from melody.errors import AckTimeout, RequestError, TopicLimitExceeded
 
 if TYPE_CHECKING:
+    from melody._hubstate import HubState
     from melody.codecs import Codec
     from melody.hub import Melody
     from melody.session import Session
@@ -77,10 +79,12 @@ class Router:
     ``hub.authorize``.
     """
 
-    __slots__ = ("_authorizer", "_builtins", "_codec", "_fallback", "_hub", "_routes", "_table")
+    __slots__ = ("_authorizer", "_builtins", "_codec", "_fallback", "_hub", "_routes", "_state",
+                 "_table")
 
     def __init__(self, hub: Melody, codec: Codec) -> None:
         self._hub = hub
+        self._state: HubState = state_of(hub)
         self._codec = codec
         self._routes: dict[Hashable, _Route] = {}
         self._builtins: dict[Hashable, _Route] = {}
@@ -116,16 +120,16 @@ class Router:
         if route is None:
             route = self._fallback
             if route is None:
-                self._hub._message_stats["unroutable"] += 1
+                self._state.message_stats["unroutable"] += 1
                 what = f"unknown type: {key!r}" if key is not None else "message has no type"
                 self._reply(session, msg, msg_id, False, what)
                 return
         arg = msg if route.whole else data
         if route.is_async:
-            self._hub._enqueue(session, self._run_async, (route, msg, msg_id, arg))
-        elif session._inbox:
+            self._state.enqueue(session, self._run_async, (route, msg, msg_id, arg))
+        elif session.link.inbox:
             # Async calls are pending for this session: keep its arrival order.
-            self._hub._enqueue(session, self._run_sync, (route, msg, msg_id, arg))
+            self._state.enqueue(session, self._run_sync, (route, msg, msg_id, arg))
         else:
             self._run_sync(session, route, msg, msg_id, arg)
 
@@ -137,7 +141,7 @@ class Router:
             self._reply(session, msg, msg_id, False, str(exc))
             return
         except Exception as exc:
-            self._hub._report(session, exc)
+            self._state.report(session, exc)
             self._reply(session, msg, msg_id, False, "internal error")
             return
         if msg_id is not None:
@@ -154,16 +158,16 @@ class Router:
             return
         except TimeoutError as exc:
             if not deadline.expired():
-                self._hub._report(session, exc)
+                self._state.report(session, exc)
                 self._reply(session, msg, msg_id, False, "internal error")
                 return
-            self._hub._message_stats["ack_timeouts"] += 1
-            self._hub._report(session, AckTimeout(
+            self._state.message_stats["ack_timeouts"] += 1
+            self._state.report(session, AckTimeout(
                 f"handler for {self._codec.envelope(msg)[0]!r} ran past {route.timeout} s"))
             self._reply(session, msg, msg_id, False, "timeout")
             return
         except Exception as exc:
-            self._hub._report(session, exc)
+            self._state.report(session, exc)
             self._reply(session, msg, msg_id, False, "internal error")
             return
         if msg_id is not None:
@@ -177,9 +181,9 @@ class Router:
         try:
             payload = codec.reply(request, msg_id, ok, value)
         except (TypeError, ValueError) as exc:
-            self._hub._report(session, exc)
+            self._state.report(session, exc)
             payload = codec.reply(request, msg_id, False, "reply not serializable")
-        self._hub._send_encoded(session, payload)
+        self._state.send_encoded(session, payload)
 
     # -- the built-in topic routes (with hub.authorize) -----------------------------------------
 
@@ -187,7 +191,7 @@ class Router:
         authorizer = self._authorizer
         assert authorizer is not None
         if not authorizer(session, action, topic):
-            self._hub._message_stats["denied"] += 1
+            self._state.message_stats["denied"] += 1
             raise RequestError("forbidden")
 
     def _subscribe(self, session: Session, data: Any) -> bool:
@@ -206,8 +210,8 @@ class Router:
             raise RequestError('publish takes {"topic": str, "data": ...}')
         topic: str = data["topic"]
         self._check(session, "publish", topic)
-        text = self._hub._json_text({"type": "publish", "topic": topic, "data": data.get("data")})
-        return self._hub._publish(topic, text, False, session._proto)
+        text = self._state.json_text({"type": "publish", "topic": topic, "data": data.get("data")})
+        return self._hub.publish_others(topic, text, session)
 
 
 def _topic(data: Any) -> str:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from melody._core.constants import SEND_CLOSED, SEND_DROPPED, STATE_OPEN
+from melody._core.frames import is_valid_close_code
+from melody._hubstate import SessionLink, state_of
 from melody.errors import CLOSE_NORMAL, KeyNotFound, MessageBufferFull, SessionClosed
 
 if TYPE_CHECKING:
     from melody._core.protocol import WebSocketProtocol
+    from melody._hubstate import HubState
     from melody.handshake import Request
     from melody.hub import Melody
 
@@ -30,14 +32,10 @@ class Session:
 
     __slots__ = (
         "__weakref__",
-        "_draining",
-        "_hub",
-        "_inbox",
         "_keys",
-        "_paused",
         "_proto",
-        "_running",
-        "_topics",
+        "_state",
+        "link",
         "local_addr",
         "remote_addr",
         "request",
@@ -58,7 +56,10 @@ class Session:
         subprotocol: str | None = None,
     ) -> None:
         self._proto = proto
-        self._hub = hub
+        self._state: HubState = state_of(hub)
+        # What the hub keeps for this session (its connection, pending handler calls,
+        # topics): package-internal, see melody._hubstate.
+        self.link = SessionLink(proto)
         #: The upgrade request: ``path``, ``query``, ``query_params``, ``headers``.
         self.request = request
         #: The subprotocol agreed in the handshake, or None.
@@ -69,15 +70,6 @@ class Session:
         #: This end's address.
         self.local_addr = transport.get_extra_info("sockname") if transport else None
         self._keys: dict[str, Any] | None = dict(keys) if keys else None
-        # Topics this session is subscribed to (None until the first subscribe).
-        self._topics: set[str] | None = None
-        # Pending async handler calls, run one after another (None until first needed).
-        self._inbox: deque[Any] | None = None
-        self._draining = False
-        # Reading from the peer is paused because async handlers fell behind.
-        self._paused = False
-        # Handler tasks running for this session (concurrent_message_handling only).
-        self._running = 0
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -93,15 +85,15 @@ class Session:
             self._failed_write(status)
             if status == SEND_DROPPED:
                 return
-        if self._hub._on_sent_text is not None:
-            self._hub._sent(self, msg, False)
+        if self._state.on_sent_text is not None:
+            self._state.sent(self, msg, False)
 
     def write_json(self, obj: Any) -> None:
         """Send ``obj`` as JSON text: the hub's text codec, else ``melody.codecs.JSON`` (orjson).
 
         Raises TypeError when ``obj`` cannot be encoded; otherwise as :meth:`write`.
         """
-        self.write(self._hub._json_text(obj))
+        self.write(self._state.json_text(obj))
 
     def write_binary(self, msg: bytes | bytearray | memoryview) -> None:
         """Send a binary message; errors as for :meth:`write`."""
@@ -110,16 +102,16 @@ class Session:
             self._failed_write(status)
             if status == SEND_DROPPED:
                 return
-        if self._hub._on_sent_binary is not None:
-            self._hub._sent(self, bytes(msg), True)
+        if self._state.on_sent_binary is not None:
+            self._state.sent(self, bytes(msg), True)
 
     def _failed_write(self, status: int) -> None:
         if status == SEND_CLOSED:
             raise SessionClosed("session is closed")
         if status == SEND_DROPPED:
-            self._hub._report(self, MessageBufferFull("message buffer full: message dropped"))
+            self._state.report(self, MessageBufferFull("message buffer full: message dropped"))
         else:  # SEND_DROPPED_OLDEST: this message was queued, the oldest queued one dropped
-            self._hub._report(self, MessageBufferFull(
+            self._state.report(self, MessageBufferFull(
                 "message buffer full: oldest queued message dropped"))
 
     def ping(self, payload: bytes = b"") -> None:
@@ -142,8 +134,11 @@ class Session:
         passes); ``handle_disconnect`` runs then. Raises ``SessionClosed`` if already closed,
         ``ValueError`` for a code that may not be sent (RFC 6455 7.4).
         """
-        if not (code == 1000 or 1001 <= code <= 1003 or 1007 <= code <= 1014
-                or 3000 <= code <= 4999):
+        try:
+            valid = is_valid_close_code(code)
+        except OverflowError:  # beyond a C int, which no valid code is
+            valid = False
+        if not valid:
             raise ValueError(f"close code {code} may not be sent")
         if self.is_closed:
             raise SessionClosed("session is closed")
@@ -183,7 +178,7 @@ class Session:
     @property
     def topics(self) -> frozenset[str]:
         """The topics this session is subscribed to (``hub.subscribe``)."""
-        return frozenset(self._topics or ())
+        return frozenset(self.link.topics or ())
 
     @property
     def keys(self) -> dict[str, Any]:

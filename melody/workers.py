@@ -329,12 +329,12 @@ def _worker_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [worker {args.worker_id}]: %(message)s")
-    from melody.cli import _ssl_context, load_hub
+    from melody._startup import load_hub, ssl_context
     from melody.server import install_uvloop
 
     try:
         hub = load_hub(args.app, factory=args.factory)
-        context = _ssl_context(args.certfile, args.keyfile)
+        context = ssl_context(args.certfile, args.keyfile)
         if args.fd is not None:
             sock = socket.socket(fileno=args.fd)
         else:

@@ -33,6 +33,7 @@ import sys
 from typing import Any
 
 import melody
+from melody._hubstate import state_of
 
 HOST = "127.0.0.1"
 
@@ -131,7 +132,7 @@ async def _main() -> int:
     server.close()
     hub.close_with_msg(melody.errors.CLOSE_GOING_AWAY, "stopping")
     await hub.wait_closed(timeout=2)
-    pending = [task for task in hub._tasks if not task.done()]
+    pending = [task for task in state_of(hub).tasks if not task.done()]
     if pending:
         await asyncio.wait(pending, timeout=2)
     return 0

@@ -318,6 +318,7 @@ async def test_a_cancelled_presence_query_leaves_the_connection_usable(
         redis_url: str, prefix: str) -> None:
     from melody._core.constants import STATE_OPEN
     from melody._core.protocol import WebSocketProtocol
+    from melody._hubstate import state_of
     from melody.handshake import parse_request
 
     nodes = [melody.Melody(backplane=RedisBackplane(redis_url, channel_prefix=prefix,
@@ -325,10 +326,10 @@ async def test_a_cancelled_presence_query_leaves_the_connection_usable(
              for _ in range(2)]
     request = parse_request(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     for _ in range(3):  # three subscribers on the second node, no sockets needed
-        proto = WebSocketProtocol(nodes[1]._dispatch)
+        proto = WebSocketProtocol(state_of(nodes[1]).dispatch)
         proto.state = STATE_OPEN
         proto.session = melody.Session(nodes[1], proto, request)
-        nodes[1]._all.add(proto)
+        state_of(nodes[1]).connections.add(proto)
         nodes[1].subscribe(proto.session, "x")
     backplanes = [node.backplane for node in nodes if isinstance(node.backplane, RedisBackplane)]
     for node, backplane in zip(nodes, backplanes, strict=True):

@@ -17,6 +17,7 @@ import melody
 from melody._core.constants import STATE_CLOSED, STATE_OPEN
 from melody._core.fanout import Group
 from melody._core.protocol import WebSocketProtocol
+from melody._hubstate import state_of
 from melody.backplane import Backplane
 from melody.errors import SessionClosed
 from melody.handshake import parse_request
@@ -28,7 +29,7 @@ MANY_TOPICS = 2_000
 def _protocols(hub: melody.Melody, count: int) -> list[WebSocketProtocol]:
     protocols = []
     for _ in range(count):
-        proto = WebSocketProtocol(hub._dispatch)
+        proto = WebSocketProtocol(state_of(hub).dispatch)
         proto.state = STATE_OPEN
         protocols.append(proto)
     return protocols
@@ -40,7 +41,7 @@ def _sessions(hub: melody.Melody, count: int) -> list[melody.Session]:
     for proto in _protocols(hub, count):
         session = melody.Session(hub, proto, request)
         proto.session = session
-        hub._all.add(proto)
+        state_of(hub).connections.add(proto)
         sessions.append(session)
     return sessions
 
@@ -132,11 +133,11 @@ def test_a_session_in_2000_topics_leaves_them_all_when_it_ends() -> None:
         assert not hub.unsubscribe(alone, topic)
     assert len(alone.topics) == MANY_TOPICS - 500
     # The connection ends: every subscription goes with it (as on a real disconnect).
-    hub._disconnected(alone._proto)
+    state_of(hub).disconnected(alone.link.proto)
     assert alone.topics == frozenset()
     assert hub.topics() == [topics[0]] and hub.topic_len(topics[0]) == 1
     assert sorted(map(str, backplane.of("unsubscribe"))) == sorted(topics[1:])
-    alone._proto.state = STATE_CLOSED
+    alone.link.proto.state = STATE_CLOSED
     with pytest.raises(SessionClosed):
         hub.subscribe(alone, "late")
     assert not hub.unsubscribe(alone, topics[0])

@@ -11,6 +11,7 @@ import pytest
 from e2e_support import WAIT, Recorder, wait_until
 
 from melody._core.frames import OP_BINARY, OP_CLOSE, OP_TEXT, encode_close, encode_frame
+from melody._hubstate import state_of
 from melody.config import RateLimit
 from melody.errors import MessageBufferFull, RateLimited
 
@@ -220,7 +221,7 @@ async def test_slow_async_handlers_pause_reading_and_lose_nothing(serve_hub, ws_
     await wait_until(lambda: len(handled) == 60, "60 messages handled")
     assert handled == [f"m{i}" for i in range(60)]
     (session,) = hub.sessions()
-    assert not session._paused
+    assert not session.link.paused
 
 
 # Direct writes (Config.direct_writes, on by default): a session's first frame of a loop
@@ -233,7 +234,7 @@ WRITE_MODES = pytest.mark.parametrize("direct", [True, False], ids=["direct", "d
 async def serve_in_mode(serve_hub, direct: bool, **config):
     hub, url = await serve_hub(direct_writes=direct, **config)
     # The Config reaches the compiled core.
-    assert hub._dispatch.direct_writes is direct
+    assert state_of(hub).dispatch.direct_writes is direct
     return hub, url
 
 

@@ -31,6 +31,7 @@ from prod_support import echo
 from websockets.asyncio.client import ClientConnection
 
 from melody import Config, HandshakeTimeout, Melody, Session
+from melody._hubstate import state_of
 from melody.handshake import Request
 from melody.middleware import MAX_LEEWAY, AccessLog, CallNext, ConnectionLimit, Handshake, JWTAuth
 from melody.server import upgrader_of
@@ -270,7 +271,7 @@ async def test_an_async_upgrade_hook_that_never_returns_is_cut_off_at_the_deadli
 
     errors = record_errors(hub)
     _, url = await serve_hub(hub)
-    assert not hub._middleware  # the no-middleware path (Upgrader._await_hook)
+    assert not state_of(hub).middleware  # the no-middleware path (Upgrader._await_hook)
     clients = await send_stuck(url, 5)
     for client in clients:
         assert await answer_or_drop(client) == 504

@@ -27,6 +27,7 @@ from melody._core.frames import (
     OP_TEXT,
     encode_frame,
 )
+from melody._hubstate import state_of
 from melody.config import RateLimit
 from melody.errors import MessageBufferFull, RateLimited
 from melody.limits import MAX_MESSAGE_SIZE
@@ -357,7 +358,7 @@ async def test_pings_flooding_from_a_client_that_never_reads_stay_bounded(
                                           write_wait=30)
     raw = await raw_connect(url, rcvbuf=4096)
     await wait_until(lambda: len(hub) == 2, "two sessions")
-    (proto,) = [s._proto for s in hub.sessions() if s.remote_addr[1] ==
+    (proto,) = [s.link.proto for s in hub.sessions() if s.remote_addr[1] ==
                 raw.writer.get_extra_info("sockname")[1]]
     burst = encode_frame(OP_PING, b"p" * 125, mask=True) * 2000
     worst = 0
@@ -397,7 +398,7 @@ async def test_a_client_that_never_reads_while_the_hub_broadcasts_100_mb(
     try:
         await wait_until(lambda: hub.topic_len("firehose") == 1, "the sleeper subscribed")
         (session,) = [s for s in hub.sessions() if s.request.path == "/firehose"]
-        proto = session._proto
+        proto = session.link.proto
         chunk = os.urandom(64 * 1024)
         worst = 0
         sent = 0
@@ -520,7 +521,7 @@ async def test_ten_thousand_connections_dropped_without_a_close_frame(
     assert stats["disconnects"] == total
     assert len(upgrader_of(hub)._live) == 1  # no per-session bookkeeping left behind
     await wait_until(lambda: open_fds() <= fds_before, "no leaked file descriptors", timeout=30)
-    await wait_until(lambda: not hub._tasks, "no hub tasks left")
+    await wait_until(lambda: not state_of(hub).tasks, "no hub tasks left")
     tasks_after = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
     assert tasks_after <= tasks_before, tasks_after - tasks_before
     await healthy.check()  # after

@@ -20,6 +20,7 @@ from prod_support import echo, raw_from, round_trip, upgrade_status
 from websockets.asyncio.client import ClientConnection
 
 from melody import Config, HandshakeError, Melody, Session
+from melody._hubstate import state_of
 from melody.middleware import (
     AccessLog,
     CallNext,
@@ -164,8 +165,9 @@ async def test_no_middleware_keeps_the_inline_path(serve_hub: Serve) -> None:
     hub = echo(Melody())
     _, url = await serve_hub(hub)
     spawned: list[Any] = []
-    original = hub._spawn
-    hub._spawn = lambda loop, coro: (spawned.append(coro), original(loop, coro))  # type: ignore[method-assign,func-returns-value]
+    state = state_of(hub)
+    original = state.spawn
+    state.spawn = lambda coro, loop=None: (spawned.append(coro), original(coro, loop))[1]  # type: ignore[method-assign]
     await round_trip(url)
     assert spawned == []
 

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection
 
 from melody import Config, Melody, Session
 from melody._core.frames import OP_CONT, OP_TEXT
+from melody._hubstate import state_of
 from melody.config import RateLimit
 from melody.logs import JsonFormatter
 from melody.metrics import close_code_class, enable
@@ -110,11 +111,11 @@ async def test_healthz_and_metrics_only_when_enabled(serve_hub: Serve) -> None:
     assert (response.status, response.body) == (200, b"ok\n")
     assert (await http_get(url2, "/other")).status == 404
     # Closed (shutting down): load balancers are told to stop sending clients.
-    hub2._closed = True
+    state_of(hub2).closed = True
     try:
         assert (await http_get(url2, "/healthz")).status == 503
     finally:
-        hub2._closed = False
+        state_of(hub2).closed = False
 
 
 async def test_user_http_handler_still_answers_other_paths(serve_hub: Serve) -> None:
@@ -135,7 +136,7 @@ async def test_metrics_add_no_per_message_python_work(serve_hub: Serve) -> None:
     enable(hub)
     _, _url = await serve_hub(hub, metrics=True)
     # The compiled core calls the user's function itself: nothing wraps the message path.
-    assert hub._dispatch.on_text is on_message
+    assert state_of(hub).dispatch.on_text is on_message
     assert enable(hub) is enable(hub)  # idempotent
 
 

@@ -64,7 +64,7 @@ async def test_wss_round_trip_and_broadcast(serve_hub: Serve, ws_connect: Connec
     assert hub.broadcast("to all") == 2
     assert await a.recv() == "to all" and await b.recv() == "to all"
     session = rec.sessions("connect")[0]
-    assert session._proto.transport.get_extra_info("ssl_object") is not None
+    assert session.link.proto.transport.get_extra_info("ssl_object") is not None
 
 
 async def test_wss_refuses_a_client_that_does_not_trust_the_certificate(

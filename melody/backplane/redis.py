@@ -1,0 +1,987 @@
+"""A backplane over Redis pub/sub: hubs in several processes or machines share broadcasts.
+
+::
+
+    hub = melody.Melody(backplane=melody.RedisBackplane("redis://127.0.0.1:6379/0"))
+
+Every node (one hub in one process) publishes each ``broadcast*``/``publish*`` to Redis once and
+receives the other nodes' messages on one subscriber connection; the hub frames each message
+once for all its sessions. Needs the ``redis`` package (``pip install 'melody[redis]'``; its
+hiredis parser is used when ``hiredis`` is installed).
+
+Channels and keys (``P`` is ``channel_prefix``)
+    ``P:all`` carries hub-wide broadcasts; ``P:topic:<topic>`` one topic, and a node subscribes
+    to it only while it has a local subscriber (interest-based routing: Redis sends a topic's
+    messages only to the nodes that want them). Presence for :meth:`cluster_topic_len` lives in
+    ``P:nodes`` (a set of node ids), ``P:node:<id>:alive`` (a key that expires
+    ``presence_ttl`` seconds after the node's last refresh) and ``P:node:<id>:topics`` (a hash
+    topic -> local subscriber count, with the same expiry). Nodes that share a prefix form one
+    cluster; use different prefixes for independent hubs on one Redis.
+
+Delivery
+    Redis pub/sub is at-most-once: a message reaches the nodes subscribed at the moment Redis
+    processes the PUBLISH, once each, in the order one node published them; nothing is stored.
+    A new topic subscription takes effect on the other nodes' messages after one round trip to
+    Redis (plus at most ``subscribe_interval`` when subscriptions churn, see below).
+
+Own messages
+    Redis pub/sub has no "no echo" option (NATS has one; Redis has not): a node subscribed to a
+    channel receives its own PUBLISHes to it, every hub-wide broadcast included. They are
+    recognised by the node id at the head of the envelope, before the payload is decoded or
+    copied, and dropped (``ignored_own``); redis-py has still read them off the socket once.
+    What is bounded is what they can cost: Redis queues them in this node's subscriber output
+    buffer, and Redis cuts a subscriber whose buffer passes ``client-output-buffer-limit
+    pubsub`` (32 MB at once, or 8 MB for 60 s, by default). So after every ``max_batch_bytes``
+    published the writer waits until the subscriber connection has read everything Redis had
+    queued for it (a PING on that connection, whose reply comes after all of it): this node's
+    own echoes never hold more than about ``max_batch_bytes`` in Redis, however long the
+    queue, and the other nodes get a backlog at the pace this node reads its own.
+    Not done, and why: skipping the PUBLISH of a topic no other node holds. The presence
+    hashes that would tell are written every ``presence_interval``; a node whose subscription
+    Redis has just confirmed would have its messages skipped for up to that long, breaking the
+    one-round-trip promise above, silently.
+
+While Redis is unreachable
+    The hub keeps serving: local sessions, local broadcasts and local publishes work as without
+    a backplane. What is lost: every message this node publishes while it knows Redis is down
+    (counted in ``stats()["lost_while_down"]``, together with the messages that were queued or
+    in flight when the connection broke: they are never re-sent); and every message other nodes
+    publish while this node's subscriber connection is down (Redis keeps nothing for an absent
+    subscriber; this node cannot count those, the publishing nodes count theirs when they too
+    see the outage). The outage is logged on the ``melody.backplane`` logger, reported to
+    ``handle_error(None, BackplaneError)`` (at most once per ``report_interval`` seconds) and
+    counted (``outages``, ``connect_failures``); the backplane reconnects with exponential
+    backoff and jitter (``reconnect_min`` doubling up to ``reconnect_max`` seconds), then
+    resubscribes every channel this node needs and rewrites its presence (``reconnects``).
+    A Redis that hangs without closing the connection is detected by a PING every
+    ``health_check_interval`` seconds left unanswered until the next one, and by commands
+    unanswered for ``timeout`` seconds. A node too slow to read what it subscribed to is
+    disconnected by Redis itself (``client-output-buffer-limit pubsub``): an outage like any.
+
+Presence staleness
+    ``await hub.cluster_topic_len(topic)`` adds this node's exact count to the counts the other
+    live nodes last wrote. A node writes its counts every ``presence_interval`` seconds (only the
+    topics whose count changed), so another node's count is at most ``presence_interval``
+    seconds plus one round trip old. A node that dies without stopping stops counting
+    ``presence_ttl`` seconds after its last refresh at the latest (its keys expire). It raises
+    ``BackplaneError`` while Redis is unreachable.
+
+Publishing never blocks
+    Messages wait in a queue of at most ``max_queue`` messages and ``max_queue_bytes`` bytes
+    (envelopes, counted until Redis has answered their PUBLISH: in flight included), written by
+    one task that sends up to ``max_batch`` PUBLISHes and ``max_batch_bytes`` bytes per round
+    trip (one message at least), so that the backlog left by a stalled Redis goes out in
+    steps, not in one burst. A message that does not fit is dropped, never a queued one:
+    ``dropped_outgoing`` counts them all, ``dropped_outgoing_queue_full`` (``max_queue``
+    reached), ``dropped_outgoing_queue_bytes`` (``max_queue_bytes`` reached) and
+    ``dropped_outgoing_too_large`` (an envelope over ``max_message_bytes``, which could never
+    be queued) say why. The first drop in each ``report_interval`` is also reported.
+
+Subscription churn
+    ``subscribe``/``unsubscribe`` only mark a channel; the subscriber connection's task sends
+    what changed in one write (SUBSCRIBE and UNSUBSCRIBE of up to 1,000 channels each) and
+    sends nothing more until Redis has answered it, and not sooner than ``subscribe_interval``
+    after the previous batch. A channel whose changes cancel out before they are sent costs
+    nothing (``subscribe_coalesced``). A channel whose last local subscriber leaves stays
+    subscribed ``unsubscribe_linger`` seconds (at most ``max_lingering`` channels; past it the
+    longest-lingering is let go at once): a subscriber coming back within that time costs no
+    command (``linger_resumed``). The trade-off: for that long Redis still sends this node the
+    topic's messages, which it drops on arrival at the cost of reading them
+    (``ignored_unwanted``). So a session that subscribes and leaves in a loop costs Redis one
+    SUBSCRIBE, and any churn at most one SUBSCRIBE and one UNSUBSCRIBE (per 1,000 channels)
+    per ``subscribe_interval``, and per round trip to Redis. The changes
+    pending in memory are one entry per channel whose wanted state differs from what Redis
+    was sent: at most the hub's topics plus the lingering channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from melody._hubstate import state_of
+from melody.backplane import (
+    ENVELOPE_OVERHEAD,
+    Backplane,
+    decode_envelope,
+    encode_envelope,
+    is_from,
+    new_node_id,
+)
+from melody.errors import BackplaneError
+from melody.limits import MAX_BUFFER_BYTES, MAX_COUNT, check_int, check_seconds
+
+try:
+    from redis.asyncio.connection import ConnectionPool
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "melody.RedisBackplane needs the redis package: pip install 'melody[redis]'") from exc
+
+if TYPE_CHECKING:
+    from melody._hubstate import HubState
+    from melody.hub import Melody
+
+try:  # redis-py >= 8
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    _MAINT_OFF: Any = MaintNotificationsConfig(enabled=False)
+except ImportError:  # pragma: no cover - older redis-py has no such feature
+    _MAINT_OFF = None
+
+__all__ = ["RedisBackplane", "BackplaneError"]
+
+logger = logging.getLogger("melody.backplane")
+
+# Most channels per SUBSCRIBE/UNSUBSCRIBE command when (re)subscribing many topics at once.
+_SUBSCRIBE_CHUNK = 1000
+# Redis refuses a bulk string longer than proto-max-bulk-len (512 MB by default): a PUBLISH
+# larger than that is a protocol error that closes the connection.
+_MAX_MESSAGE_BYTES = 512 << 20
+# The longest sensible pause between two batches of subscription changes: past it a new
+# subscriber would wait long for its first message.
+_MAX_SUBSCRIBE_INTERVAL = 60.0
+
+_DROP_REASONS = ("dropped_outgoing_queue_full", "dropped_outgoing_queue_bytes",
+                 "dropped_outgoing_too_large")
+
+
+class RedisBackplane(Backplane):
+    """A :class:`~melody.backplane.Backplane` over Redis pub/sub (see the module docstring).
+
+    ``url`` is a redis-py URL (``redis://[[user]:password@]host:port/db``, ``rediss://`` for
+    TLS, ``unix:///path.sock``); ``redis_options`` go to redis-py's connections (for example
+    ``password=`` or ``ssl_ca_certs=``). Durations are seconds:
+
+    - ``channel_prefix``: namespace of the channels and keys; nodes sharing it form one hub.
+    - ``max_queue`` / ``max_queue_bytes``: outgoing messages / envelope bytes held at most,
+      queued or in flight (1..2**31 / 64 KiB..64 GiB). Keep the bytes well below the
+      subscribers' ``client-output-buffer-limit pubsub`` (32 MB hard, 8 MB soft by default).
+    - ``max_message_bytes``: the largest envelope (payload plus 17 bytes) sent at all
+      (1 KiB..512 MiB and at most ``max_queue_bytes``); larger ones are dropped and counted.
+    - ``max_batch`` / ``max_batch_bytes``: PUBLISHes / bytes per round trip (1..2**31 /
+      1 KiB..64 MiB; one message at least). ``max_batch_bytes`` is also how much of this
+      node's own echo Redis may hold for it before the writer waits for the reader.
+    - ``unsubscribe_linger`` / ``max_lingering``: how long a channel stays subscribed after
+      its last local subscriber left (0..30 days, 0: unsubscribe at once) / how many such
+      channels at most (0..2**31).
+    - ``subscribe_interval``: the least time between two batches of SUBSCRIBE/UNSUBSCRIBE
+      (0..60; the first change after a quiet spell goes at once).
+    - ``timeout``: to connect, and for a command's reply, before Redis counts as unreachable.
+    - ``reconnect_min`` / ``reconnect_max``: the reconnect delay doubles from one to the other
+      (each delay drawn from its upper half, so that nodes do not reconnect in step).
+    - ``health_check_interval``: PING period on the subscriber connection.
+    - ``presence_interval`` / ``presence_ttl``: how often this node writes its topic counts
+      (one pass over its topics, a dict lookup each, plus one round trip) / how long they
+      count after its last write.
+    - ``report_interval``: at most one ``handle_error`` report per this many seconds.
+
+    Every duration is finite, above zero unless said otherwise and at most 30 days; every
+    number is checked at construction (bools refused). Three connections per node:
+    subscriber, publisher, commands (presence). Raises ValueError for a bad URL or setting;
+    connecting happens in :meth:`start`, which the hub calls when it starts serving.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        channel_prefix: str = "melody",
+        max_queue: int = 10_000,
+        max_queue_bytes: int = 8 << 20,
+        max_message_bytes: int = 4 << 20,
+        max_batch: int = 512,
+        max_batch_bytes: int = 1 << 20,
+        unsubscribe_linger: float = 1.0,
+        max_lingering: int = 10_000,
+        subscribe_interval: float = 0.01,
+        timeout: float = 5.0,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 10.0,
+        health_check_interval: float = 5.0,
+        presence_interval: float = 1.0,
+        presence_ttl: float = 15.0,
+        report_interval: float = 10.0,
+        **redis_options: Any,
+    ) -> None:
+        super().__init__()
+        if not channel_prefix:
+            raise ValueError("channel_prefix must not be empty")
+        check_int("max_queue", max_queue, 1, MAX_COUNT)
+        check_int("max_queue_bytes", max_queue_bytes, 64 << 10, MAX_BUFFER_BYTES)
+        check_int("max_message_bytes", max_message_bytes, 1 << 10,
+                  min(_MAX_MESSAGE_BYTES, max_queue_bytes))
+        check_int("max_batch", max_batch, 1, MAX_COUNT)
+        check_int("max_batch_bytes", max_batch_bytes, 1 << 10, 64 << 20)
+        check_int("max_lingering", max_lingering, 0, MAX_COUNT)
+        check_seconds("unsubscribe_linger", unsubscribe_linger, allow_zero=True)
+        check_seconds("subscribe_interval", subscribe_interval, allow_zero=True,
+                      high=_MAX_SUBSCRIBE_INTERVAL)
+        for name, value in (("timeout", timeout), ("reconnect_min", reconnect_min),
+                            ("health_check_interval", health_check_interval),
+                            ("presence_interval", presence_interval)):
+            check_seconds(name, value)
+        check_seconds("reconnect_max", reconnect_max, low=reconnect_min, allow_zero=True)
+        check_seconds("presence_ttl", presence_ttl, low=presence_interval)
+        check_seconds("report_interval", report_interval, allow_zero=True)
+        # Parsing the URL here makes a bad one fail at construction, not at serve time.
+        pool = ConnectionPool.from_url(url, **redis_options)
+        self._connection_class: Any = pool.connection_class
+        self._connection_kwargs: dict[str, Any] = dict(pool.connection_kwargs)
+        self.url = url
+        #: Prefix of every channel and key this backplane uses.
+        self.channel_prefix = channel_prefix
+        #: Envelope bytes held at most for Redis, queued or in flight.
+        self.max_queue_bytes = max_queue_bytes
+        #: The largest envelope sent (payload plus ``ENVELOPE_OVERHEAD`` bytes).
+        self.max_message_bytes = max_message_bytes
+        self._max_queue = max_queue
+        self._max_batch = max_batch
+        self._max_batch_bytes = max_batch_bytes
+        self._linger = float(unsubscribe_linger)
+        self._max_lingering = max_lingering
+        self._subscribe_interval = float(subscribe_interval)
+        self._timeout = float(timeout)
+        self._reconnect_min = float(reconnect_min)
+        self._reconnect_max = float(reconnect_max)
+        self._health_interval = float(health_check_interval)
+        self._presence_interval = float(presence_interval)
+        self._presence_ttl_ms = int(presence_ttl * 1000)
+        self._report_interval = float(report_interval)
+
+        prefix = channel_prefix.encode()
+        self._broadcast_channel = prefix + b":all"
+        self._topic_prefix = prefix + b":topic:"
+        self._nodes_key = prefix + b":nodes"
+        self._pid = os.getpid()
+        self._set_identity()
+
+        self._hub: Melody | None = None
+        # The hub's state: where messages from other nodes are delivered, errors reported.
+        self._state: HubState | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._first: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._up = False
+        self._down_since: float | None = None
+        self._ever_up = False
+
+        # Channel -> topic (None for the broadcast channel) of everything this node wants.
+        self._channel_topics: dict[bytes, str | None] = {self._broadcast_channel: None}
+        # Channels with no local subscriber kept subscribed until a deadline (loop time), in
+        # the order they were left, which is the order of their deadlines.
+        self._lingering: dict[bytes, float] = {}
+        # Channels Redis was told to subscribe (on this connection), and the channels whose
+        # wanted state (in _channel_topics or _lingering) differs from it: what is to be sent.
+        self._sent: set[bytes] = set()
+        self._dirty: set[bytes] = set()
+        # Channels Redis confirmed (subscribe replies seen on the subscriber connection).
+        self._confirmed: set[bytes] = set()
+        self._control_wake: asyncio.Event | None = None
+        self._last_rx = 0.0
+        # PINGs on the subscriber connection carry a sequence number; the reader notes the
+        # last one answered. A reply proves that everything Redis queued for this connection
+        # before it has been read.
+        self._ping_sent = 0
+        self._pong_seen = 0
+        self._sync_wanted = False
+        self._sync_waiter: tuple[int, asyncio.Future[None]] | None = None
+
+        self._queue: deque[tuple[bytes, bytes, bytes]] = deque()
+        self._queued_bytes = 0
+        self._write_wake: asyncio.Event | None = None
+        self._in_flight = 0
+
+        # Presence: topic -> count last written to Redis.
+        self._written: dict[str, int] = {}
+        self._command_lock: asyncio.Lock | None = None
+        self._command_conn: Any = None
+
+        self._last_report = float("-inf")
+        self._suppressed = 0
+        self._counters = dict.fromkeys(
+            ("published", "publish_batches", "publish_syncs", "received", "ignored_own",
+             "ignored_unwanted", "malformed", "dropped_outgoing", *_DROP_REASONS,
+             "lost_while_down", "subscribe_batches", "subscribed_channels",
+             "unsubscribed_channels", "subscribe_coalesced", "linger_resumed",
+             "linger_expired", "linger_evicted", "outages", "reconnects",
+             "connect_failures"), 0)
+
+    def _set_identity(self) -> None:
+        self._node_hex = self.node_id.hex().encode()
+        base = self.channel_prefix.encode() + b":node:" + self._node_hex
+        self._alive_key = base + b":alive"
+        self._topics_key = base + b":topics"
+
+    def _node_keys(self, node_hex: bytes) -> tuple[bytes, bytes]:
+        base = self.channel_prefix.encode() + b":node:" + node_hex
+        return base + b":alive", base + b":topics"
+
+    def _topic_channel(self, topic: str) -> bytes:
+        return self._topic_prefix + topic.encode("utf-8", "surrogatepass")
+
+    # -- the contract ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while connected to Redis and subscribed to the hub-wide channel."""
+        return self._up
+
+    async def start(self, hub: Melody) -> None:
+        """Connect, subscribe to the hub-wide channel, begin delivering into ``hub``.
+
+        Returns once subscribed. If the first attempt fails (within ``timeout``) it raises
+        ``BackplaneError`` and keeps trying in the background, as after any outage. Raises
+        RuntimeError when called twice.
+        """
+        if self._task is not None:
+            raise RuntimeError("RedisBackplane.start called twice")
+        if os.getpid() != self._pid:
+            # Made before a fork: two processes must not share one node id (each would
+            # ignore the other's messages as its own).
+            self._pid = os.getpid()
+            self.node_id = new_node_id()
+            self._set_identity()
+        loop = asyncio.get_running_loop()
+        self._hub = hub
+        self._state = state_of(hub)
+        self._loop = loop
+        self._control_wake = asyncio.Event()
+        self._write_wake = asyncio.Event()
+        self._command_lock = asyncio.Lock()
+        self._first = loop.create_future()
+        self._task = loop.create_task(self._supervise())
+        try:
+            await self._first
+        except Exception as exc:
+            if self._stopping:
+                return  # the hub closed while connecting
+            raise BackplaneError(
+                f"cannot reach redis at {self._where()}: {exc} (retrying in the background)"
+            ) from exc
+
+    async def stop(self) -> None:
+        """Remove this node's presence, unsubscribe and disconnect; publish nothing more."""
+        if self._stopping:
+            return
+        self._stopping = True
+        was_up = self._up
+        self._up = False
+        if was_up and self._command_conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._command([
+                    (b"DEL", self._alive_key, self._topics_key),
+                    (b"SREM", self._nodes_key, self._node_hex),
+                ]), self._timeout)
+        first = self._first
+        if first is not None and not first.done():
+            first.set_exception(BackplaneError("stopped before connecting"))
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._queue.clear()
+        self._queued_bytes = 0
+
+    def publish(self, topic: str | None, binary: bool, payload: bytes) -> None:
+        """Queue one message for the other nodes (``topic`` None: hub-wide). Never blocks.
+
+        Dropped and counted when Redis is unreachable (``lost_while_down``), and when it does
+        not fit (``dropped_outgoing``, with the reason: see "Publishing never blocks" in the
+        module docstring). O(1); the payload is copied once, into its envelope, if queued.
+        """
+        if not self._up:
+            self._counters["lost_while_down"] += 1
+            return
+        size = ENVELOPE_OVERHEAD + len(payload)
+        if size > self.max_message_bytes:
+            self._drop("dropped_outgoing_too_large",
+                       f"message of {size} bytes over max_message_bytes="
+                       f"{self.max_message_bytes}")
+            return
+        queue = self._queue
+        if len(queue) + self._in_flight >= self._max_queue:
+            self._drop("dropped_outgoing_queue_full",
+                       f"outgoing queue full ({self._max_queue} messages)")
+            return
+        if self._queued_bytes + size > self.max_queue_bytes:
+            self._drop("dropped_outgoing_queue_bytes",
+                       f"outgoing queue full ({self._queued_bytes} of max_queue_bytes="
+                       f"{self.max_queue_bytes} bytes held)")
+            return
+        channel = self._broadcast_channel if topic is None else self._topic_channel(topic)
+        queue.append((b"PUBLISH", channel, encode_envelope(self.node_id, binary, payload)))
+        self._queued_bytes += size
+        wake = self._write_wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+
+    def _drop(self, reason: str, why: str) -> None:
+        counters = self._counters
+        counters[reason] += 1
+        counters["dropped_outgoing"] += 1
+        self._complain(BackplaneError(f"{why}: message dropped"))
+
+    def subscribe(self, topic: str) -> None:
+        """Start receiving ``topic`` from Redis (this node has a subscriber for it now).
+
+        O(1); the SUBSCRIBE, if one is needed at all, goes with the next batch.
+        """
+        channel = self._topic_channel(topic)
+        self._channel_topics[channel] = topic
+        if self._lingering.pop(channel, None) is not None:
+            self._counters["linger_resumed"] += 1  # still subscribed: nothing to send
+        self._mark(channel)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic`` (this node's last subscriber left).
+
+        O(1). The channel stays subscribed ``unsubscribe_linger`` seconds, unless Redis was
+        never told to subscribe it.
+        """
+        channel = self._topic_channel(topic)
+        if self._channel_topics.pop(channel, None) is None:
+            return
+        loop = self._loop
+        if (self._up and loop is not None and self._linger > 0 and self._max_lingering > 0
+                and channel in self._sent):
+            lingering = self._lingering
+            lingering[channel] = loop.time() + self._linger
+            if len(lingering) > self._max_lingering:
+                oldest = next(iter(lingering))
+                del lingering[oldest]
+                self._counters["linger_evicted"] += 1
+                self._mark(oldest)
+        self._mark(channel)
+
+    def _mark(self, channel: bytes) -> None:
+        # Note that ``channel``'s wanted state changed; what is sent is the net change.
+        if not self._up:
+            return  # _went_up resubscribes everything wanted
+        wanted = channel in self._channel_topics or channel in self._lingering
+        dirty = self._dirty
+        if wanted == (channel in self._sent):
+            if channel in dirty:
+                dirty.discard(channel)
+                self._counters["subscribe_coalesced"] += 1
+            return
+        dirty.add(channel)
+        wake = self._control_wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+
+    async def cluster_topic_len(self, topic: str) -> int:
+        """Subscribers of ``topic`` on all live nodes: this node's exact count plus the
+        counts the others last wrote (see "Presence staleness" in the module docstring).
+
+        Two round trips to Redis. Raises ``BackplaneError`` while Redis is unreachable.
+        """
+        hub = self._hub
+        local = hub.topic_len(topic) if hub is not None else 0
+        if not self._up:
+            raise BackplaneError("redis is unreachable: cluster-wide counts are unavailable")
+        try:
+            (members,) = await self._command([(b"SMEMBERS", self._nodes_key)])
+            others = [m for m in members if m != self._node_hex]
+            if not others:
+                return local
+            commands: list[tuple[Any, ...]] = []
+            for node in others:
+                alive, topics = self._node_keys(node)
+                commands.append((b"EXISTS", alive))
+                commands.append((b"HGET", topics, topic.encode("utf-8", "surrogatepass")))
+            replies = await self._command(commands)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise BackplaneError(f"presence query failed: {exc}") from exc
+        total = local
+        dead = []
+        for i, node in enumerate(others):
+            if replies[2 * i]:
+                total += int(replies[2 * i + 1] or 0)
+            else:
+                dead.append(node)
+        if dead:
+            # Forget nodes whose liveness key expired (their counts expire on their own).
+            with contextlib.suppress(Exception):
+                await self._command([(b"SREM", self._nodes_key, *dead)])
+        return total
+
+    def stats(self) -> dict[str, int]:
+        """Counters (the hub shows them as ``backplane_<name>`` in ``hub.stats()``).
+
+        Gauges: ``connected`` (0/1), ``channels`` (subscriptions Redis confirmed),
+        ``queued`` and ``queued_bytes`` (held for Redis, in flight included), ``lingering``
+        (channels kept after their last subscriber left), ``pending_changes`` (channels whose
+        SUBSCRIBE or UNSUBSCRIBE is still to be sent).
+
+        Counters: ``published`` and ``publish_batches`` (round trips), ``publish_syncs``
+        (waits for this node's echoes to be read), ``received`` (from other nodes),
+        ``ignored_own`` (this node's echoes), ``ignored_unwanted`` (messages of a channel with
+        no local subscriber: lingering, or in flight when it was left), ``malformed``,
+        ``dropped_outgoing`` (all drops) and its reasons ``dropped_outgoing_queue_full``,
+        ``dropped_outgoing_queue_bytes``, ``dropped_outgoing_too_large``;
+        ``lost_while_down`` (published while Redis was unreachable, or queued when the
+        connection broke); ``subscribe_batches`` (round trips of subscription changes),
+        ``subscribed_channels`` and ``unsubscribed_channels`` (channels in those commands),
+        ``subscribe_coalesced`` (changes cancelled before being sent), ``linger_resumed``,
+        ``linger_expired``, ``linger_evicted`` (let go early, ``max_lingering`` reached);
+        ``outages`` (connections lost), ``reconnects`` (connections made after an outage or
+        a failed start), ``connect_failures`` (attempts that failed).
+        """
+        stats = dict(self._counters)
+        stats["connected"] = int(self._up)
+        stats["channels"] = len(self._confirmed)
+        stats["queued"] = len(self._queue) + self._in_flight
+        stats["queued_bytes"] = self._queued_bytes
+        stats["lingering"] = len(self._lingering)
+        stats["pending_changes"] = len(self._dirty)
+        return stats
+
+    # -- connection lifetime --------------------------------------------------------------
+
+    def _where(self) -> str:
+        kwargs = self._connection_kwargs
+        if "path" in kwargs:
+            return str(kwargs["path"])
+        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+    def _connection(self, role: str, socket_timeout: float | None) -> Any:
+        kwargs = dict(self._connection_kwargs)
+        kwargs.update(
+            # Reconnecting is this class's job: redis-py must fail fast, not retry.
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=self._timeout,
+            socket_timeout=socket_timeout,
+            health_check_interval=0,
+            # RESP2: pub/sub messages arrive as plain replies on the subscriber connection.
+            protocol=2,
+            client_name=f"melody-{self._node_hex[:12].decode()}-{role}",
+        )
+        if _MAINT_OFF is not None:
+            # redis-py 8 turns on "maintenance notifications" by default, which it supports
+            # only with hiredis or RESP3: on RESP2 without hiredis every connect would fail.
+            # This backplane reconnects by itself and needs none of it.
+            kwargs["maint_notifications_config"] = _MAINT_OFF
+        return self._connection_class(**kwargs)
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self._reconnect_max, self._reconnect_min * 2 ** min(attempt, 30))
+        return random.uniform(delay / 2, delay)
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            connections: list[Any] = []
+            try:
+                subscriber, publisher, commands = await self._connect(connections)
+            except asyncio.CancelledError:
+                await _close_all(connections)
+                raise
+            except Exception as exc:
+                await _close_all(connections)
+                self._connect_failed(exc, attempt)
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            self._went_up(commands)
+            try:
+                await self._serve(subscriber, publisher, commands)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._went_down(exc)
+            finally:
+                self._up = False
+                self._command_conn = None
+                await _close_all(connections)
+            if not self._stopping:
+                await asyncio.sleep(self._backoff(0))
+
+    async def _connect(self, connections: list[Any]) -> tuple[Any, Any, Any]:
+        subscriber = self._connection("sub", None)
+        connections.append(subscriber)
+        await subscriber.connect()
+        await subscriber.send_command(b"SUBSCRIBE", self._broadcast_channel)
+        reply = await subscriber.read_response(timeout=self._timeout)
+        if not (isinstance(reply, list) and reply[:2] == [b"subscribe", self._broadcast_channel]):
+            raise BackplaneError(f"unexpected reply to SUBSCRIBE: {reply!r}")
+        publisher = self._connection("pub", self._timeout)
+        connections.append(publisher)
+        await publisher.connect()
+        commands = self._connection("cmd", self._timeout)
+        connections.append(commands)
+        await commands.connect()
+        return subscriber, publisher, commands
+
+    def _went_up(self, commands: Any) -> None:
+        loop = self._loop
+        assert loop is not None and self._control_wake is not None
+        self._command_conn = commands
+        self._confirmed = {self._broadcast_channel}
+        self._sent = {self._broadcast_channel}
+        # Resubscribe everything wanted (lingering channels are let go: this connection never
+        # had them); the topics' presence is rewritten in full.
+        self._lingering.clear()
+        self._dirty = set(self._channel_topics)
+        self._dirty.discard(self._broadcast_channel)
+        self._pong_seen = self._ping_sent
+        self._sync_wanted = False
+        self._sync_waiter = None
+        self._written = {}
+        self._last_rx = loop.time()
+        self._up = True
+        self._control_wake.set()
+        if self._down_since is not None:
+            self._counters["reconnects"] += 1
+            logger.warning("redis backplane reconnected to %s after %.1fs (%d messages lost "
+                           "while down so far)", self._where(), loop.time() - self._down_since,
+                           self._counters["lost_while_down"])
+            self._down_since = None
+        elif not self._ever_up:
+            logger.info("redis backplane connected to %s as node %s", self._where(),
+                        self._node_hex.decode())
+        self._ever_up = True
+        first = self._first
+        if first is not None and not first.done():
+            first.set_result(None)
+
+    def _went_down(self, error: BaseException) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._up = False
+        self._down_since = loop.time()
+        self._counters["outages"] += 1
+        lost = len(self._queue) + self._in_flight
+        self._counters["lost_while_down"] += lost
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._in_flight = 0
+        self._confirmed = set()
+        self._dirty = set()
+        self._lingering.clear()
+        if self._stopping:
+            return
+        logger.warning("redis backplane lost %s: %s; serving local sessions only until it is "
+                       "back (%d queued messages lost)", self._where(), error, lost)
+        self._complain(BackplaneError(f"redis at {self._where()} unreachable: {error}"), error)
+
+    def _connect_failed(self, error: BaseException, attempt: int) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._counters["connect_failures"] += 1
+        logger.debug("redis backplane: connecting to %s failed (attempt %d): %s",
+                     self._where(), attempt + 1, error)
+        first = self._first
+        if first is not None and not first.done():
+            # start() raises this one to the hub, which reports it: not twice.
+            first.set_exception(error)
+            self._down_since = self._last_report = loop.time()
+            return
+        self._complain(BackplaneError(
+            f"cannot reach redis at {self._where()} (attempt {attempt + 1}): {error}"), error)
+
+    def _complain(self, error: BackplaneError, cause: BaseException | None = None) -> None:
+        # Report to handle_error, at most once per report_interval (an outage retries often).
+        loop = self._loop
+        state = self._state
+        if loop is None or state is None or self._stopping:
+            return
+        now = loop.time()
+        if now - self._last_report < self._report_interval:
+            self._suppressed += 1
+            return
+        self._last_report = now
+        if self._suppressed:
+            error.args = (f"{error.args[0]} ({self._suppressed} more since the last report)",)
+            self._suppressed = 0
+        if cause is not None:
+            error.__cause__ = cause
+        state.report(None, error)
+
+    async def _serve(self, subscriber: Any, publisher: Any, commands: Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        tasks = [
+            loop.create_task(self._read(subscriber)),
+            loop.create_task(self._control(subscriber)),
+            loop.create_task(self._write(publisher)),
+            loop.create_task(self._refresh()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            error = task.exception()
+            if error is not None:
+                raise error
+        raise BackplaneError("connection closed")
+
+    # -- the four tasks of a connection ---------------------------------------------------
+
+    async def _read(self, subscriber: Any) -> None:
+        loop = self._loop
+        state = self._state
+        wake = self._control_wake
+        assert loop is not None and state is not None and wake is not None
+        read = subscriber.read_response
+        topics = self._channel_topics
+        node_id = self.node_id
+        counters = self._counters
+        deliver = state.deliver_remote
+        while True:
+            reply = await read()
+            self._last_rx = loop.time()
+            kind = reply[0]
+            if kind == b"message":
+                data = reply[2]
+                # Own echoes and unwanted channels are dropped before the payload is copied.
+                if is_from(data, node_id):
+                    counters["ignored_own"] += 1
+                    continue
+                channel = reply[1]
+                if channel not in topics:
+                    counters["ignored_unwanted"] += 1  # lingering, or left while on the way
+                    continue
+                try:
+                    _, binary, payload = decode_envelope(data)
+                except ValueError as exc:
+                    counters["malformed"] += 1
+                    self._complain(BackplaneError(f"malformed message ignored: {exc}"))
+                    continue
+                counters["received"] += 1
+                try:
+                    deliver(topics[channel], binary, payload)
+                except Exception as exc:
+                    state.report(None, exc)
+            elif kind == b"subscribe":
+                self._confirmed.add(reply[1])
+            elif kind == b"unsubscribe":
+                self._confirmed.discard(reply[1])
+            elif kind == b"pong":
+                self._pong(reply[1])
+                wake.set()
+
+    def _pong(self, data: bytes) -> None:
+        try:
+            seq = int(data)
+        except ValueError:
+            return  # not one of ours
+        self._pong_seen = max(self._pong_seen, seq)
+        waiter = self._sync_waiter
+        if waiter is not None and seq >= waiter[0]:
+            self._sync_waiter = None
+            if not waiter[1].done():
+                waiter[1].set_result(None)
+
+    async def _sync(self) -> None:
+        # Wait until the subscriber connection has read all Redis had queued for it so far:
+        # the reply to a PING sent from now on comes after all of it.
+        loop = self._loop
+        wake = self._control_wake
+        assert loop is not None and wake is not None
+        future: asyncio.Future[None] = loop.create_future()
+        self._sync_waiter = (self._ping_sent + 1, future)
+        self._sync_wanted = True
+        wake.set()
+        self._counters["publish_syncs"] += 1
+        await future
+
+    def _expire_lingering(self, now: float) -> None:
+        lingering = self._lingering
+        while lingering:
+            channel, deadline = next(iter(lingering.items()))
+            if deadline > now:
+                return
+            del lingering[channel]
+            self._counters["linger_expired"] += 1
+            self._mark(channel)
+
+    def _changes_to_send(self) -> list[tuple[bytes, ...]]:
+        # The net changes, as SUBSCRIBE/UNSUBSCRIBE commands of up to _SUBSCRIBE_CHUNK channels.
+        dirty, self._dirty = self._dirty, set()
+        sent, topics, lingering = self._sent, self._channel_topics, self._lingering
+        add = [c for c in dirty if c not in sent and (c in topics or c in lingering)]
+        remove = [c for c in dirty if c in sent and c not in topics and c not in lingering]
+        sent.update(add)
+        sent.difference_update(remove)
+        counters = self._counters
+        counters["subscribed_channels"] += len(add)
+        counters["unsubscribed_channels"] += len(remove)
+        commands: list[tuple[bytes, ...]] = []
+        for channels, command in ((add, b"SUBSCRIBE"), (remove, b"UNSUBSCRIBE")):
+            for i in range(0, len(channels), _SUBSCRIBE_CHUNK):
+                commands.append((command, *channels[i:i + _SUBSCRIBE_CHUNK]))
+        return commands
+
+    async def _control(self, subscriber: Any) -> None:
+        # The only writer on the subscriber connection: subscription changes and PINGs. Any
+        # reply between two health PINGs proves the connection alive; none means Redis hangs.
+        # A batch of changes ends with a PING, and the next batch waits for its reply: one
+        # batch per round trip, whatever the hub asks meanwhile (it is coalesced).
+        loop = self._loop
+        wake = self._control_wake
+        assert loop is not None and wake is not None
+        interval = self._subscribe_interval
+        next_ping = loop.time() + self._health_interval
+        pinged_at: float | None = None
+        batch_ping = 0  # the PING that closes the last batch of changes
+        last_batch = float("-inf")
+        while True:
+            now = loop.time()
+            self._expire_lingering(now)
+            commands: list[tuple[bytes, ...]] = []
+            if (self._dirty and self._pong_seen >= batch_ping
+                    and now >= last_batch + interval):
+                commands = self._changes_to_send()
+            ping = bool(commands) or self._sync_wanted
+            if now >= next_ping:
+                if pinged_at is not None and self._last_rx < pinged_at:
+                    raise BackplaneError(
+                        f"no reply to PING within {self._health_interval}s: redis hangs")
+                pinged_at = now
+                next_ping = now + self._health_interval
+                ping = True
+            if ping:
+                self._sync_wanted = False
+                self._ping_sent += 1
+                if commands:
+                    batch_ping = self._ping_sent
+                    last_batch = now
+                    self._counters["subscribe_batches"] += 1
+                commands.append((b"PING", b"%d" % self._ping_sent))
+                await subscriber.send_packed_command(
+                    subscriber.pack_commands(commands), check_health=False)
+            wake.clear()
+            if self._sync_wanted:
+                continue
+            deadline = next_ping
+            if self._lingering:
+                deadline = min(deadline, next(iter(self._lingering.values())))
+            if self._dirty and self._pong_seen >= batch_ping:
+                deadline = min(deadline, last_batch + interval)
+            # Otherwise the reply to the batch's PING wakes this task (the reader sets wake).
+            delay = deadline - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+
+    async def _write(self, publisher: Any) -> None:
+        queue = self._queue
+        wake = self._write_wake
+        assert wake is not None
+        counters = self._counters
+        pack = publisher.pack_commands
+        send = publisher.send_packed_command
+        read = publisher.read_response
+        max_batch, max_bytes = self._max_batch, self._max_batch_bytes
+        unsynced = 0  # bytes published since the subscriber connection last caught up
+        while True:
+            if not queue:
+                wake.clear()
+                await wake.wait()
+                continue
+            # Up to max_batch messages and max_batch_bytes bytes, one message at least: the
+            # backlog a stalled Redis leaves goes out in steps, not in one burst.
+            batch = [queue.popleft()]
+            size = len(batch[0][2])
+            while queue and len(batch) < max_batch:
+                more = len(queue[0][2])
+                if size + more > max_bytes:
+                    break
+                batch.append(queue.popleft())
+                size += more
+            count = len(batch)
+            self._in_flight = count
+            await send(pack(batch), check_health=False)
+            for _ in range(count):
+                await read()
+            self._in_flight = 0
+            self._queued_bytes -= size
+            counters["published"] += count
+            counters["publish_batches"] += 1
+            unsynced += size
+            if unsynced >= max_bytes:
+                # Redis has queued these for every subscriber, this node's own subscriber
+                # connection too (its echo: Redis has no no-echo option). Let that connection
+                # read them before sending more, so that what Redis holds for it stays about
+                # max_batch_bytes, far from client-output-buffer-limit pubsub.
+                unsynced = 0
+                await self._sync()
+
+    async def _refresh(self) -> None:
+        # Presence: liveness key, node set, and the local counts that changed.
+        state = self._state
+        assert state is not None
+        ttl = self._presence_ttl_ms
+        while True:
+            # One pass over the local topics (a dict lookup each): only changes are written.
+            topics = state.topics
+            written = self._written
+            changed: list[Any] = []
+            for topic, group in topics.items():
+                count = len(group)
+                if written.get(topic) != count:
+                    written[topic] = count
+                    changed.append(topic.encode("utf-8", "surrogatepass"))
+                    changed.append(count)
+            gone: list[str] = []
+            if len(written) > len(topics):  # written now holds every topic: the rest left
+                gone = [topic for topic in written if topic not in topics]
+                for topic in gone:
+                    del written[topic]
+            commands: list[tuple[Any, ...]] = [
+                (b"SET", self._alive_key, b"1", b"PX", ttl),
+                (b"SADD", self._nodes_key, self._node_hex),
+            ]
+            if changed:
+                commands.append((b"HSET", self._topics_key, *changed))
+            if gone:
+                commands.append((b"HDEL", self._topics_key,
+                                 *(t.encode("utf-8", "surrogatepass") for t in gone)))
+            commands.append((b"PEXPIRE", self._topics_key, ttl))
+            replies = await self._command(commands)
+            if replies[-1] == 0:
+                written.clear()  # the hash is gone (expired or flushed): rewrite it in full
+            await asyncio.sleep(self._presence_interval)
+
+    async def _command(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        # One pipelined round trip on the command connection (shared, hence the lock).
+        conn = self._command_conn
+        lock = self._command_lock
+        if conn is None or lock is None:
+            raise BackplaneError("redis is unreachable")
+        commands = list(commands)
+
+        async def round_trip() -> list[Any]:
+            async with lock:
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                return [await conn.read_response() for _ in commands]
+
+        # Shielded: a caller cancelled half-way (wait_for around cluster_topic_len) must not
+        # leave unread replies on the connection for the next command to take as its own.
+        return await asyncio.shield(round_trip())
+
+    def __repr__(self) -> str:
+        state = "connected" if self._up else "disconnected"
+        return f"<RedisBackplane {self._where()} prefix={self.channel_prefix!r} {state}>"
+
+
+async def _close_all(connections: list[Any]) -> None:
+    for conn in connections:
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
