@@ -29,7 +29,6 @@ from websockets.asyncio.server import serve as ws_serve
 
 import melody
 from melody import Config, Melody, Session
-from melody.client.framescan import _FrameScanner
 from melody.errors import (
     ConnectionClosed,
     HandshakeError,
@@ -882,51 +881,6 @@ def test_misuse_errors(run: Runner) -> None:
 
 
 # -- backpressure ----------------------------------------------------------------------------------
-
-
-def _frame(first: int, payload_size: int, *, masked: bool = False) -> bytes:
-    """A frame header (RFC 6455 5.2) with each length form, and a payload of ``payload_size``."""
-    mask_bit = 0x80 if masked else 0
-    if payload_size < 126:
-        head = struct.pack("!BB", first, mask_bit | payload_size)
-    elif payload_size < 1 << 16:
-        head = struct.pack("!BBH", first, mask_bit | 126, payload_size)
-    else:
-        head = struct.pack("!BBQ", first, mask_bit | 127, payload_size)
-    return head + (b"\x01\x02\x03\x04" if masked else b"") + b"p" * payload_size
-
-
-def test_frame_scanner_cuts_before_the_message_there_is_no_room_for() -> None:
-    # Without a socket: whatever the split between two reads, the scanner counts the messages
-    # that complete (FIN on a data or continuation frame; not a ping, not a first fragment)
-    # and cuts before the last byte of the first one there is no room for.
-    frames = [
-        (_frame(0x81, 5), True),
-        (_frame(0x89, 3), False),                  # a ping between messages
-        (_frame(0x02, 200), False),                # first fragment: 16-bit length
-        (_frame(0x80, 70000), True),               # last fragment: 64-bit length
-        (_frame(0x82, 0, masked=True), True),      # masked, empty
-        (_frame(0x81, 125), True),
-    ]
-    data = b"".join(frame for frame, _ in frames)
-    ends: list[int] = []
-    offset = 0
-    for frame, completes in frames:
-        offset += len(frame)
-        if completes:
-            ends.append(offset)
-    splits = sorted({*range(0, 300), *range(70200, 70260), len(data) - 1, len(data)})
-    for room in range(len(ends) + 1):
-        want = (ends[room] - 1, True) if room < len(ends) else (len(data), False)
-        for split in splits:
-            scanner = _FrameScanner()
-            cut, blocked = scanner.cut(memoryview(data), 0, split, room)
-            if blocked:
-                assert (cut, blocked) == want, (room, split)
-                continue
-            assert cut == split
-            left = room - sum(1 for end in ends if end <= split)
-            assert scanner.cut(bytearray(data), split, len(data), left) == want, (room, split)
 
 
 def test_bounded_queue_pauses_reading_melody(run: Runner) -> None:

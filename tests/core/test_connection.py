@@ -1259,6 +1259,38 @@ def test_budget_counts_down_and_resumes_in_order() -> None:
     assert conn.message_budget == -1 and not conn.stalled
 
 
+def test_budget_stops_before_the_message_there_is_no_room_for_wherever_reads_split() -> None:
+    # Whatever the split between two reads and the budget, the messages that complete (FIN on
+    # a data or continuation frame; not a ping, not a first fragment) are counted, and the
+    # parser stops right before the first one there is no room for.
+    frames = [
+        (frame(OP_TEXT, b"t" * 5), True),
+        (frame(OP_PING, b"abc"), False),               # a ping between messages
+        (frame(OP_BINARY, b"f" * 200, fin=False), False),  # first fragment: 16-bit length
+        (frame(OP_CONT, b"l" * 70000), True),          # last fragment: 64-bit length
+        (frame(OP_BINARY, b""), True),                 # empty
+        (frame(OP_TEXT, b"x" * 125), True),
+    ]
+    data = b"".join(f for f, _ in frames)
+    expected = server().receive_data(data)
+    starts = list(itertools.accumulate((len(f) for f, _ in frames), initial=0))
+    held_at = [start for start, (_, completes) in zip(starts, frames) if completes]
+    splits = sorted({*range(0, 300), *range(70200, 70260), len(data) - 1, len(data)})
+    for room in range(len(held_at) + 1):
+        for split in splits:
+            conn = server()
+            conn.message_budget = room
+            events = conn.receive_data(data[:split]) + conn.receive_data(data[split:])
+            if room < len(held_at):
+                assert conn.stalled and conn.buffered == len(data) - held_at[room], (room, split)
+                assert events == server().receive_data(data[:held_at[room]]), (room, split)
+            else:
+                assert not conn.stalled and events == expected, (room, split)
+            assert conn.message_budget == (0 if room < len(held_at) else room - len(held_at))
+            conn.message_budget = -1
+            assert events + conn.receive_data(b"") == expected
+
+
 def test_budget_0_parses_non_final_fragments_and_holds_the_final_one() -> None:
     conn = client()
     conn.message_budget = 0
