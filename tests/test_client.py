@@ -1043,6 +1043,30 @@ def test_close_while_reading_is_paused(run: Runner) -> None:
     run(main)
 
 
+def test_request_replies_leave_the_queues_room_to_messages(run: Runner) -> None:
+    # A reply to request() is taken out of the stream, not queued: the messages behind it are
+    # read in its place, one queue's worth, and the rest once recv() makes room.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      head: bytes) -> None:
+        writer.write(accept_101(head))
+        await read_client_frame(reader)
+        writer.write(server_frame(0x1, b'{"id":1,"ok":true,"data":5}')
+                     + server_frame(0x1, b"a") + server_frame(0x1, b"b"))
+        await answer_close(reader, writer)
+
+    async def main() -> None:
+        async with raw_server(handler) as url:
+            conn = await melody.connect(url, max_queue=1)
+            assert await bounded(conn.request("add", timeout=None)) == 5
+            await wait_until(lambda: conn.queued == 1, "the message behind the reply")
+            assert conn.stats()["read_pauses"] == 1
+            assert await bounded(conn.recv()) == "a"
+            assert await bounded(conn.recv()) == "b"
+            await bounded(conn.close())
+
+    run(main)
+
+
 def test_send_waits_for_the_transport_to_drain(run: Runner) -> None:
     received = 0
     reading = asyncio.Event()
