@@ -29,7 +29,6 @@ from websockets.asyncio.server import serve as ws_serve
 
 import melody
 from melody import Config, Melody, Session
-from melody.client.framescan import _FrameScanner
 from melody.errors import (
     ConnectionClosed,
     HandshakeError,
@@ -884,51 +883,6 @@ def test_misuse_errors(run: Runner) -> None:
 # -- backpressure ----------------------------------------------------------------------------------
 
 
-def _frame(first: int, payload_size: int, *, masked: bool = False) -> bytes:
-    """A frame header (RFC 6455 5.2) with each length form, and a payload of ``payload_size``."""
-    mask_bit = 0x80 if masked else 0
-    if payload_size < 126:
-        head = struct.pack("!BB", first, mask_bit | payload_size)
-    elif payload_size < 1 << 16:
-        head = struct.pack("!BBH", first, mask_bit | 126, payload_size)
-    else:
-        head = struct.pack("!BBQ", first, mask_bit | 127, payload_size)
-    return head + (b"\x01\x02\x03\x04" if masked else b"") + b"p" * payload_size
-
-
-def test_frame_scanner_cuts_before_the_message_there_is_no_room_for() -> None:
-    # Without a socket: whatever the split between two reads, the scanner counts the messages
-    # that complete (FIN on a data or continuation frame; not a ping, not a first fragment)
-    # and cuts before the last byte of the first one there is no room for.
-    frames = [
-        (_frame(0x81, 5), True),
-        (_frame(0x89, 3), False),                  # a ping between messages
-        (_frame(0x02, 200), False),                # first fragment: 16-bit length
-        (_frame(0x80, 70000), True),               # last fragment: 64-bit length
-        (_frame(0x82, 0, masked=True), True),      # masked, empty
-        (_frame(0x81, 125), True),
-    ]
-    data = b"".join(frame for frame, _ in frames)
-    ends: list[int] = []
-    offset = 0
-    for frame, completes in frames:
-        offset += len(frame)
-        if completes:
-            ends.append(offset)
-    splits = sorted({*range(0, 300), *range(70200, 70260), len(data) - 1, len(data)})
-    for room in range(len(ends) + 1):
-        want = (ends[room] - 1, True) if room < len(ends) else (len(data), False)
-        for split in splits:
-            scanner = _FrameScanner()
-            cut, blocked = scanner.cut(memoryview(data), 0, split, room)
-            if blocked:
-                assert (cut, blocked) == want, (room, split)
-                continue
-            assert cut == split
-            left = room - sum(1 for end in ends if end <= split)
-            assert scanner.cut(bytearray(data), split, len(data), left) == want, (room, split)
-
-
 def test_bounded_queue_pauses_reading_melody(run: Runner) -> None:
     count, max_queue = 1000, 16
 
@@ -1085,6 +1039,30 @@ def test_close_while_reading_is_paused(run: Runner) -> None:
             await bounded(conn.close())
             assert conn.closed and conn.close_code == 1000
             assert conn.queued <= 2
+
+    run(main)
+
+
+def test_request_replies_leave_the_queues_room_to_messages(run: Runner) -> None:
+    # A reply to request() is taken out of the stream, not queued: the messages behind it are
+    # read in its place, one queue's worth, and the rest once recv() makes room.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      head: bytes) -> None:
+        writer.write(accept_101(head))
+        await read_client_frame(reader)
+        writer.write(server_frame(0x1, b'{"id":1,"ok":true,"data":5}')
+                     + server_frame(0x1, b"a") + server_frame(0x1, b"b"))
+        await answer_close(reader, writer)
+
+    async def main() -> None:
+        async with raw_server(handler) as url:
+            conn = await melody.connect(url, max_queue=1)
+            assert await bounded(conn.request("add", timeout=None)) == 5
+            await wait_until(lambda: conn.queued == 1, "the message behind the reply")
+            assert conn.stats()["read_pauses"] == 1
+            assert await bounded(conn.recv()) == "a"
+            assert await bounded(conn.recv()) == "b"
+            await bounded(conn.close())
 
     run(main)
 

@@ -341,7 +341,7 @@ def build_stream(items: list[tuple[Any, ...]], *, masked: bool, key: bytes,
 def snapshot(conn: Any, events: list[Any], sent: bytes, is_server: bool) -> tuple[Any, ...]:
     frames_out: Any = sent if is_server else unmasked_frames(sent)
     return (events, frames_out, conn.state, conn.close_code, conn.close_reason, conn.buffered,
-            conn.message_size)
+            conn.message_size, conn.message_budget, conn.stalled)
 
 
 @st.composite
@@ -366,19 +366,21 @@ def connection_scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "truncate": draw(st.integers(0, 3)) == 0,
         "sends": sends,
         "compress_min_size": draw(st.sampled_from([0, 0, 50])),
+        "message_budget": draw(st.sampled_from([-1, -1, 0, 1, 2])),
     }
 
 
 def run_connection(module: Any, deflate_module: Any, s: dict[str, Any], data: bytes,
                    cuts: list[int]) -> list[tuple[Any, ...]]:
-    """Feed ``data`` cut at ``cuts`` to a Connection of ``module``, then make the sends; the
-    observable state after each step."""
+    """Feed ``data`` cut at ``cuts`` to a Connection of ``module`` (with its message budget),
+    lift the budget, then make the sends; the observable state after each step."""
     conn = module.Connection(is_server=s["is_server"], max_message_size=s["max_message_size"])
     if s["deflate"] is not None:
         bits, no_context_takeover = s["deflate"]
         conn.inflater = deflate_module.Inflater(bits, no_context_takeover)
         conn.deflater = deflate_module.Deflater(bits, no_context_takeover)
         conn.compress_min_size = s["compress_min_size"]
+    conn.message_budget = s["message_budget"]
     steps = []
     last = 0
     for cut in [*cuts, len(data)]:
@@ -397,6 +399,9 @@ def run_connection(module: Any, deflate_module: Any, s: dict[str, Any], data: by
         else:
             events = conn.receive_data(piece)
         steps.append(snapshot(conn, events, conn.data_to_send(), s["is_server"]))
+    # Lift the budget: what it held is parsed now.
+    conn.message_budget = -1
+    steps.append(snapshot(conn, conn.receive_data(b""), conn.data_to_send(), s["is_server"]))
     for kind, arg in s["sends"]:
         if kind == "text":
             result = outcome(conn.send_text, arg)

@@ -51,6 +51,9 @@ cdef class Connection:
     cdef public Py_ssize_t message_size
     cdef public int close_code
     cdef public object close_reason
+    # How many more data messages may be delivered (-1: no limit); see connection.py.
+    cdef public Py_ssize_t message_budget
+    cdef readonly bint stalled
 
     cdef Py_ssize_t _priv_room(self) except -1
     @cython.locals(live=Py_ssize_t, want=Py_ssize_t, cap=Py_ssize_t, fresh_cap=Py_ssize_t,
@@ -64,7 +67,8 @@ cdef class Connection:
     @cython.locals(avail=Py_ssize_t, buf=bytearray, at=Py_ssize_t, b0=cython.uchar,
                    b1=cython.uchar, fin=bint, opcode=int, masked=bint, compressed=bint,
                    length=Py_ssize_t, hlen=Py_ssize_t, i=int, room=Py_ssize_t, got=Py_ssize_t,
-                   done=Py_ssize_t, payload=Py_ssize_t, msg=bytearray)
+                   done=Py_ssize_t, payload=Py_ssize_t, msg=bytearray, whole=bint,
+                   stall=bint)
     cdef _parse(self)
     @cython.locals(msg=bytearray, opcode=int)
     cdef _deliver_reassembled(self)

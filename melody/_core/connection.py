@@ -98,6 +98,19 @@ class Connection:
     message_size: int
     close_code: int
     close_reason: str
+    message_budget: int
+    """How many more data messages the parser may deliver; -1 (the default): no limit.
+
+    Each delivered message takes one from a positive budget. At 0 the parser stops before a
+    whole frame that would complete a data message (a final text, binary or continuation frame,
+    while the connection is open): it consumes nothing of it nor of what follows, holds those
+    bytes (no more memory than they take) and sets :attr:`stalled`. Frames before it are parsed
+    as usual, non-final fragments included, and the text of the held frame is still checked
+    for UTF-8 as it arrives. To resume, raise the budget and call ``receive_data(b"")``, which
+    parses the held bytes again. A client with a bounded receive queue sets it to the room left.
+    """
+    stalled: bool
+    """Whether the last parse stopped at the message budget (see :attr:`message_budget`)."""
 
     def __init__(self, is_server: bool = True, max_message_size: int = 1 << 20,
                  read_buffer_size: int = 16384) -> None:
@@ -138,6 +151,8 @@ class Connection:
         self.message_size = 0
         self.close_code = 0
         self.close_reason = ""
+        self.message_budget = -1
+        self.stalled = False
 
     # -- the read buffer -------------------------------------------------------------------
 
@@ -275,6 +290,7 @@ class Connection:
         self._parse()
 
     def _parse(self) -> None:
+        self.stalled = False
         while self.state == STATE_OPEN or self.state == STATE_CLOSING:
             avail = self._end - self._start
             if avail < 2:
@@ -344,15 +360,25 @@ class Connection:
             # No sum of a header length and a 63-bit payload length is formed before the
             # payload is known to be here: compiled, it would wrap with max_message_size near
             # 2**63. Compare what has arrived against what is announced instead.
-            if avail < hlen or length > avail - hlen:
-                # What the buffer must grow to: the whole frame, saturated (the buffer only
-                # grows as bytes really arrive, see _growth).
-                self._need = _SSIZE_MAX if length > _SSIZE_MAX - hlen else hlen + length
-                # Check text as it arrives so that invalid UTF-8 fails fast (Autobahn 6.4.*).
+            whole = avail >= hlen and length <= avail - hlen
+            # The message budget: a whole frame that would complete a data message waits, with
+            # all behind it, while the budget is 0 (see message_budget).
+            stall = (whole and self.message_budget == 0 and fin and opcode < 8
+                     and self.state == STATE_OPEN)
+            if not whole or stall:
+                if stall:
+                    self.stalled = True
+                    self._need = 0
+                else:
+                    # What the buffer must grow to: the whole frame, saturated (the buffer only
+                    # grows as bytes really arrive, see _growth).
+                    self._need = _SSIZE_MAX if length > _SSIZE_MAX - hlen else hlen + length
+                # Check text as it arrives so that invalid UTF-8 fails fast (Autobahn 6.4.*),
+                # a held frame's included; _frame_done keeps the unmasking from being redone.
                 if avail > hlen and not compressed and (
                         opcode == OP_TEXT or (opcode == OP_CONT and self._msg_opcode == OP_TEXT
                                               and not self._msg_compressed)):
-                    got = avail - hlen
+                    got = length if whole else avail - hlen
                     done = self._frame_done
                     if got > done:
                         payload = at + hlen
@@ -495,6 +521,8 @@ class Connection:
         # After our close frame went out, data is no longer delivered (section 1.4).
         if self.state != STATE_OPEN:
             return
+        if self.message_budget > 0:
+            self.message_budget -= 1
         if opcode == OP_TEXT:
             self._on_text(data)
         else:

@@ -21,7 +21,6 @@ from melody._core.connection import Connection
 from melody._core.constants import STATE_OPEN
 from melody._core.extensions import accept_response, build_offer
 from melody._core.frames import is_valid_close_code
-from melody.client.framescan import _FrameScanner
 from melody.client.options import _Options, _parse_url
 from melody.errors import (
     CLOSE_ABNORMAL,
@@ -107,7 +106,6 @@ class ClientConnection:
     """
 
     __slots__ = (
-        "_blocked",
         "_buffer_view",
         "_bytes_in",
         "_close_code",
@@ -135,8 +133,6 @@ class ClientConnection:
         "_offer",
         "_opened",
         "_options",
-        "_pending",
-        "_pending_lo",
         "_pings",
         "_pings_sent",
         "_pongs_received",
@@ -153,7 +149,6 @@ class ClientConnection:
         "_request_seq",
         "_requests",
         "_response_headers",
-        "_scanner",
         "_subprotocol",
         "_transport",
         "_write_pauses",
@@ -187,13 +182,9 @@ class ClientConnection:
         self._response_headers = Headers()
         self._local_address: Any = None
         self._remote_address: Any = None
-        # Reading: the view the last get_buffer handed out, bytes read but not parsed yet, and
-        # the frame boundaries (see _scan).
+        # Reading: the view the last get_buffer handed out. Bytes the queue has no room for yet
+        # stay in the core, unparsed (see _parse_held).
         self._buffer_view: memoryview | None = None
-        self._pending: bytearray | None = None
-        self._pending_lo = 0
-        self._scanner = _FrameScanner()
-        self._blocked = False
         self._reading_paused = False
         self._queue: deque[str | bytes] = deque()
         self._max_queue = options.max_queue
@@ -422,10 +413,10 @@ class ClientConnection:
                 finally:
                     self._recv_waiter = None
         message = queue.popleft()
-        if self._blocked and len(queue) <= self._low_water:
+        if self._conn.stalled and len(queue) <= self._low_water:
             # Half the queue is free: parse what fits of what was read, maybe read again.
             # Waiting for half (not one) lets one parse and one read serve many messages.
-            self._feed_pending()
+            self._parse_held()
         return message
 
     async def __aiter__(self) -> AsyncIterator[str | bytes]:
@@ -445,8 +436,7 @@ class ClientConnection:
             yield message
 
     def _get_buffer(self) -> memoryview:
-        # Read straight into the core's buffer; the bytes are looked at in _buffer_updated
-        # before the core parses them.
+        # Read straight into the core's buffer; it parses the bytes in place.
         view = self._conn.get_buffer(-1)
         self._buffer_view = view
         return view
@@ -460,70 +450,41 @@ class ClientConnection:
         if self._head is not None or self._refusal is not None:
             self._handshake_data(bytes(view[:nbytes]))
             return
-        if self._pending is not None:
-            # Unparsed bytes from earlier reads come first (a read can still arrive after
-            # pause_reading on some transports).
-            self._pending += view[:nbytes]
-            self._feed_pending()
-            return
         conn = self._conn
-        if conn.state == STATE_OPEN and self._max_queue is not None:
-            cut = self._scan(view, 0, nbytes)
-        else:
-            cut = nbytes
-        if cut < nbytes:
-            # Kept before the core parses: the read buffer may be the core's shared one.
-            self._pending = bytearray(view[cut:nbytes])
-            self._pending_lo = 0
-        if cut:
-            # Zero-copy: the core parses in place the bytes it was read into.
-            conn.buffer_updated(cut)
-            # On a bare Connection the events of buffer_updated come with the next receive_data.
+        # The core delivers no more messages than the queue has room for: it stops before the
+        # first one that does not fit and holds the bytes from there on.
+        conn.message_budget = self._room()
+        conn.buffer_updated(nbytes)
+        # On a bare Connection the events of buffer_updated come with the next receive_data.
+        self._events(conn.receive_data(b""))
+        self._parse_held()
+
+    def _room(self) -> int:
+        """The message budget the core gets: the queue's free room, -1 when it is unbounded."""
+        max_queue = self._max_queue
+        return -1 if max_queue is None else max_queue - len(self._queue)
+
+    def _parse_held(self) -> None:
+        """Parse what the core holds for want of room, as far as the queue has room now; pause
+        reading while it still holds a message, resume once it holds none.
+
+        Parsing goes on while there is room: a reply to :meth:`request` is taken out of the
+        stream, so a message's budget may come back unused.
+        """
+        conn = self._conn
+        while conn.stalled and not self._lost:
+            room = self._room()
+            if room == 0:
+                break
+            conn.message_budget = room
             self._events(conn.receive_data(b""))
         self._update_reading()
-
-    def _feed_pending(self) -> None:
-        """Parse what the queue has room for of the bytes read but not parsed yet."""
-        pending = self._pending
-        if pending is None or self._lost:
-            self._blocked = False
-            self._update_reading()
-            return
-        conn = self._conn
-        lo = self._pending_lo
-        end = len(pending)
-        if conn.state == STATE_OPEN and self._max_queue is not None:
-            cut = self._scan(pending, lo, end)
-        else:
-            cut = end
-        if cut > lo:
-            self._events(conn.receive_data(memoryview(pending)[lo:cut]))
-        if cut == end:
-            self._pending = None
-            self._pending_lo = 0
-        elif cut > 65536 and cut * 2 > end:
-            del pending[:cut]  # reads that came while paused: do not keep what is parsed
-            self._pending_lo = 0
-        else:
-            self._pending_lo = cut
-        self._update_reading()
-
-    def _scan(self, data: bytearray | memoryview, pos: int, end: int) -> int:
-        """How much of ``data[pos:end]`` the core may parse without overfilling the queue.
-
-        ``_blocked`` says whether the cut stops short for want of room (see
-        :class:`~melody.client.framescan._FrameScanner`).
-        """
-        max_queue = self._max_queue
-        assert max_queue is not None
-        cut, self._blocked = self._scanner.cut(data, pos, end, max_queue - len(self._queue))
-        return cut
 
     def _update_reading(self) -> None:
         transport = self._transport
         if transport is None or self._lost:
             return
-        pause = self._pending is not None and self._blocked
+        pause = self._conn.stalled
         if pause and not self._reading_paused:
             self._reading_paused = True
             self._read_pauses += 1
@@ -641,8 +602,10 @@ class ClientConnection:
             self._local_close = True
             self._mark_down()
             self._write(conn.data_to_send())
-            # Nothing more is delivered: read on, whatever the queue, to find the reply.
-            self._feed_pending()
+            # Nothing more is delivered, so the core holds nothing back for want of room: read
+            # on, whatever the queue, to find the reply.
+            self._events(conn.receive_data(b""))
+            self._update_reading()
         self._stop_keepalive()
         if self._lost:
             return
@@ -865,9 +828,9 @@ class ClientConnection:
         if not self._opened.done():
             self._opened.set_result(None)
         if rest:
-            self._pending = bytearray(rest)
-            self._pending_lo = 0
-            self._feed_pending()
+            self._conn.message_budget = self._room()
+            self._events(self._conn.receive_data(rest))
+            self._parse_held()
 
     def _refused(self, status: int, headers: Headers, rest: bytes) -> None:
         length_text = headers.get("Content-Length")

@@ -185,6 +185,7 @@ def test_connection_defaults() -> None:
     assert conn.buffered == 0
     assert conn.data_to_send() == b""
     assert conn.receive_data(b"") == []
+    assert (conn.message_budget, conn.stalled) == (-1, False)
 
 
 @pytest.mark.parametrize("size", [0, -1])
@@ -1211,3 +1212,231 @@ def test_7692_client_connection_sends_masked_compressed_frames() -> None:
     assert conn.receive_data(frame(OP_TEXT, reply, rsv1=True, mask=False)) == [
         ("text", "to the client")
     ]
+
+
+# --- the message budget (melody's own: a bounded receive queue) --------------------------------
+# At budget 0 the parser stops before a whole frame that would complete a data message, and
+# before everything behind it; raising the budget and calling receive_data(b"") resumes.
+
+
+def test_budget_0_holds_a_completing_frame_and_the_ping_and_close_behind_it() -> None:
+    conn = client()
+    conn.message_budget = 0
+    data = (frame(OP_TEXT, b"first", mask=False) + frame(OP_PING, b"p", mask=False)
+            + close_frame(1000, mask=False))
+    assert conn.receive_data(data) == []
+    assert conn.stalled and conn.buffered == len(data)
+    assert conn.data_to_send() == b""  # no pong, no close reply: nothing behind was parsed
+    assert conn.state == STATE_OPEN
+    # Parsing again with no room changes nothing.
+    assert conn.receive_data(b"") == []
+    assert conn.stalled and conn.buffered == len(data)
+    conn.message_budget = 1
+    assert conn.receive_data(b"") == [("text", "first"), ("ping", b"p"), ("close", 1000, "")]
+    assert not conn.stalled and conn.buffered == 0 and conn.message_budget == 0
+    sent = read_frames(conn.data_to_send())
+    assert [(s.opcode, s.payload) for s in sent] == [
+        (OP_PONG, b"p"), (OP_CLOSE, struct.pack("!H", 1000))]
+
+
+def test_budget_counts_down_and_resumes_in_order() -> None:
+    conn = server()
+    data = b"".join(frame(OP_TEXT if i % 2 else OP_BINARY, str(i).encode()) for i in range(7))
+    expected = [("text", str(i)) if i % 2 else ("binary", str(i).encode()) for i in range(7)]
+    conn.message_budget = 2
+    assert conn.receive_data(data) == expected[:2]
+    assert conn.message_budget == 0 and conn.stalled
+    assert conn.buffered == len(data) - len(frame(OP_BINARY, b"0")) * 2
+    conn.message_budget = 3
+    assert conn.receive_data(b"") == expected[2:5]
+    assert conn.message_budget == 0 and conn.stalled
+    conn.message_budget = 10
+    assert conn.receive_data(b"") == expected[5:]
+    assert conn.message_budget == 8 and not conn.stalled and conn.buffered == 0
+    # Unlimited stays unlimited.
+    conn.message_budget = -1
+    assert conn.receive_data(data) == expected
+    assert conn.message_budget == -1 and not conn.stalled
+
+
+def test_budget_stops_before_the_message_there_is_no_room_for_wherever_reads_split() -> None:
+    # Whatever the split between two reads and the budget, the messages that complete (FIN on
+    # a data or continuation frame; not a ping, not a first fragment) are counted, and the
+    # parser stops right before the first one there is no room for.
+    frames = [
+        (frame(OP_TEXT, b"t" * 5), True),
+        (frame(OP_PING, b"abc"), False),               # a ping between messages
+        (frame(OP_BINARY, b"f" * 200, fin=False), False),  # first fragment: 16-bit length
+        (frame(OP_CONT, b"l" * 70000), True),          # last fragment: 64-bit length
+        (frame(OP_BINARY, b""), True),                 # empty
+        (frame(OP_TEXT, b"x" * 125), True),
+    ]
+    data = b"".join(f for f, _ in frames)
+    expected = server().receive_data(data)
+    starts = list(itertools.accumulate((len(f) for f, _ in frames), initial=0))
+    held_at = [start for start, (_, completes) in zip(starts, frames) if completes]
+    splits = sorted({*range(0, 300), *range(70200, 70260), len(data) - 1, len(data)})
+    for room in range(len(held_at) + 1):
+        for split in splits:
+            conn = server()
+            conn.message_budget = room
+            events = conn.receive_data(data[:split]) + conn.receive_data(data[split:])
+            if room < len(held_at):
+                assert conn.stalled and conn.buffered == len(data) - held_at[room], (room, split)
+                assert events == server().receive_data(data[:held_at[room]]), (room, split)
+            else:
+                assert not conn.stalled and events == expected, (room, split)
+            assert conn.message_budget == (0 if room < len(held_at) else room - len(held_at))
+            conn.message_budget = -1
+            assert events + conn.receive_data(b"") == expected
+
+
+def test_budget_0_parses_non_final_fragments_and_holds_the_final_one() -> None:
+    conn = client()
+    conn.message_budget = 0
+    last = frame(OP_CONT, b"ef", mask=False)
+    after = frame(OP_BINARY, b"x", mask=False)
+    data = (frame(OP_TEXT, b"ab", fin=False, mask=False) + frame(OP_PING, b"p", mask=False)
+            + frame(OP_CONT, b"cd", fin=False, mask=False) + last + after)
+    assert conn.receive_data(data) == [("ping", b"p")]
+    assert conn.stalled and conn.buffered == len(last) + len(after)
+    conn.message_budget = 1
+    assert conn.receive_data(b"") == [("text", "abcdef")]
+    assert conn.stalled and conn.buffered == len(after)
+    conn.message_budget = 5
+    assert conn.receive_data(b"") == [("binary", b"x")]
+    assert not conn.stalled and conn.message_budget == 4
+
+
+def test_budget_0_holds_only_whole_frames() -> None:
+    # A frame that has not all arrived is not held (it is not parsed yet anyway): the stall
+    # comes with its last byte, and the bytes behind it are not parsed either.
+    conn = client()
+    conn.message_budget = 0
+    data = frame(OP_BINARY, b"x" * 300, mask=False) + frame(OP_PING, b"p", mask=False)
+    assert conn.receive_data(data[:100]) == []
+    assert not conn.stalled
+    assert conn.receive_data(data[100:]) == []
+    assert conn.stalled and conn.buffered == len(data)
+    conn.message_budget = 1
+    assert conn.receive_data(b"") == [("binary", b"x" * 300), ("ping", b"p")]
+
+
+def test_budget_0_still_judges_the_held_frame_header() -> None:
+    conn = client(max_message_size=100)
+    conn.message_budget = 0
+    assert_failed(conn, conn.receive_data(frame(OP_TEXT, b"x" * 101, mask=False)), 1009)
+    conn = client()
+    conn.message_budget = 0
+    assert_failed(conn, conn.receive_data(frame(OP_TEXT, b"x")), 1002)  # masked to a client
+
+
+def test_budget_holds_nothing_once_closing() -> None:
+    # After our close frame, data is no longer delivered (section 1.4), so nothing waits for
+    # room: the peer's close reply behind its last messages is read at budget 0.
+    conn = client()
+    conn.message_budget = 0
+    data = frame(OP_TEXT, b"late", mask=False) + close_frame(1000, mask=False)
+    assert conn.receive_data(data) == []
+    assert conn.stalled
+    conn.send_close()
+    assert conn.receive_data(b"") == [("close", 1000, "")]
+    assert not conn.stalled and conn.state == STATE_CLOSED and conn.message_budget == 0
+
+
+def test_budget_0_buffered_protocol_path() -> None:
+    stream = b"".join(frame(OP_BINARY, bytes([n % 256]) * n) for n in (5, 300, 70000, 0, 20))
+    expected = server().receive_data(stream)
+    conn = server()
+    conn.message_budget = 0
+    assert feed_buffered(conn, stream, itertools.repeat(4096)) == []
+    assert conn.stalled and conn.buffered == len(stream)
+    got = []
+    while conn.stalled:
+        conn.message_budget = 1
+        got += conn.receive_data(b"")
+    assert got == expected and conn.buffered == 0
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_8_1_budget_0_fails_fast_on_invalid_utf8_byte_by_byte(fragmented: bool) -> None:
+    # The text of a frame held for want of budget is still checked as it arrives.
+    conn = server()
+    conn.message_budget = 0
+    head = frame(OP_TEXT, b"start ", fin=False) if fragmented else b""
+    assert conn.receive_data(head) == []
+    body = "ünïcode ".encode() * 20
+    data = frame(OP_CONT if fragmented else OP_TEXT, body + b"\xe2\x82\x28" + b"x" * 50)
+    events: list[Any] = []
+    fed = 0
+    while not events:
+        events = conn.receive_data(data[fed : fed + 1])
+        fed += 1
+    assert fed == 8 + len(body) + 3
+    assert_failed(conn, events, 1007)
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_8_1_budget_0_checks_a_held_text_frame_that_arrives_whole(fragmented: bool) -> None:
+    conn = server()
+    conn.message_budget = 0
+    head = frame(OP_TEXT, b"start ", fin=False) if fragmented else b""
+    data = head + frame(OP_CONT if fragmented else OP_TEXT, b"abc \xc3\x28 def")
+    assert_failed(conn, conn.receive_data(data), 1007)
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_8_1_budget_0_masked_text_byte_by_byte_is_unmasked_once(fragmented: bool) -> None:
+    text = "ünïcode 𝄞 " * 30
+    raw = text.encode()
+    data = (frame(OP_TEXT, raw[:7], fin=False) + frame(OP_CONT, raw[7:]) if fragmented
+            else frame(OP_TEXT, raw))
+    data += frame(OP_PING, b"behind")
+    conn = server()
+    conn.message_budget = 0
+    for i in range(len(data)):
+        assert conn.receive_data(data[i : i + 1]) == []
+    assert conn.stalled
+    # Held again, then resumed: the payload was unmasked as it came, and only once.
+    assert conn.receive_data(b"") == []
+    conn.message_budget = 1
+    assert conn.receive_data(b"") == [("text", text), ("ping", b"behind")]
+    assert conn.buffered == 0
+
+
+@settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=st.lists(_message, min_size=1, max_size=8),
+    cuts=st.lists(st.integers(0, 1 << 20), max_size=12),
+    budgets=st.lists(st.integers(-1, 3), min_size=1, max_size=12),
+    buffered=st.booleans(),
+)
+def test_budget_any_schedule_gives_the_same_events(
+    messages: list[tuple[str, Any, list[int]]], cuts: list[int], budgets: list[int],
+    buffered: bool,
+) -> None:
+    # Whatever the budget at each read, the data events never exceed it, and once the budget
+    # is lifted the events are those of the unbudgeted connection, in the same order.
+    stream, expected = build_stream(messages)
+    conn = server()
+    events: list[Any] = []
+    last = 0
+    for i, cut in enumerate([*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]):
+        budget = budgets[i % len(budgets)]
+        conn.message_budget = budget
+        if buffered:
+            got = feed_buffered(conn, stream[last:cut], itertools.repeat(4096))
+        else:
+            got = conn.receive_data(stream[last:cut])
+        last = cut
+        delivered = sum(1 for e in got if e[0] in ("text", "binary"))
+        if budget >= 0:
+            assert delivered <= budget
+            assert conn.message_budget == budget - delivered
+        if conn.stalled:
+            assert conn.message_budget == 0 and conn.buffered > 0
+        events += got
+    conn.message_budget = -1
+    events += conn.receive_data(b"")
+    assert events == expected
+    assert not conn.stalled and conn.buffered == 0
