@@ -5,8 +5,8 @@
 #      builds each of them once; [tool.cibuildwheel] passes cibuildwheel's own schema, and its
 #      before-test commands (test dependencies where one has no wheel) install what they should.
 #   2. The workflow files pass the GitHub-workflow JSON schema (offline), actions pinned by SHA.
-#   3. `python -m build` makes an sdist (the .pyx/.pxd/.pyi, no generated C) and, from it, a
-#      wheel (compiled modules, .pyi, py.typed, every Python module; no .c, no .pyx).
+#   3. `python -m build` makes an sdist (the .py/.pyx/.pxd/.pyi, no generated C) and, from it,
+#      a wheel (compiled modules, .pyi, py.typed, every Python module; no .c, no .pyx).
 #   4. auditwheel finds that wheel consistent with a manylinux tag and repairs it to that tag.
 #   5. A fresh virtual environment holding only that wheel and the test dependencies, with no C
 #      compiler on PATH and no source tree on sys.path, passes the test suite, run as
@@ -258,14 +258,21 @@ for path in sorted(in_sdist):
 with zipfile.ZipFile(wheel) as whl:
     in_wheel = set(whl.namelist())
 # Every file of the package is in the wheel (modules, stubs, .pxd, py.typed, assets), each .pyx
-# as its compiled module.
+# as its compiled module, and each engine .py that has a .pxd (Cython's pure-Python mode) both
+# as itself (the interpreted fallback) and compiled.
+def compiled_in_wheel(stem: str) -> bool:
+    return any(n.startswith(stem + ".") and n.endswith((".so", ".pyd")) for n in in_wheel)
 for path in tree:
     if path.endswith(".pyx"):
-        stem = path[: -len(".pyx")]
-        if not any(n.startswith(stem + ".") and n.endswith((".so", ".pyd")) for n in in_wheel):
+        if not compiled_in_wheel(path[: -len(".pyx")]):
             problems.append(f"wheel lacks the compiled module for {path}")
-    elif path not in in_wheel:
+        continue
+    if path not in in_wheel:
         problems.append(f"wheel lacks {path}")
+    if path.endswith(".pxd"):
+        stem = path[: -len(".pxd")]
+        if stem + ".py" in tree and stem + ".pyx" not in tree and not compiled_in_wheel(stem):
+            problems.append(f"wheel lacks the compiled module for {stem}.py")
 for path in sorted(in_wheel):
     if PurePosixPath(path).suffix in {".c", ".pyx"}:
         problems.append(f"wheel ships the source or generated {path}")
