@@ -61,34 +61,48 @@ def _tokens(values: Sequence[str]) -> list[str]:
 
 
 class _Protocol(asyncio.BufferedProtocol):
-    """What the transport sees: every call forwards to the :class:`ClientConnection`."""
+    """What the transport sees: a thin adapter that passes each event to the handler its
+    :class:`ClientConnection` gave for it."""
 
-    __slots__ = ("_client",)
+    __slots__ = ("_buffer", "_lost", "_made", "_pause", "_resume", "_updated")
 
-    def __init__(self, client: ClientConnection) -> None:
-        self._client = client
+    def __init__(
+        self,
+        made: Callable[[asyncio.BaseTransport], None],
+        buffer: Callable[[], memoryview],
+        updated: Callable[[int], None],
+        lost: Callable[[Exception | None], None],
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+    ) -> None:
+        self._made = made
+        self._buffer = buffer
+        self._updated = updated
+        self._lost = lost
+        self._pause = pause
+        self._resume = resume
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._client._connection_made(transport)
+        self._made(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._client._get_buffer()
+        return self._buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._client._buffer_updated(nbytes)
+        self._updated(nbytes)
 
     def eof_received(self) -> bool:
         # The server half-closed: nothing more can arrive, so close our side too (False).
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._client._connection_lost(exc)
+        self._lost(exc)
 
     def pause_writing(self) -> None:
-        self._client._pause_writing()
+        self._pause()
 
     def resume_writing(self) -> None:
-        self._client._resume_writing()
+        self._resume()
 
 
 class ClientConnection:
@@ -166,7 +180,9 @@ class ClientConnection:
         self._offer = offer
         self._request = request
         self._conn = Connection(is_server=False, max_message_size=options.max_message_size)
-        self._protocol = _Protocol(self)
+        self._protocol = _Protocol(
+            self._connection_made, self._get_buffer, self._buffer_updated,
+            self._connection_lost, self._pause_writing, self._resume_writing)
         self._transport: asyncio.Transport | None = None
         self._opened: asyncio.Future[None] = loop.create_future()
         self._closed_future: asyncio.Future[None] = loop.create_future()
