@@ -17,9 +17,9 @@ import melody
 
 PACKAGE = Path(melody.__file__).parent
 
-#: Where the private-attribute rule does not apply: the compiled engine and its pure twin, the
-#: benchmark tool, and the client (being split into a package elsewhere).
-NOT_CHECKED = ("_core", "bench", "client")
+#: Where the private-attribute rule does not apply: the compiled engine and its pure twin, and
+#: the benchmark tool.
+NOT_CHECKED = ("_core", "bench")
 
 #: (module, expression) pairs allowed to read a private attribute of another object, each
 #: with its reason. Empty: add an entry only when no public name can do.

@@ -1,7 +1,9 @@
 """One client connection: :class:`ClientConnection` over an ``asyncio.BufferedProtocol``.
 
 The opening handshake, the bounded receive queue, sending with backpressure, pings, requests
-and the closing handshake; :func:`_open_connection` makes one ready to use.
+and the closing handshake; :func:`_open_connection` makes one ready to use. :class:`ClientLink`
+(``conn.link``, package-internal) is what the opener and the reconnecting client do with a
+connection that its users do not: open it, watch it go down, abort it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 import ssl as _ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, cast
 
 import orjson
@@ -61,34 +63,106 @@ def _tokens(values: Sequence[str]) -> list[str]:
 
 
 class _Protocol(asyncio.BufferedProtocol):
-    """What the transport sees: every call forwards to the :class:`ClientConnection`."""
+    """What the transport sees: a thin adapter that passes each event to the handler its
+    :class:`ClientConnection` gave for it."""
 
-    __slots__ = ("_client",)
+    __slots__ = ("_buffer", "_lost", "_made", "_pause", "_resume", "_updated")
 
-    def __init__(self, client: ClientConnection) -> None:
-        self._client = client
+    def __init__(
+        self,
+        made: Callable[[asyncio.BaseTransport], None],
+        buffer: Callable[[], memoryview],
+        updated: Callable[[int], None],
+        lost: Callable[[Exception | None], None],
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+    ) -> None:
+        self._made = made
+        self._buffer = buffer
+        self._updated = updated
+        self._lost = lost
+        self._pause = pause
+        self._resume = resume
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._client._connection_made(transport)
+        self._made(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._client._get_buffer()
+        return self._buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._client._buffer_updated(nbytes)
+        self._updated(nbytes)
 
     def eof_received(self) -> bool:
         # The server half-closed: nothing more can arrive, so close our side too (False).
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._client._connection_lost(exc)
+        self._lost(exc)
 
     def pause_writing(self) -> None:
-        self._client._pause_writing()
+        self._pause()
 
     def resume_writing(self) -> None:
-        self._client._resume_writing()
+        self._resume()
+
+
+class ClientLink:
+    """What the package does with a :class:`ClientConnection` that its users do not: open it,
+    learn when it stops being open, drop it. Package-internal, not exported.
+
+    One per connection, made with it (``conn.link``). The opener and
+    :class:`~melody.client.reconnecting.ReconnectingClient` use these names, never the
+    connection's private ones; :meth:`open` and :meth:`abort` are the handlers the
+    connection lent it, the moment it went down is this object's own state.
+    """
+
+    __slots__ = ("_abort", "_down", "_on_down", "_open", "connection")
+
+    def __init__(
+        self,
+        connection: ClientConnection,
+        loop: asyncio.AbstractEventLoop,
+        open: Callable[[str, int, _ssl.SSLContext | None], Coroutine[Any, Any, None]],
+        abort: Callable[[], None],
+    ) -> None:
+        #: The connection this is the link of.
+        self.connection = connection
+        self._down: asyncio.Future[None] = loop.create_future()
+        self._on_down: Callable[[ClientConnection], None] | None = None
+        self._open = open
+        self._abort = abort
+
+    async def open(self, host: str, port: int, ssl: _ssl.SSLContext | None) -> None:
+        """TCP (and TLS, when ``ssl`` is given) connect to ``host``:``port``, send the upgrade
+        request, wait for the 101, start the keepalive pings; within ``open_timeout``. On any
+        failure the connection is aborted and the error raised (see :func:`melody.connect`)."""
+        await self._open(host, port, ssl)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a closing handshake (nothing once closed)."""
+        self._abort()
+
+    def when_down(self, callback: Callable[[ClientConnection], None]) -> None:
+        """Call ``callback(connection)`` synchronously the moment the connection stops being
+        open (either side starts the closing handshake, it fails, or TCP drops). One callback:
+        a later one replaces it. Not called for a connection that is down already: check
+        ``connection.open`` after registering."""
+        self._on_down = callback
+
+    async def wait_down(self) -> None:
+        """Return once the connection stopped being open (at once if it has). Never raises;
+        cancelling the wait leaves the connection alone."""
+        await asyncio.shield(self._down)
+
+    def mark_down(self) -> None:
+        """The connection calls this each time it finds itself no longer open; only the first
+        call counts."""
+        if not self._down.done():
+            self._down.set_result(None)
+            callback = self._on_down
+            if callback is not None:
+                callback(self.connection)
 
 
 class ClientConnection:
@@ -113,8 +187,6 @@ class ClientConnection:
         "_close_timer",
         "_closed_future",
         "_conn",
-        "_down_callback",
-        "_down_future",
         "_drain_waiters",
         "_error",
         "_body",
@@ -153,6 +225,7 @@ class ClientConnection:
         "_transport",
         "_write_pauses",
         "_writing_paused",
+        "link",
         "url",
     )
 
@@ -166,12 +239,15 @@ class ClientConnection:
         self._offer = offer
         self._request = request
         self._conn = Connection(is_server=False, max_message_size=options.max_message_size)
-        self._protocol = _Protocol(self)
+        self._protocol = _Protocol(
+            self._connection_made, self._get_buffer, self._buffer_updated,
+            self._connection_lost, self._pause_writing, self._resume_writing)
         self._transport: asyncio.Transport | None = None
         self._opened: asyncio.Future[None] = loop.create_future()
         self._closed_future: asyncio.Future[None] = loop.create_future()
-        self._down_future: asyncio.Future[None] = loop.create_future()
-        self._down_callback: Callable[[ClientConnection], None] | None = None
+        # What the opener and ReconnectingClient use of this connection: package-internal,
+        # see ClientLink.
+        self.link = ClientLink(self, loop, self._open, self._abort)
         # Handshake: the response head as it arrives, then the refusal's body, if any.
         self._head: bytearray | None = bytearray()
         self._refusal: HandshakeError | None = None
@@ -600,7 +676,7 @@ class ClientConnection:
         if not self._lost and conn.state == STATE_OPEN:
             conn.send_close(code, reason)
             self._local_close = True
-            self._mark_down()
+            self.link.mark_down()
             self._write(conn.data_to_send())
             # Nothing more is delivered, so the core holds nothing back for want of room: read
             # on, whatever the queue, to find the reply.
@@ -625,7 +701,7 @@ class ClientConnection:
     def _on_close_frame(self, code: int, reason: str) -> None:
         # The server closed, or answered our close; the core queued our reply if one was due.
         self._set_close(code, reason)
-        self._mark_down()
+        self.link.mark_down()
         self._wake_receiver()
         # RFC 6455 7.1.1: the server closes TCP first; drop it ourselves if it does not.
         self._arm_close_timer()
@@ -642,7 +718,7 @@ class ClientConnection:
         logger.debug("%s: failing the connection: %s", self.url, error)
         self._error = error
         self._set_close(code, reason)
-        self._mark_down()
+        self.link.mark_down()
         self._wake_receiver()
         self._close_transport_soon()
 
@@ -655,7 +731,7 @@ class ClientConnection:
             conn.send_close(code, reason)
             self._write(conn.data_to_send())
         self._set_close(code, reason)
-        self._mark_down()
+        self.link.mark_down()
         self._wake_receiver()
         self._close_transport_soon()
 
@@ -676,14 +752,6 @@ class ClientConnection:
         if self._close_code is None:
             self._close_code = code
             self._close_reason = reason
-
-    def _mark_down(self) -> None:
-        """The connection stopped being open: tell whoever watches (ReconnectingClient)."""
-        if not self._down_future.done():
-            self._down_future.set_result(None)
-            callback = self._down_callback
-            if callback is not None:
-                callback(self)
 
     def _abort(self) -> None:
         transport = self._transport
@@ -724,6 +792,37 @@ class ClientConnection:
             except ConnectionClosed:
                 return
 
+    # -- opening ----------------------------------------------------------------------------
+
+    async def _open(self, host: str, port: int, ssl: _ssl.SSLContext | None) -> None:
+        # ClientLink.open: connect, handshake within open_timeout (abort on any failure), then
+        # the keepalive.
+        options = self._options
+        loop = self._loop
+
+        async def opening() -> None:
+            transport, _ = await loop.create_connection(
+                lambda: self._protocol, host, port, ssl=ssl,
+                server_hostname=host if ssl is not None else None)
+            transport.write(self._request)
+            await self._opened
+
+        try:
+            if options.open_timeout is None:
+                await opening()
+            else:
+                await asyncio.wait_for(opening(), options.open_timeout)
+        except TimeoutError:
+            self._abort()
+            raise TimeoutError(f"opening handshake with {self.url} not done within "
+                               f"{options.open_timeout} s") from None
+        except BaseException:
+            self._abort()
+            raise
+        if options.ping_interval is not None:
+            self._keepalive_task = loop.create_task(self._keepalive(
+                options.ping_interval, options.ping_timeout or options.ping_interval))
+
     # -- transport events -------------------------------------------------------------------
 
     def _connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -746,7 +845,7 @@ class ClientConnection:
             if exc is not None:
                 logger.debug("%s: connection lost: %r", self.url, exc)
         self._stop_keepalive()
-        self._mark_down()
+        self.link.mark_down()
         self._wake_receiver()
         closed = self._closed_error()
         for waiter in self._drain_waiters:
@@ -896,29 +995,6 @@ async def _open_connection(url: str, options: _Options) -> ClientConnection:
     request = build_client_request(
         target.host_header, target.resource, key, subprotocols=options.subprotocols,
         extensions=offer, origin=options.origin, extra_headers=extra)
-    loop = asyncio.get_running_loop()
-    client = ClientConnection(loop, url, options, key, offer, request)
-
-    async def opening() -> None:
-        transport, _ = await loop.create_connection(
-            lambda: client._protocol, target.host, target.port, ssl=context,
-            server_hostname=target.host if context is not None else None)
-        transport.write(request)
-        await client._opened
-
-    try:
-        if options.open_timeout is None:
-            await opening()
-        else:
-            await asyncio.wait_for(opening(), options.open_timeout)
-    except TimeoutError:
-        client._abort()
-        raise TimeoutError(
-            f"opening handshake with {url} not done within {options.open_timeout} s") from None
-    except BaseException:
-        client._abort()
-        raise
-    if options.ping_interval is not None:
-        client._keepalive_task = loop.create_task(client._keepalive(
-            options.ping_interval, options.ping_timeout or options.ping_interval))
+    client = ClientConnection(asyncio.get_running_loop(), url, options, key, offer, request)
+    await client.link.open(target.host, target.port, context)
     return client

@@ -247,7 +247,7 @@ class ReconnectingClient:
 
     def _install(self, conn: ClientConnection) -> None:
         self._conn = conn
-        conn._down_callback = self._connection_down
+        conn.link.when_down(self._connection_down)
         self._end_outage()
         self.connected.set()
         self._up.set()
@@ -272,7 +272,7 @@ class ReconnectingClient:
         while True:
             conn = self._conn
             assert conn is not None
-            await asyncio.shield(conn._down_future)
+            await conn.link.wait_down()
             if self._closing:
                 return
             logger.warning("connection to %s lost (close code %s%s); reconnecting", self.url,
@@ -344,7 +344,7 @@ class ReconnectingClient:
                 logger.warning("on_connect failed for %s: %r", self.url, exc)
                 await conn.close(CLOSE_INTERNAL_ERROR, "on_connect failed")
             else:
-                conn._abort()
+                conn.link.abort()
             raise
 
     def _closed_error(self) -> ConnectionClosed:
