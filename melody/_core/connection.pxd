@@ -6,7 +6,7 @@
 import cython
 
 from melody._core.deflate cimport Deflater, Inflater
-from melody._core.mask cimport region_bytes, unmask_region
+from melody._core.mask cimport new_buffer, region_bytes, unmask_region
 from melody._core.utf8 cimport Utf8Validator, decode_region
 from melody._core.frames cimport build_close_frame, build_frame, is_valid_close_code
 

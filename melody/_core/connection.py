@@ -43,7 +43,7 @@ from .constants import (
 )
 from .deflate import Deflater, Inflater
 from .frames import build_close_frame, build_frame, is_valid_close_code
-from .mask import region_bytes, unmask_region
+from .mask import new_buffer, region_bytes, unmask_region
 from .utf8 import Utf8Validator, decode_region
 from .views import flat
 
@@ -60,7 +60,7 @@ _SSIZE_MAX = (1 << 63) - 1
 
 def _ssize(value: Any) -> int:
     # What a C Py_ssize_t argument takes: anything with __index__ that fits.
-    number = operator.index(value)
+    number = value if type(value) is int else operator.index(value)
     if not -_SSIZE_MAX - 1 <= number <= _SSIZE_MAX:
         raise OverflowError("Python int too large to convert to C ssize_t")
     return number
@@ -212,7 +212,7 @@ class Connection:
                 fresh_cap = 2 * cap
         else:
             fresh_cap = max(want, self._base_cap)
-        fresh = bytearray(fresh_cap)
+        fresh = new_buffer(fresh_cap)
         if live:
             fresh[0:live] = cur[self._start:self._end]
         self._priv = fresh
@@ -252,9 +252,15 @@ class Connection:
         ``("pong", bytes)``, ``("close", code, reason)`` (the peer closed; the reply is queued)
         and ``("fail", code, reason)`` (a protocol violation; a close with ``code`` is queued).
         """
-        view = flat(data)
+        view = data if type(data) is bytes else flat(data)
         nbytes = len(view)
-        if nbytes:
+        if nbytes and self._end == self._start:
+            # Nothing pending: a buffer of exactly these bytes (one copy, nothing zeroed);
+            # _settle frees it, or keeps it for the rest of a frame.
+            self._priv = self._cur = bytearray(view)
+            self._start = 0
+            self._end = nbytes
+        elif nbytes:
             self._reserve(nbytes)
             self._cur[self._end:self._end + nbytes] = view
             self._end += nbytes
@@ -603,7 +609,10 @@ class Connection:
 
     def _send_admitted(self, opcode: int, message: Any) -> int:
         # One admitted message (a str for text) as a frame; the ASGI glue overrides this.
-        data = message.encode("utf-8") if opcode == OP_TEXT else flat(message)
+        if opcode == OP_TEXT:
+            data = message.encode("utf-8")
+        else:
+            data = message if type(message) is bytes else flat(message)
         return self.send_frame(self.frame_message(opcode, data), False)
 
     def send_ping(self, data: Any = b"") -> int:

@@ -96,7 +96,8 @@ def _send_text(protocols: list[Any], text: str, exclude: Any, predicate: Predica
 
 def _send_binary(protocols: list[Any], data: Any, exclude: Any, predicate: Predicate | None,
                  recipients: list[Any] | None) -> tuple[int, list[Any] | None]:
-    return _send_all(protocols, OP_BINARY, flat(data), data, exclude, predicate, recipients)
+    return _send_all(protocols, OP_BINARY, data if type(data) is bytes else flat(data), data,
+                     exclude, predicate, recipients)
 
 
 def _check_list(value: Any) -> None:

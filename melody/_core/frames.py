@@ -105,7 +105,7 @@ def build_close_frame(code: int, reason: Any, masked: bool) -> bytes:
 
 def _c_int(value: Any) -> int:
     # What a C ``int`` argument takes: anything with __index__ that fits.
-    number = operator.index(value)
+    number = value if type(value) is int else operator.index(value)
     if not -_INT_MAX - 1 <= number <= _INT_MAX:
         raise OverflowError("value too large to convert to int")
     return number
@@ -122,7 +122,7 @@ def encode_frame(opcode: int, payload: Any = b"", *, fin: bool = True, rsv1: boo
         first |= FIN_BIT
     if rsv1:
         first |= RSV1_BIT
-    return build_frame(first, flat(payload), bool(mask))
+    return build_frame(first, payload if type(payload) is bytes else flat(payload), bool(mask))
 
 
 def encode_close(code: int = 1000, reason: str | bytes = "", *, mask: bool = False) -> bytes:

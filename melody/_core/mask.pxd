@@ -14,4 +14,5 @@ cdef void mask_copy(unsigned char* dst, const unsigned char* src, Py_ssize_t len
 cpdef int unmask_region(bytearray buf, Py_ssize_t start, Py_ssize_t length, Py_ssize_t key_at,
                         Py_ssize_t phase) except -1
 cpdef bytes region_bytes(bytearray buf, Py_ssize_t start, Py_ssize_t length)
+cpdef bytearray new_buffer(Py_ssize_t size)
 # The two calls connection.py makes on its read buffer; mask.py holds their Python versions.

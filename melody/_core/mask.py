@@ -12,7 +12,7 @@ from typing import Any
 
 from .views import flat
 
-__all__ = ["mask", "mask_into", "region_bytes", "unmask_region"]
+__all__ = ["mask", "mask_into", "new_buffer", "region_bytes", "unmask_region"]
 
 # From this size on, four strided translations beat the big-integer XOR (measured: 2x at
 # 64 KiB, 1.5x at 1 MiB; the integer is faster below about 1 KiB).
@@ -99,3 +99,10 @@ def region_bytes(buf: bytearray, start: int, length: int) -> bytes:
     _check_region(buf, start, length)
     with memoryview(buf) as view:
         return bytes(view[start:start + length])
+
+
+def new_buffer(size: int) -> bytearray:
+    """Interpreted ``mask.new_buffer`` (Python zeroes it; the C kernel does not)."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    return bytearray(size)

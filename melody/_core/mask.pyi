@@ -29,3 +29,6 @@ def unmask_region(buf: bytearray, start: int, length: int, key_at: int, phase: i
 
 def region_bytes(buf: bytearray, start: int, length: int) -> bytes:
     """``buf[start:start + length]`` as new ``bytes`` (ValueError if outside ``buf``)."""
+
+def new_buffer(size: int) -> bytearray:
+    """A ``bytearray`` of ``size`` bytes, not zeroed (ValueError for a negative size)."""

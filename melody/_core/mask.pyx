@@ -9,7 +9,9 @@ once in Python (``connection.py``), keeps unparsed bytes in a ``bytearray`` and 
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport (
+    PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
@@ -181,3 +183,11 @@ cpdef bytes region_bytes(bytearray buf, Py_ssize_t start, Py_ssize_t length):
     """``buf[start:start + length]`` as new ``bytes``, in one copy (ValueError if outside)."""
     _check_region(buf, start, length)
     return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf) + start, length)
+
+
+cpdef bytearray new_buffer(Py_ssize_t size):
+    """A ``bytearray`` of ``size`` bytes whose content is left as it is (not zeroed): room for
+    bytes about to be written over it. ``bytearray(size)`` would first write ``size`` zeros."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    return PyByteArray_FromStringAndSize(NULL, size)
