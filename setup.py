@@ -54,7 +54,7 @@ macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 # .py compiled with the .pxd beside it (see melody/_core/__init__.py). Plain-Python modules of
 # the engine (constants, views, extensions) and the kernels' interpreted .py are not compiled.
 KERNELS = ("mask", "utf8", "deflate")
-PURE_MODE = ("frames", "connection", "protocol", "fanout", "asgi", "packet")
+PURE_MODE = ("frames", "connection", "protocol", "fanout", "packet")
 
 
 def engine_source(name: str) -> str:

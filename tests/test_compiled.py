@@ -73,3 +73,18 @@ def test_session_and_hub_use_the_compiled_classes() -> None:
     conn = Connection()
     with pytest.raises(AttributeError):
         conn.not_an_attribute = 1  # type: ignore[attr-defined]
+
+
+def test_the_asgi_adapter_is_plain_python_over_the_compiled_base() -> None:
+    # The adapter is not engine code: it is interpreted in every build, and only the hooks it
+    # answers (ForeignConnection's C overrides of admit, send_shared, ...) are compiled.
+    from melody._core.protocol import ForeignConnection, ProtocolCore
+    from melody.server import asgi_connection
+
+    assert (asgi_connection.__file__ or "").endswith(".py")
+    adapter = asgi_connection.AsgiConnection
+    assert adapter.__flags__ & Py_TPFLAGS_HEAPTYPE
+    assert adapter.__mro__[1] is ForeignConnection
+    assert not ForeignConnection.__flags__ & Py_TPFLAGS_HEAPTYPE  # a cdef class
+    assert issubclass(ForeignConnection, ProtocolCore)
+    assert type(vars(adapter)["write_message"]).__name__ == "function"

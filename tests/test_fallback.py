@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import melody._core as core
+from melody._core.constants import ADMIT_OK, ADMIT_REFUSED, SEND_OK, STATE_OPEN
 
 _interpreted = core.interpreted()
 pure_connection = _interpreted.connection
@@ -154,7 +155,7 @@ def test_missing_extensions_fall_back_loudly() -> None:
 
 
 @needs_extensions
-@pytest.mark.parametrize("hidden", ["fanout", "asgi", "mask"])
+@pytest.mark.parametrize("hidden", ["fanout", "packet", "mask"])
 def test_a_partial_build_falls_back_whole(hidden: str) -> None:
     # Some extensions load before the missing one fails: none of them may stay in use.
     result = report(hide=(hidden,))
@@ -920,3 +921,93 @@ def test_fanout_interpreted_equals_compiled(s: dict[str, Any]) -> None:
     compiled = run_fanout(c_protocol, c_fanout, s)
     interpreted = run_fanout(pure_protocol, pure_fanout, s)
     assert interpreted == compiled
+
+
+def foreign_class(protocol_module: Any) -> type:
+    """A plain-Python ForeignConnection of ``protocol_module`` that records what reaches it."""
+
+    class Recorder(protocol_module.ForeignConnection):  # type: ignore[misc,name-defined]
+        __slots__ = ("log", "name", "budget")
+
+        def admit_message(self) -> int:
+            self.log.append((self.name, "admit", self.budget))
+            if self.budget == 0:
+                return ADMIT_REFUSED
+            self.budget -= 1
+            return ADMIT_OK
+
+        def write_message(self, opcode: int, message: Any) -> int:
+            self.log.append((self.name, "message", opcode, type(message).__name__,
+                             bytes(message) if opcode == OP_BINARY else message))
+            return SEND_OK
+
+        def write_close(self, code: int, reason: Any) -> int:
+            self.log.append((self.name, "close", code, reason))
+            return SEND_OK
+
+    return Recorder
+
+
+def run_foreign(protocol_module: Any, fanout_module: Any, s: dict[str, Any]) -> list[Any]:
+    log: list[Any] = []
+    d, _ = make_dispatch(protocol_module, log, {**s, "refuse": False, "echo": False,
+                                                "max_message_size": 1 << 20,
+                                                "overflow_policy": 0, "queue_limit": 256,
+                                                "direct_writes": False})
+    group = fanout_module.Group()
+    native = protocol_module.WebSocketProtocol(d)
+    native.connection_made(RecordingTransport(log, "native"))
+    view = native.get_buffer(-1)
+    view[: len(HANDSHAKE)] = HANDSHAKE
+    view.release()
+    native.buffer_updated(len(HANDSHAKE))
+    native.session = "native"
+    group.add(native)
+    Recorder = foreign_class(protocol_module)
+    foreign = Recorder(d)
+    foreign.log, foreign.name, foreign.budget = log, "foreign", s["budget"]
+    foreign.session = "foreign"
+    foreign.state = STATE_OPEN
+    group.add(foreign)
+    for kind, payload in s["steps"]:
+        if kind == "text":
+            log.append(("sent", group.broadcast_text(payload, None, None, None)[0]))
+        elif kind == "binary":
+            log.append(("sent", group.broadcast_binary(payload, None, None, None)[0]))
+        elif kind == "write":
+            log.append(("write", outcome(foreign.send_text, payload)))
+        elif kind == "receive":
+            foreign.receive_message(OP_TEXT, payload, len(payload.encode()))
+        elif kind == "ping":
+            log.append(("ping", outcome(foreign.send_ping, b"x")))
+        else:
+            log.append(("close", outcome(foreign.close, 1000, payload)))
+        d.loop.run_ready()
+    log.append(("end", foreign.state, foreign.close_code, foreign.message_size, d.stats()))
+    return log
+
+
+@st.composite
+def foreign_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "budget": draw(st.integers(0, 4)),
+        "steps": draw(st.lists(st.one_of(
+            st.tuples(st.sampled_from(["text", "write", "receive", "close"]),
+                      st.text(max_size=60)),
+            st.tuples(st.just("binary"), st.binary(max_size=60)),
+            st.tuples(st.just("ping"), st.none()),
+        ), max_size=8)),
+    }
+
+
+@needs_compiled
+@DIFF
+@given(s=foreign_scenarios())
+def test_foreign_connection_interpreted_equals_compiled(s: dict[str, Any]) -> None:
+    # The hooks the ASGI adapter answers, reached the same way by both builds of the fan-out
+    # and the connection, beside a native connection in the same group.
+    compiled = run_foreign(c_protocol, c_fanout, s)
+    interpreted = run_foreign(pure_protocol, pure_fanout, s)
+    assert interpreted == compiled
+    messages = [entry for entry in compiled if entry[1:2] == ("message",)]
+    assert len(messages) <= s["budget"]  # admission refused the rest

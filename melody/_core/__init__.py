@@ -3,7 +3,7 @@
 It knows nothing of the public API (``melody.Melody``, ``melody.Session``); those are built
 over it in ``melody/``. Every engine module is written once:
 
-* ``frames``, ``connection``, ``protocol``, ``fanout``, ``asgi`` and ``packet`` are Python
+* ``frames``, ``connection``, ``protocol``, ``fanout`` and ``packet`` are Python
   files in Cython's pure-Python mode: the build compiles each ``.py`` with the ``.pxd`` beside
   it (C fields, C method calls, C types for the hot locals), and the same file runs as it is
   where no compiled module exists.
@@ -40,11 +40,11 @@ from importlib.machinery import EXTENSION_SUFFIXES
 
 #: The engine's modules, in import order (each imports only those before it).
 MODULES = ("constants", "views", "zlib_params", "mask", "utf8", "deflate", "extensions",
-           "frames", "connection", "protocol", "fanout", "asgi", "packet")
+           "frames", "connection", "protocol", "fanout", "packet")
 
 #: The modules a build compiles (the others are plain Python in every build).
 COMPILED_MODULES = ("mask", "utf8", "deflate", "frames", "connection", "protocol", "fanout",
-                    "asgi", "packet")
+                    "packet")
 
 #: ``MELODY_NO_EXTENSIONS=1``: the interpreted engine was asked for.
 NO_EXTENSIONS: bool = os.environ.get("MELODY_NO_EXTENSIONS", "") == "1"

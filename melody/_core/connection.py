@@ -608,7 +608,7 @@ class Connection:
         return SEND_DROPPED_OLDEST if admitted == ADMIT_DROPPED_OLDEST else status
 
     def _send_admitted(self, opcode: int, message: Any) -> int:
-        # One admitted message (a str for text) as a frame; the ASGI glue overrides this.
+        # One admitted message (a str for text) as a frame; ForeignConnection overrides this.
         if opcode == OP_TEXT:
             data = message.encode("utf-8")
         else:
@@ -648,7 +648,7 @@ class Connection:
         return self._send_close(code, reason)
 
     def _send_close(self, code: int, reason: Any) -> int:
-        # The close frame of send_close_frame; the ASGI glue overrides this.
+        # The close frame of send_close_frame; ForeignConnection overrides this.
         return self.send_frame(build_close_frame(code, reason, not self.is_server), True)
 
     # -- hooks: a subclass sends and dispatches for real ---------------------------------------

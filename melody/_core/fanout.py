@@ -11,8 +11,8 @@ broadcast or a publish walks exactly its recipients, compiled to a C loop with n
 per recipient unless a Python filter was given.
 
 Each recipient gets ``send_shared(frame, opcode, payload)``: the shared frame for a socket, and
-the message itself for a consumer that is not one (the ASGI glue hands the payload to its ASGI
-server as it is, without parsing the frame back).
+the message itself for a consumer that is not one (a ``ForeignConnection``: the ASGI adapter
+hands the payload to its ASGI server as it is, without parsing the frame back).
 
 Nothing here waits: a recipient whose queue is full has the message dropped (or its oldest
 queued message, or is closed, by the hub's overflow policy) and is returned to the caller,

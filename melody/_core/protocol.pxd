@@ -1,6 +1,7 @@
 # C types for protocol.py when it is compiled (Cython's pure-Python mode): the asyncio glue, a
-# Connection that reads from and writes to a transport. The fan-out loop (fanout.py) and the
-# ASGI glue (asgi.py) cimport these classes and call send_shared and admit in C.
+# Connection that reads from and writes to a transport. The fan-out loop (fanout.py) cimports
+# these classes and calls send_shared and admit in C; ForeignConnection hands those calls to a
+# plain-Python subclass (the ASGI adapter, melody/server/asgi_connection.py).
 
 import cython
 
@@ -8,7 +9,7 @@ from melody._core.connection cimport Connection
 from melody._core.frames cimport build_frame
 from melody._core.mask cimport region_bytes
 
-cdef int ADMIT_DROPPED_OLDEST, ADMIT_OK, ADMIT_REFUSED, FIN_BIT, OP_PING, OP_PONG
+cdef int ADMIT_DROPPED_OLDEST, ADMIT_OK, ADMIT_REFUSED, FIN_BIT, OP_PING, OP_PONG, OP_TEXT
 cdef int SEND_CLOSED, SEND_OK, SEND_QUEUED
 cdef int STATE_CLOSED, STATE_CLOSING, STATE_HANDSHAKE, STATE_OPEN, STATE_UPGRADING
 cdef bytes _REQUEST_TOO_LARGE
@@ -132,6 +133,15 @@ cdef class ProtocolCore(Connection):
     cdef _on_pong(self, object payload)
     cdef _on_close(self, int code, object reason)
     cdef _on_fail(self, int code, object reason)
+
+
+cdef class ForeignConnection(ProtocolCore):
+    # The hooks the fan-out and Connection call, handed to Python methods of a subclass.
+    cdef int admit(self) except -1
+    cdef int send_shared(self, bytes frame, int opcode, object payload) except -1
+    cdef int _send_admitted(self, int opcode, object message) except -1
+    cdef int _send_close(self, int code, object reason) except -1
+    cdef int send_frame(self, bytes frame, bint control) except -1
 
 
 @cython.locals(p=ProtocolCore)

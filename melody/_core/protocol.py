@@ -31,6 +31,7 @@ from .constants import (
     FIN_BIT,
     OP_PING,
     OP_PONG,
+    OP_TEXT,
     SEND_CLOSED,
     SEND_OK,
     SEND_QUEUED,
@@ -43,7 +44,7 @@ from .constants import (
 from .frames import build_frame
 from .mask import region_bytes
 
-__all__ = ["Dispatch", "ProtocolCore", "WebSocketProtocol", "heartbeat"]
+__all__ = ["Dispatch", "ForeignConnection", "ProtocolCore", "WebSocketProtocol", "heartbeat"]
 
 
 class Dispatch:
@@ -539,16 +540,15 @@ class ProtocolCore(Connection):
         self.abort()
 
     def send_shared(self, frame: bytes, opcode: int, payload: Any) -> int:
-        # A broadcast's frame (the fan-out loop; ``opcode`` and ``payload`` are the message
-        # itself, for connections that are not sockets: see asgi.py). A lone broadcast goes
-        # out at once like any first frame of an iteration: each recipient's send() happens
-        # while the loop walks the recipients, not after it (measured: ~7% lower latency at
-        # N = 10,000). But when broadcasts come in bursts (a publisher's read holding
-        # several), writing the first at once costs a second write per connection for the
-        # rest: so once an iteration has seen a burst, the next ones gather every broadcast
-        # frame for one write at their end, until an iteration passes without a burst.
-        # Marking the connection as having written directly sends the frame down the
-        # gathering path.
+        # A broadcast's frame (the fan-out loop; ``opcode`` and ``payload`` are the message itself,
+        # for connections that are not sockets: see ForeignConnection). A lone broadcast goes out at
+        # once like any first frame of an iteration: each recipient's send() happens while the loop
+        # walks the recipients, not after it (measured: ~7% lower latency at N = 10,000). But when
+        # broadcasts come in bursts (a publisher's read holding several), writing the first at once
+        # costs a second write per connection for the rest: so once an iteration has seen a burst,
+        # the next ones gather every broadcast frame for one write at their end, until an iteration
+        # passes without a burst. Marking the connection as having written directly sends the frame
+        # down the gathering path.
         d = self.dispatch
         if self._direct_tick == d.tick or self._pending is not None:
             d._burst_seen = True
@@ -703,6 +703,58 @@ def _flush_all(dirty: list[Any]) -> None:
             p._flush()
         except Exception as exc:
             p._write_failed(exc)
+
+
+class ForeignConnection(ProtocolCore):
+    """A connection whose far side is not a transport but Python code (the ASGI adapter).
+
+    The fan-out loop and ``Connection`` reach every connection through the C hooks ``admit``,
+    ``send_shared``, ``_send_admitted`` and ``_send_close``. Here they hand the *message*
+    (opcode and payload, never a frame) to plain Python methods that a subclass defines:
+
+    * ``admit_message() -> int``: an ADMIT_* value, as ``admit`` returns;
+    * ``write_message(opcode, message) -> int``: one admitted data message (a ``str`` for
+      OP_TEXT, a bytes-like object for OP_BINARY); a SEND_* value;
+    * ``write_close(code, reason) -> int``: the closing handshake (code 0: no status).
+
+    The subclass is ordinary Python, so the adapter stays out of the compiled core, and the
+    native path pays nothing for it: its hooks stay C calls through the vtable (``cpdef``
+    hooks would add an override lookup per recipient on heap-type protocols). Inbound, the
+    subclass hands each message it read to ``receive_message``. Such a connection has no
+    frames of its own: pings and pongs are dropped (its server keeps the peer alive) and a
+    data frame is an error.
+    """
+
+    def admit(self) -> int:
+        return self.admit_message()  # type: ignore[attr-defined,no-any-return]
+
+    def send_shared(self, frame: bytes, opcode: int, payload: Any) -> int:
+        # A broadcast: the message as the publisher gave it, shared by every such recipient.
+        if self.state != STATE_OPEN:
+            return SEND_CLOSED
+        return self.write_message(opcode, payload)  # type: ignore[attr-defined,no-any-return]
+
+    def _send_admitted(self, opcode: int, message: Any) -> int:
+        return self.write_message(opcode, message)  # type: ignore[attr-defined,no-any-return]
+
+    def _send_close(self, code: int, reason: Any) -> int:
+        return self.write_close(code, reason)  # type: ignore[attr-defined,no-any-return]
+
+    def send_frame(self, frame: bytes, control: bool) -> int:
+        if not control:
+            raise ValueError(f"{type(self).__name__} takes messages, not data frames")
+        return SEND_CLOSED if self.state == STATE_CLOSED else SEND_OK
+
+    def receive_message(self, opcode: int, data: Any, size: int) -> None:
+        """Deliver one whole message the far side read (``size``: its length in bytes, already
+        checked against ``max_message_size``): counted, rate-limited and handed to the hub's
+        handlers exactly as a parsed one."""
+        self.dispatch.bytes_in += size
+        self.message_size = size  # what the rate limit's byte bucket charges
+        if opcode == OP_TEXT:
+            self._on_text(data)
+        else:
+            self._on_binary(data)
 
 
 class WebSocketProtocol(ProtocolCore, asyncio.BufferedProtocol):

@@ -43,11 +43,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
-from melody._core.asgi import AsgiConnection
 from melody._hubstate import state_of
 from melody.errors import CLOSE_GOING_AWAY, HandshakeError
 from melody.handshake import Headers, Request
 from melody.middleware import Handshake, run_cleanups
+from melody.server.asgi_connection import AsgiConnection
 from melody.server.native import upgrader_of
 from melody.server.upgrade import UpgradeDecision
 from melody.session import Session

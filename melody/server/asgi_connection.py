@@ -1,26 +1,25 @@
 """A hub connection served by an ASGI server (uvicorn, hypercorn, ...) instead of melody's own.
 
-``AsgiConnection`` is a ``ProtocolCore``: the hub keeps it in the same groups as the native
-connections and the fan-out loop calls the same C methods on it, ``admit`` and
-``send_shared``. What differs is the far side. Its bytes belong to the ASGI server, so:
+``AsgiConnection`` is a ``ForeignConnection``: the hub keeps it in the same groups as the
+native connections and the fan-out loop calls the same C hooks on it, which that compiled base
+hands to the plain-Python methods here (``admit_message``, ``write_message``, ``write_close``).
+What differs is the far side. Its bytes belong to the ASGI server, so:
 
-* outgoing messages go out as ASGI messages. The fan-out hands every recipient the shared
-  frame together with the message's opcode and payload (``send_shared``); this class takes the
-  payload as it is and never parses a frame (an ASGI server frames and compresses on its own,
-  so ``deflater`` stays None);
+* outgoing messages go out as ASGI messages. The fan-out hands every recipient the message's
+  opcode and payload beside the shared frame; this class takes the payload as it is and never
+  parses a frame (an ASGI server frames and compresses on its own, so ``deflater`` stays None);
 * each message goes to the ASGI ``send`` at once: its coroutine is stepped right here, and an
   ASGI server that is below its write-buffer mark completes it without suspending (uvicorn
   does). Only when it suspends (the peer stopped reading) is it finished by a writer task, and
-  later messages wait in a queue bounded by ``Dispatch.queue_limit`` with the hub's overflow
+  later messages wait in an outbox bounded by ``Dispatch.queue_limit`` with the hub's overflow
   policy, as frames wait on the native path while the transport is paused;
-* incoming messages arrive through ``run()``, a loop over the ASGI ``receive`` that calls the
-  hub's handlers exactly as the frame parser does;
+* incoming messages arrive through ``run()``, a loop over the ASGI ``receive`` that hands each
+  to ``receive_message``, which calls the hub's handlers exactly as the frame parser does;
 * there is no ping in ASGI: the hub's heartbeat never pings these connections nor takes them
   for dead. Liveness is the ASGI server's job (uvicorn's ``ws_ping_interval``).
 
-One source for both builds: compiled with ``asgi.pxd`` (a C subclass of ``ProtocolCore``, so
-that the fan-out loop reaches it through the same C calls) and run as it is where no compiled
-engine exists.
+Plain Python in every build: this runs once per ASGI message, behind an ASGI server's own
+Python per-message cost, so compiling it bought little and kept adapter code in the engine.
 """
 
 from __future__ import annotations
@@ -31,10 +30,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .constants import (
+from melody._core.constants import (
     ADMIT_DROPPED_OLDEST,
     ADMIT_OK,
     ADMIT_REFUSED,
+    OP_BINARY,
     OP_TEXT,
     SEND_CLOSED,
     SEND_OK,
@@ -42,8 +42,8 @@ from .constants import (
     STATE_CLOSED,
     STATE_OPEN,
 )
-from .frames import close_reason
-from .protocol import Dispatch, ProtocolCore
+from melody._core.frames import close_reason
+from melody._core.protocol import Dispatch, ForeignConnection
 
 __all__ = ["AsgiConnection", "AsgiTransport"]
 
@@ -73,7 +73,8 @@ async def _resume(it: Any, step: Any) -> None:
             if step is None:
                 await asyncio.sleep(0)  # a bare yield: it only gave the loop a turn
             elif asyncio.isfuture(step):
-                step._asyncio_future_blocking = False
+                # The future's "blocking" mark is the Task protocol's; this is not a Task, so
+                # it is left alone: Future.__await__ checks done() when resumed, not the mark.
                 await asyncio.wait((step,))
             else:
                 raise RuntimeError(f"ASGI send yielded {step!r}: not an asyncio awaitable")
@@ -85,41 +86,50 @@ async def _resume(it: Any, step: Any) -> None:
         raise
 
 
-class AsgiConnection(ProtocolCore):
+class AsgiConnection(ForeignConnection):
     """One WebSocket connection accepted by an ASGI server, registered in a melody hub."""
 
-    # The fields (compiled: the C struct in asgi.pxd).
-    _send: Any
-    _writer: Any
-    _reader: Any
-    _reader_cancelled: bool
-    _read_paused: bool
-    _read_waiter: Any
-    _progress: int
-    _progress_mark: int
+    # Its own state: the engine's fields of the same purpose (the native queue, timers) are C
+    # fields of ProtocolCore that Python code does not reach.
+    __slots__ = ("_send", "_writer", "_reader", "_reader_cancelled", "_read_paused",
+                 "_read_waiter", "_progress", "_progress_mark", "_outbox", "_outbox_bytes",
+                 "_send_waiting", "_accepted", "_close_timer", "_stall_timer")
 
     def __init__(self, dispatch: Dispatch, send: Callable[[_Message], Awaitable[None]],
                  scope: dict[str, Any]) -> None:
-        if type(scope) is not dict and scope is not None:
-            raise TypeError(f"Argument 'scope' has incorrect type (expected dict, "
-                            f"got {type(scope).__name__})")
-        ProtocolCore.__init__(self, dispatch)
+        if type(scope) is not dict:
+            raise TypeError(f"scope must be a dict, not {type(scope).__name__}")
+        ForeignConnection.__init__(self, dispatch)
+        # The ASGI ``send`` callable; every outgoing message is one awaitable call to it.
         self._send = send
-        self._writer = None
-        self._reader = None
+        # The task finishing a send that did not complete at once, then draining _outbox.
+        self._writer: asyncio.Task[None] | None = None
+        # The task running run(): cancelled by abort() to end a connection from outside.
+        self._reader: asyncio.Task[Any] | None = None
         self._reader_cancelled = False
+        # Set while the hub asks the reader to wait (async handlers lagging behind).
         self._read_paused = False
-        self._read_waiter = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        # Sends completed: the write timer's sign that the peer still reads.
         self._progress = 0
         self._progress_mark = 0
-        self._queue = deque()
+        # Messages behind a suspended send: (message, size) for data, (message,) for the
+        # close, which no overflow policy drops.
+        self._outbox: deque[tuple[Any, ...]] = deque()
+        self._outbox_bytes = 0
+        # True while a send is suspended (the ASGI server's peer is not reading).
+        self._send_waiting = False
+        # True from open() until the hub has been told of the disconnect.
+        self._accepted = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
         self.transport = AsgiTransport(self, scope)
 
     def open(self, session: Any) -> None:
         """The ASGI server accepted the connection: attach ``session`` and start taking frames."""
         self.session = session
         self.state = STATE_OPEN
-        self._opened = True
+        self._accepted = True
         # The heartbeat never pings this connection nor finds it silent: ASGI has no ping, and
         # liveness belongs to the ASGI server.
         self.last_active = _NEVER
@@ -133,13 +143,13 @@ class AsgiConnection(ProtocolCore):
         Returns after ``websocket.disconnect`` or :meth:`abort`; the hub's ``on_disconnect``
         has run by then (once).
         """
-        d = self.dispatch
+        loop = self.dispatch.loop
         self._reader = asyncio.current_task()
         try:
             while self.state != STATE_CLOSED:
                 try:
                     if self._read_paused:
-                        self._read_waiter = d.loop.create_future()
+                        self._read_waiter = loop.create_future()
                         await self._read_waiter
                         continue
                     message = await receive()
@@ -165,9 +175,7 @@ class AsgiConnection(ProtocolCore):
                         if n > self.max_message_size:
                             self._too_big(n)
                             continue
-                        d.bytes_in += n
-                        self.message_size = n  # what the rate limit's byte bucket counts
-                        self._on_text(text)
+                        self.receive_message(OP_TEXT, text, n)
                     else:
                         data = message.get("bytes")
                         if data is None:
@@ -176,9 +184,7 @@ class AsgiConnection(ProtocolCore):
                         if n > self.max_message_size:
                             self._too_big(n)
                             continue
-                        d.bytes_in += n
-                        self.message_size = n
-                        self._on_binary(data)
+                        self.receive_message(OP_BINARY, data, n)
                 elif kind == "websocket.disconnect":
                     self._peer_closed(message)
                     break
@@ -214,20 +220,38 @@ class AsgiConnection(ProtocolCore):
         self.state = STATE_CLOSED
         if self.close_code == 0:
             self.close_code = 1006
-        self._cancel_timer()
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._cancel_close_timer()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._writer is not None:
             self._writer.cancel()
             self._writer = None
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._outbox.clear()
+        self._outbox_bytes = 0
         self._reader = None
         self.transport = None
-        if self._opened:
-            self._opened = False
+        if self._accepted:
+            self._accepted = False
             self.dispatch.on_disconnect(self)
+
+    def _cancel_close_timer(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+
+    def pause_reading(self) -> None:
+        """Stop taking messages from the ASGI server until :meth:`resume_reading`."""
+        self._read_paused = True
+
+    def resume_reading(self) -> None:
+        """Take messages again."""
+        self._wake_reader()
+
+    @property
+    def reading(self) -> bool:
+        """False while reading is paused."""
+        return not self._read_paused
 
     def _wake_reader(self) -> None:
         self._read_paused = False
@@ -237,14 +261,34 @@ class AsgiConnection(ProtocolCore):
             if not waiter.done():
                 waiter.set_result(None)
 
+    # -- what the hub reads (ProtocolCore's are the native queue's) -------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting behind a send the ASGI server holds up."""
+        return len(self._outbox)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the messages in :attr:`queued`."""
+        return self._outbox_bytes
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while a send is held up (the peer is not reading)."""
+        return self._send_waiting
+
     # -- writing ---------------------------------------------------------------------------------
 
-    def admit(self) -> int:
-        # A peer keeping up takes everything; only while a send is suspended do messages queue.
+    def admit_message(self) -> int:
+        """ForeignConnection's ``admit``: whether one more data message may go (ADMIT_*).
+
+        A peer keeping up takes everything; only while a send is suspended do messages queue.
+        """
         d = self.dispatch
-        if not self._writing_paused:
+        if not self._send_waiting:
             return ADMIT_OK
-        if len(self._queue) < d.queue_limit and self._queued_bytes < d.queue_bytes_limit:
+        if len(self._outbox) < d.queue_limit and self._outbox_bytes < d.queue_bytes_limit:
             return ADMIT_OK
         self.dropped += 1
         d.frames_dropped += 1
@@ -256,43 +300,28 @@ class AsgiConnection(ProtocolCore):
             self.close(1008, "message buffer full: reading too slowly")
         return ADMIT_REFUSED
 
-    # Queue items: (message, size) for data, (message,) for the close, which is never dropped.
-
     def _drop_oldest(self) -> bool:
-        queue = self._queue
-        for i, item in enumerate(queue):
+        outbox = self._outbox
+        for i, item in enumerate(outbox):
             if len(item) == 2:
-                del queue[i]
-                self._queued_bytes -= item[1]
+                del outbox[i]
+                self._outbox_bytes -= item[1]
                 return True
         return False
 
     def _discard_queued_data(self) -> None:
-        queue = self._queue
-        kept = [item for item in queue if len(item) == 1]
-        dropped = len(queue) - len(kept)
+        outbox = self._outbox
+        kept = [item for item in outbox if len(item) == 1]
+        dropped = len(outbox) - len(kept)
         self.dropped += dropped
         self.dispatch.frames_dropped += dropped
-        queue.clear()
-        queue.extend(kept)
-        self._queued_bytes = 0
+        outbox.clear()
+        outbox.extend(kept)
+        self._outbox_bytes = 0
 
-    def send_frame(self, frame: bytes, control: bool) -> int:
-        # Only pings and pongs come this way (the heartbeat skips these connections; closes go
-        # through send_close_frame, broadcasts through send_shared): ASGI has none, the server
-        # keeps the peer alive.
-        if not control:
-            raise ValueError("an ASGI connection takes messages, not data frames")
-        return SEND_CLOSED if self.state == STATE_CLOSED else SEND_OK
-
-    def send_shared(self, frame: bytes, opcode: int, payload: Any) -> int:
-        # A broadcast: the message as the publisher gave it, shared by every ASGI recipient.
-        if self.state != STATE_OPEN:
-            return SEND_CLOSED
-        return self._send_admitted(opcode, payload)
-
-    def _send_admitted(self, opcode: int, message: Any) -> int:
-        # An admitted message (send_text, send_binary, a broadcast) as an ASGI message.
+    def write_message(self, opcode: int, message: Any) -> int:
+        """ForeignConnection's send hook: one admitted message (``session.write``, a broadcast)
+        as an ASGI message; a SEND_* value."""
         d = self.dispatch
         if opcode == OP_TEXT:
             n = _utf8_length(message)
@@ -306,20 +335,21 @@ class AsgiConnection(ProtocolCore):
         d.bytes_out += n
         return self._submit(event, n, False)
 
-    def _send_close(self, code: int, reason: Any) -> int:
-        # The closing handshake as an ASGI message: the code and reason a close frame would
-        # carry (no code: 1000, ASGI's default), sent after what is queued.
+    def write_close(self, code: int, reason: Any) -> int:
+        """ForeignConnection's close hook: the closing handshake as an ASGI message, with the
+        code and reason a close frame would carry (no code: 1000, ASGI's default), sent after
+        what is queued."""
         return self._submit({"type": "websocket.close", "code": code or 1000,
                              "reason": close_reason(reason).decode("utf-8") if code else ""},
                             0, True)
 
     def _submit(self, message: _Message, nbytes: int, control: bool) -> int:
-        if self._writing_paused:
+        if self._send_waiting:
             if control:
-                self._queue.append((message,))
+                self._outbox.append((message,))
             else:
-                self._queue.append((message, nbytes))
-                self._queued_bytes += nbytes
+                self._outbox.append((message, nbytes))
+                self._outbox_bytes += nbytes
             return SEND_QUEUED
         return self._send_now(message, control)
 
@@ -339,22 +369,22 @@ class AsgiConnection(ProtocolCore):
             return SEND_CLOSED
         # The server made it wait (its transport is paused): a task finishes it, and what
         # follows queues behind it, bounded by admit().
-        self._writing_paused = True
+        self._send_waiting = True
         self._writer = self.dispatch.loop.create_task(self._drain(it, step, control))
         self._arm_write_timer()
         return SEND_QUEUED
 
     async def _drain(self, it: Any, step: Any, closing: bool) -> None:
         """Finish the suspended send, then send what queued behind it, in order."""
-        queue = self._queue
+        outbox = self._outbox
         try:
             await _resume(it, step)
             self._progress += 1
             self.dispatch.writes += 1
-            while queue and not closing:
-                item = queue.popleft()
+            while outbox and not closing:
+                item = outbox.popleft()
                 if len(item) == 2:
-                    self._queued_bytes -= item[1]
+                    self._outbox_bytes -= item[1]
                 else:
                     closing = True  # the close is the last thing ever sent
                 await self._send(item[0])
@@ -370,17 +400,17 @@ class AsgiConnection(ProtocolCore):
         except Exception as exc:
             self._send_failed(exc)
         finally:
-            self._writing_paused = False
+            self._send_waiting = False
             self._writer = None
-            if self._write_timer is not None:
-                self._write_timer.cancel()
-                self._write_timer = None
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
 
     def _send_failed(self, exc: BaseException) -> None:
         # The server refused a message. Once the peer is gone that is expected (the disconnect
         # reaches run() next); anything else is reported, and the connection dropped.
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._outbox.clear()
+        self._outbox_bytes = 0
         if _is_disconnect(exc):
             self.state = STATE_CLOSED
             self._wake_reader()
@@ -390,26 +420,26 @@ class AsgiConnection(ProtocolCore):
         self.abort()
 
     def _arm_write_timer(self) -> None:
-        if self._write_timer is None:
+        if self._stall_timer is None:
             self._progress_mark = self._progress
-            self._write_timer = self.dispatch.loop.call_later(
+            self._stall_timer = self.dispatch.loop.call_later(
                 self.dispatch.write_wait, self._write_timeout)
 
     def _write_timeout(self) -> None:
         """Timer callback: drop a peer whose pending send made no progress for write_wait."""
-        self._write_timer = None
-        if not self._writing_paused or self.state == STATE_CLOSED:
+        self._stall_timer = None
+        if not self._send_waiting or self.state == STATE_CLOSED:
             return
         if self._progress != self._progress_mark:
             self._arm_write_timer()
             return
-        if self._opened and self.dispatch.on_timeout is not None:
+        if self._accepted and self.dispatch.on_timeout is not None:
             self.dispatch.on_timeout(self.session, "write")
         self.abort()
 
     def _close_timeout(self) -> None:
         """Timer callback: the ASGI server did not report the end of the closing handshake."""
-        self._timer = None
+        self._close_timer = None
         self.abort()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -418,12 +448,12 @@ class AsgiConnection(ProtocolCore):
         code = operator.index(code)
         if self.state != STATE_OPEN:
             return
-        if self.send_close_frame(code, reason) == SEND_CLOSED:
+        if self.send_close(code, reason) == SEND_CLOSED:
             return
         self._wake_reader()  # so that it sees the disconnect that follows
-        self._cancel_timer()
+        self._cancel_close_timer()
         if self.state != STATE_CLOSED:
-            self._timer = self.dispatch.loop.call_later(
+            self._close_timer = self.dispatch.loop.call_later(
                 self.dispatch.close_timeout, self._close_timeout)
 
     def abort(self) -> None:
@@ -432,8 +462,8 @@ class AsgiConnection(ProtocolCore):
         self.state = STATE_CLOSED
         if self.close_code == 0:
             self.close_code = 1006
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._outbox.clear()
+        self._outbox_bytes = 0
         if self._writer is not None:
             self._writer.cancel()
             self._writer = None
@@ -457,10 +487,6 @@ class AsgiTransport:
     __slots__ = ("_conn", "_extra")
 
     def __init__(self, conn: AsgiConnection, scope: dict[str, Any]) -> None:
-        if not isinstance(conn, AsgiConnection) and conn is not None:
-            raise TypeError(f"Argument 'conn' has incorrect type (expected "
-                            f"{AsgiConnection.__module__}.AsgiConnection, "
-                            f"got {type(conn).__name__})")
         self._conn = conn
         client = scope.get("client")
         server = scope.get("server")
@@ -477,15 +503,15 @@ class AsgiTransport:
 
     def pause_reading(self) -> None:
         """Stop taking messages from the ASGI server until :meth:`resume_reading`."""
-        self._conn._read_paused = True
+        self._conn.pause_reading()
 
     def resume_reading(self) -> None:
         """Take messages again."""
-        self._conn._wake_reader()
+        self._conn.resume_reading()
 
     def is_reading(self) -> bool:
         """False while reading is paused."""
-        return not self._conn._read_paused
+        return self._conn.reading
 
     def is_closing(self) -> bool:
         """True once the connection is closing or closed."""
