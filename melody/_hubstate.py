@@ -8,8 +8,9 @@ the hooks that metrics and backplanes use. ``Melody`` is the public face over it
 session, the server, the ASGI adapter, routing, metrics and the backplanes use the names below
 (:func:`state_of` finds a hub's state), never a private attribute of ``Melody`` or ``Session``.
 
-:class:`SessionLink` is what the hub keeps for one session (``session.link``): its connection,
-its handler calls waiting their turn and its topics.
+:class:`SessionLink` is what the hub keeps for one session: its connection, its handler calls
+waiting their turn and its topics. ``Session`` is its subclass (one object per connection);
+``session.link`` is the session itself, seen as its link.
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ class Deliver(Protocol):
 
 class SessionLink:
     """What the hub keeps for one session: its connection, its pending handler calls (run
-    one after another, or up to ``max_concurrent_handlers`` at once) and its topics."""
+    one after another, or up to ``max_concurrent_handlers`` at once) and its topics.
 
-    __slots__ = ("draining", "inbox", "paused", "proto", "running", "topics")
+    The base class of ``Session``: these are the hub's fields of the session object, not API.
+    """
+
+    __slots__ = ("draining", "inbox", "paused", "proto", "running", "subscribed")
 
     def __init__(self, proto: WebSocketProtocol) -> None:
         #: The session's connection (what broadcasts and topic groups hold).
@@ -97,7 +101,12 @@ class SessionLink:
         #: Handler tasks running for this session (concurrent mode only).
         self.running = 0
         #: The topics the session is subscribed to (None until the first subscribe).
-        self.topics: set[str] | None = None
+        self.subscribed: set[str] | None = None
+
+    @property
+    def link(self) -> SessionLink:
+        """The session seen as what the hub keeps for it (itself)."""
+        return self
 
     def pause_reading(self) -> None:
         """Stop reading from the peer until :meth:`resume_reading` (once)."""
@@ -244,7 +253,7 @@ class HubState:
 
         def ordered(session: Session, *args: Any) -> None:
             # A sync handler after pending async ones keeps the session's order.
-            if session.link.inbox:
+            if session.inbox:
                 self.enqueue(session, fn, args)
             else:
                 fn(session, *args)
@@ -257,7 +266,7 @@ class HubState:
         """Run a handler: inline when sync and nothing is pending, else queued/scheduled."""
         if fn is None:
             return
-        if inspect.iscoroutinefunction(fn) or session.link.inbox:
+        if inspect.iscoroutinefunction(fn) or session.inbox:
             self.enqueue(session, fn, args)
             return
         try:
@@ -270,7 +279,7 @@ class HubState:
         ``concurrent_message_handling``) in a free handler slot. Pauses reading from a peer
         whose handlers fall behind."""
         loop = self.loop or asyncio.get_running_loop()
-        link = session.link
+        link: SessionLink = session
         if self.config.concurrent_message_handling:
             self._enqueue_concurrent(loop, session, link, fn, args)
             return
@@ -427,11 +436,11 @@ class HubState:
         self.dispatch.disconnects += 1
         session: Session | None = proto.session
         if session is not None:
-            link = session.link
-            if link.topics:
-                for topic in link.topics:
+            link: SessionLink = session
+            if link.subscribed:
+                for topic in link.subscribed:
                     self._leave(proto, topic)
-                link.topics = None
+                link.subscribed = None
             for hook in self.on_session_end:
                 hook(session)
             self.call(session, self.on_disconnect)
@@ -444,8 +453,8 @@ class HubState:
 
     def subscribe(self, session: Session, topic: str) -> bool:
         """``hub.subscribe`` for an open session (see there)."""
-        link = session.link
-        held = link.topics
+        link: SessionLink = session
+        held = link.subscribed
         if held is not None and topic in held:
             return False
         self._check_subscription(held, topic)
@@ -457,9 +466,9 @@ class HubState:
                 backplane.subscribe(topic)
         if not group.add(link.proto):
             return False
-        if link.topics is None:
-            link.topics = set()
-        link.topics.add(topic)
+        if link.subscribed is None:
+            link.subscribed = set()
+        link.subscribed.add(topic)
         return True
 
     def _check_subscription(self, held: set[str] | None, topic: str) -> None:
@@ -482,10 +491,10 @@ class HubState:
 
     def unsubscribe(self, session: Session, topic: str) -> bool:
         """``hub.unsubscribe`` (see there)."""
-        link = session.link
-        if not link.topics or topic not in link.topics:
+        link: SessionLink = session
+        if not link.subscribed or topic not in link.subscribed:
             return False
-        link.topics.discard(topic)
+        link.subscribed.discard(topic)
         self._leave(link.proto, topic)
         return True
 

@@ -231,11 +231,11 @@ class Melody:
     def broadcast_others(self, msg: str, session: Session) -> int:
         """Send ``msg`` to every session except ``session`` (typically the sender)."""
         self._share(None, msg, False)
-        return self._fan_out(msg, False, self._state.connections, session.link.proto)
+        return self._fan_out(msg, False, self._state.connections, session.proto)
 
     def broadcast_multiple(self, msg: str, sessions: Iterable[Session]) -> int:
         """Send ``msg`` to each of ``sessions`` (framed once, as every broadcast)."""
-        return self._fan_out(msg, False, [s.link.proto for s in sessions])
+        return self._fan_out(msg, False, [s.proto for s in sessions])
 
     def broadcast_binary(self, msg: bytes | bytearray | memoryview) -> int:
         """Binary :meth:`broadcast`."""
@@ -253,13 +253,13 @@ class Melody:
     ) -> int:
         """Binary :meth:`broadcast_others`."""
         self._share(None, msg, True)
-        return self._fan_out(msg, True, self._state.connections, session.link.proto)
+        return self._fan_out(msg, True, self._state.connections, session.proto)
 
     def broadcast_binary_multiple(
         self, msg: bytes | bytearray | memoryview, sessions: Iterable[Session]
     ) -> int:
         """Binary :meth:`broadcast_multiple`."""
-        return self._fan_out(msg, True, [s.link.proto for s in sessions])
+        return self._fan_out(msg, True, [s.proto for s in sessions])
 
     # -- codecs, routing, acks, authorization (melody.codecs, melody.routing) ----------------
 
@@ -360,13 +360,13 @@ class Melody:
 
     def publish_others(self, topic: str, msg: str, session: Session) -> int:
         """:meth:`publish` to every subscriber but ``session`` (the sender)."""
-        return self._publish(topic, msg, False, session.link.proto)
+        return self._publish(topic, msg, False, session.proto)
 
     def publish_binary_others(
         self, topic: str, msg: bytes | bytearray | memoryview, session: Session
     ) -> int:
         """Binary :meth:`publish_others`."""
-        return self._publish(topic, msg, True, session.link.proto)
+        return self._publish(topic, msg, True, session.proto)
 
     def _publish(self, topic: str, msg: Any, binary: bool,
                  exclude: WebSocketProtocol | None) -> int:

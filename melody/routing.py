@@ -127,7 +127,7 @@ class Router:
         arg = msg if route.whole else data
         if route.is_async:
             self._state.enqueue(session, self._run_async, (route, msg, msg_id, arg))
-        elif session.link.inbox:
+        elif session.inbox:
             # Async calls are pending for this session: keep its arrival order.
             self._state.enqueue(session, self._run_sync, (route, msg, msg_id, arg))
         else:
