@@ -966,6 +966,8 @@ def run_foreign(protocol_module: Any, fanout_module: Any, s: dict[str, Any]) -> 
     Recorder = foreign_class(protocol_module)
     foreign = Recorder(d)
     foreign.log, foreign.name, foreign.budget = log, "foreign", s["budget"]
+    # Only while the far side holds a send up is admission asked (else every message goes).
+    foreign.send_waiting = s["waiting"]
     foreign.session = "foreign"
     foreign.state = STATE_OPEN
     group.add(foreign)
@@ -991,6 +993,7 @@ def run_foreign(protocol_module: Any, fanout_module: Any, s: dict[str, Any]) -> 
 def foreign_scenarios(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "budget": draw(st.integers(0, 4)),
+        "waiting": draw(st.booleans()),
         "steps": draw(st.lists(st.one_of(
             st.tuples(st.sampled_from(["text", "write", "receive", "close"]),
                       st.text(max_size=60)),
@@ -1010,4 +1013,8 @@ def test_foreign_connection_interpreted_equals_compiled(s: dict[str, Any]) -> No
     interpreted = run_foreign(pure_protocol, pure_fanout, s)
     assert interpreted == compiled
     messages = [entry for entry in compiled if entry[1:2] == ("message",)]
-    assert len(messages) <= s["budget"]  # admission refused the rest
+    asked = [entry for entry in compiled if entry[1:2] == ("admit",)]
+    if s["waiting"]:
+        assert len(messages) <= s["budget"]  # admission refused the rest
+    else:
+        assert asked == []  # a far side that keeps up is never asked

@@ -136,6 +136,7 @@ cdef class ProtocolCore(Connection):
 
 
 cdef class ForeignConnection(ProtocolCore):
+    cdef public bint send_waiting
     # The hooks the fan-out and Connection call, handed to Python methods of a subclass.
     cdef int admit(self) except -1
     cdef int send_shared(self, bytes frame, int opcode, object payload) except -1

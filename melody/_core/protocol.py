@@ -712,7 +712,8 @@ class ForeignConnection(ProtocolCore):
     ``send_shared``, ``_send_admitted`` and ``_send_close``. Here they hand the *message*
     (opcode and payload, never a frame) to plain Python methods that a subclass defines:
 
-    * ``admit_message() -> int``: an ADMIT_* value, as ``admit`` returns;
+    * ``admit_message() -> int``: an ADMIT_* value, as ``admit`` returns (asked only while
+      ``send_waiting`` is true: otherwise every message is admitted);
     * ``write_message(opcode, message) -> int``: one admitted data message (a ``str`` for
       OP_TEXT, a bytes-like object for OP_BINARY); a SEND_* value;
     * ``write_close(code, reason) -> int``: the closing handshake (code 0: no status).
@@ -725,7 +726,18 @@ class ForeignConnection(ProtocolCore):
     data frame is an error.
     """
 
+    # True while the far side holds a send up (its peer is not reading): only then can a
+    # message be refused, so only then is the subclass asked (a Python call per recipient
+    # saved on every broadcast to a peer that keeps up).
+    send_waiting: bool
+
+    def __init__(self, dispatch: Dispatch) -> None:
+        ProtocolCore.__init__(self, dispatch)
+        self.send_waiting = False
+
     def admit(self) -> int:
+        if not self.send_waiting:
+            return ADMIT_OK
         return self.admit_message()  # type: ignore[attr-defined,no-any-return]
 
     def send_shared(self, frame: bytes, opcode: int, payload: Any) -> int:

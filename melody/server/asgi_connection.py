@@ -93,7 +93,7 @@ class AsgiConnection(ForeignConnection):
     # fields of ProtocolCore that Python code does not reach.
     __slots__ = ("_send", "_writer", "_reader", "_reader_cancelled", "_read_paused",
                  "_read_waiter", "_progress", "_progress_mark", "_outbox", "_outbox_bytes",
-                 "_send_waiting", "_accepted", "_close_timer", "_stall_timer")
+                 "_accepted", "_close_timer", "_stall_timer")
 
     def __init__(self, dispatch: Dispatch, send: Callable[[_Message], Awaitable[None]],
                  scope: dict[str, Any]) -> None:
@@ -117,8 +117,6 @@ class AsgiConnection(ForeignConnection):
         # close, which no overflow policy drops.
         self._outbox: deque[tuple[Any, ...]] = deque()
         self._outbox_bytes = 0
-        # True while a send is suspended (the ASGI server's peer is not reading).
-        self._send_waiting = False
         # True from open() until the hub has been told of the disconnect.
         self._accepted = False
         self._close_timer: asyncio.TimerHandle | None = None
@@ -276,18 +274,14 @@ class AsgiConnection(ForeignConnection):
     @property
     def writing_paused(self) -> bool:
         """True while a send is held up (the peer is not reading)."""
-        return self._send_waiting
+        return self.send_waiting
 
     # -- writing ---------------------------------------------------------------------------------
 
     def admit_message(self) -> int:
-        """ForeignConnection's ``admit``: whether one more data message may go (ADMIT_*).
-
-        A peer keeping up takes everything; only while a send is suspended do messages queue.
-        """
+        """ForeignConnection's ``admit`` while a send is suspended (``send_waiting``): whether
+        one more data message may queue behind it (ADMIT_*)."""
         d = self.dispatch
-        if not self._send_waiting:
-            return ADMIT_OK
         if len(self._outbox) < d.queue_limit and self._outbox_bytes < d.queue_bytes_limit:
             return ADMIT_OK
         self.dropped += 1
@@ -333,7 +327,23 @@ class AsgiConnection(ForeignConnection):
             event = {"type": "websocket.send", "bytes": message}
         d.messages_out += 1
         d.bytes_out += n
-        return self._submit(event, n, False)
+        if self.send_waiting:
+            self._outbox.append((event, n))
+            self._outbox_bytes += n
+            return SEND_QUEUED
+        # _send_now, inlined: this is every message's path to a peer that keeps up.
+        try:
+            it = self._send(event).__await__()
+            step = it.send(None)
+        except StopIteration:
+            self._progress += 1
+            d.writes += 1
+            return SEND_OK
+        except Exception as exc:
+            self._send_failed(exc)
+            return SEND_CLOSED
+        self._suspended(it, step, False)
+        return SEND_QUEUED
 
     def write_close(self, code: int, reason: Any) -> int:
         """ForeignConnection's close hook: the closing handshake as an ASGI message, with the
@@ -344,7 +354,7 @@ class AsgiConnection(ForeignConnection):
                             0, True)
 
     def _submit(self, message: _Message, nbytes: int, control: bool) -> int:
-        if self._send_waiting:
+        if self.send_waiting:
             if control:
                 self._outbox.append((message,))
             else:
@@ -367,12 +377,15 @@ class AsgiConnection(ForeignConnection):
         except Exception as exc:
             self._send_failed(exc)
             return SEND_CLOSED
-        # The server made it wait (its transport is paused): a task finishes it, and what
-        # follows queues behind it, bounded by admit().
-        self._send_waiting = True
+        self._suspended(it, step, control)
+        return SEND_QUEUED
+
+    def _suspended(self, it: Any, step: Any, control: bool) -> None:
+        # The server made a send wait (its transport is paused): a task finishes it, and what
+        # follows queues behind it, bounded by admit_message().
+        self.send_waiting = True
         self._writer = self.dispatch.loop.create_task(self._drain(it, step, control))
         self._arm_write_timer()
-        return SEND_QUEUED
 
     async def _drain(self, it: Any, step: Any, closing: bool) -> None:
         """Finish the suspended send, then send what queued behind it, in order."""
@@ -400,7 +413,7 @@ class AsgiConnection(ForeignConnection):
         except Exception as exc:
             self._send_failed(exc)
         finally:
-            self._send_waiting = False
+            self.send_waiting = False
             self._writer = None
             if self._stall_timer is not None:
                 self._stall_timer.cancel()
@@ -428,7 +441,7 @@ class AsgiConnection(ForeignConnection):
     def _write_timeout(self) -> None:
         """Timer callback: drop a peer whose pending send made no progress for write_wait."""
         self._stall_timer = None
-        if not self._send_waiting or self.state == STATE_CLOSED:
+        if not self.send_waiting or self.state == STATE_CLOSED:
             return
         if self._progress != self._progress_mark:
             self._arm_write_timer()
