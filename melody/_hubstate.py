@@ -31,6 +31,7 @@ from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
 from melody.codecs import JSON as _JSON
 from melody.codecs import Codec
 from melody.config import OVERFLOW_POLICIES, Config
+from melody.delivery.streams import Streams
 from melody.errors import (
     AckTimeout,
     DecodeError,
@@ -163,6 +164,8 @@ class HubState:
         #: Hand one message to many connections (see :meth:`observe_fanout`).
         self.deliver: Deliver = self._deliver
         self._heartbeat: asyncio.TimerHandle | None = None
+        #: Topics with history: options, the memory engine, recovery (melody.delivery).
+        self.streams = Streams(self)
 
         # The application's handlers (hub.handle_*), its handshake middleware (hub.use) and
         # its router (hub.route).

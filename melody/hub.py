@@ -11,6 +11,9 @@ from melody._core.protocol import WebSocketProtocol
 from melody._hubstate import HubState
 from melody.codecs import Codec
 from melody.config import Config
+from melody.delivery.history import HistoryPage, StreamPosition
+from melody.delivery.options import TopicOptions
+from melody.delivery.streams import Recovery, publication_text
 from melody.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, HubClosed, SessionClosed
 from melody.routing import Authorizer, Router
 from melody.server.asgi import AsgiAdapter
@@ -326,8 +329,81 @@ class Melody:
         return self._fan_out(text, False, self._state.connections)
 
     def publish_json(self, topic: str, obj: Any) -> int:
-        """:meth:`publish` ``obj`` as JSON (encoded once, as :meth:`broadcast_json`)."""
-        return self._publish(topic, self._state.json_text(obj), False, None)
+        """:meth:`publish` ``obj`` as JSON (encoded once, as :meth:`broadcast_json`).
+
+        To a topic with history (:meth:`configure_topic`) ``obj`` is the publication's
+        ``data``.
+        """
+        text = self._state.json_text(obj)
+        options = self._state.streams.options(topic)
+        if options is not None:
+            return self._publish_stream(topic, text, options)
+        return self._publish(topic, text, False, None)
+
+    # -- topics with history (melody.delivery) -------------------------------------------------
+
+    def configure_topic(self, pattern: str, *, history_size: int = 0,
+                        history_ttl: float | None = None) -> TopicOptions:
+        """Set the options of the topics matching ``pattern`` (a name or a glob: ``chat:*``).
+
+        ``history_size`` > 0 keeps the topic's last ``history_size`` publications (for at most
+        ``history_ttl`` seconds when given) and numbers them: each publication gets an offset,
+        strictly increasing per topic, and the topic's stream an epoch that changes when the
+        stream may have lost entries (a restart of the memory engine, a Redis flush). Its
+        subscribers then receive ``{"type": "publish", "topic": T, "offset": N, "data": D}``
+        (``publish(topic, text)``: ``D`` is the text as a JSON string; ``publish_json``: the
+        object), the publisher's own session included, and a client that resubscribes with
+        the last ``(offset, epoch)`` it saw gets what it missed (:meth:`subscribe_from`; the
+        JSON router's built-in ``subscribe`` takes ``{"topic", "offset", "epoch"}``). The
+        history lives in this process, or in Redis with a ``RedisBackplane`` (shared by every
+        node). When several patterns match a topic the most specific wins (an exact name, then
+        the glob with the most literal characters, then the last configured). Topics that match
+        nothing keep today's behaviour and cost. Binary publishes to a topic with history raise
+        TypeError.
+        """
+        options = TopicOptions(history_size=history_size, history_ttl=history_ttl)
+        self._state.streams.table.configure(pattern, options)
+        return options
+
+    def _publish_stream(self, topic: str, data: str, options: TopicOptions) -> int:
+        if self._state.closed:
+            raise HubClosed("hub is closed")
+        return self._state.streams.publish(topic, data, options)
+
+    async def history(self, topic: str, *, since: int | None = None,
+                      limit: int | None = None) -> HistoryPage:
+        """The kept publications of a topic with history: those after offset ``since``
+        (None: every one kept), oldest first, at most ``limit``; and the stream's current
+        ``position`` (offset and epoch). ``page.publications[i].data`` is JSON text.
+
+        Raises ValueError for a topic without history, ``BackplaneError`` when Redis is
+        unreachable.
+        """
+        return await self._state.streams.history(topic, since, limit)
+
+    async def subscribe_from(self, session: Session, topic: str, offset: int | None = None,
+                             epoch: str | None = None) -> Recovery:
+        """Subscribe ``session`` to a topic with history, from position ``(offset, epoch)``.
+
+        The session is sent, as ordinary publication messages, every publication after
+        ``offset`` that it missed, then gets the live stream, with no gap and no duplicate
+        between the two, even while others publish, and across nodes with a
+        ``RedisBackplane``. ``recovered`` in the result is False when that was impossible
+        (another epoch, or the history no longer holds them all, or no position given): the
+        client must then refetch its state; ``position`` is where the stream stood. Raises
+        as :meth:`subscribe`, and ValueError for a topic without history.
+        """
+        if session.is_closed:
+            raise SessionClosed("session is closed")
+        since = None
+        if offset is not None or epoch is not None:
+            if type(offset) is not int or not isinstance(epoch, str):
+                raise ValueError("a position is an int offset and a str epoch, both given")
+            since = StreamPosition(offset, epoch)
+        result = await self._state.streams.subscribe_from(session, topic, since)
+        for publication in result.publications:
+            session.write(publication_text(topic, publication.offset, publication.data))
+        return result
 
     # -- topics (rooms) ---------------------------------------------------------------------
 
@@ -372,6 +448,14 @@ class Melody:
                  exclude: WebSocketProtocol | None) -> int:
         if self._state.closed:
             raise HubClosed("hub is closed")
+        options = self._state.streams.options(topic)
+        if options is not None:
+            # A publication with an offset, to every subscriber (the sender too: its client
+            # keeps its position by the offsets it sees).
+            if binary:
+                raise TypeError(f"topic {topic!r} keeps history: its publications are text "
+                                "(JSON), not binary")
+            return self._state.streams.publish(topic, self._state.json_text(msg), options)
         self._share(topic, msg, binary)
         group = self._state.topics.get(topic)
         return self._fan_out(msg, binary, group, exclude) if group is not None else 0

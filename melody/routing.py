@@ -33,6 +33,16 @@ the same name takes precedence)::
 (``subscribe``/``unsubscribe`` answer whether anything changed; ``publish`` how many sessions
 here took the message.)
 
+A topic with history (``hub.configure_topic(pattern, history_size=...)``) takes a position to
+recover from, and its reply says where the stream stands and carries what was missed::
+
+    {"type": "subscribe", "id": 4, "data": {"topic": "chat:1", "offset": 41, "epoch": "Xy3_a9Qz"}}
+        -> {"id": 4, "ok": true, "data": {"subscribed": true, "recovered": true, "offset": 44,
+            "epoch": "Xy3_a9Qz", "publications": [{"offset": 42, "data": ...}, ...]}}
+
+and its subscribers receive ``{"type": "publish", "topic": T, "offset": N, "data": ...}`` (the
+publisher too). The whole protocol is in ``docs/protocol.md``.
+
 ``fn(session, action, topic) -> bool`` decides ``"subscribe"`` and ``"publish"``; a refusal is the
 error reply ``"forbidden"``, counted in ``hub.stats()["denied"]``. Subscribers of a topic receive
 ``{"type": "publish", "topic": "room:1", "data": {...}}`` (not the publisher itself).
@@ -45,8 +55,12 @@ import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from melody._hubstate import state_of
-from melody.errors import AckTimeout, RequestError, TopicLimitExceeded
+from melody.delivery.history import StreamPosition
+from melody.delivery.streams import publication_text
+from melody.errors import AckTimeout, BackplaneError, RequestError, TopicLimitExceeded
 
 if TYPE_CHECKING:
     from melody._hubstate import HubState
@@ -60,6 +74,10 @@ __all__ = ["Authorizer", "Router"]  # RequestError lives in melody.errors
 Authorizer = Callable[["Session", str, str], bool]
 
 BUILTIN_TYPES = ("subscribe", "unsubscribe", "publish")
+
+# What a built-in handler returns when it answers later, from a task (subscribe to a topic
+# with history): the dispatcher then sends no reply of its own.
+_REPLIED_LATER: Any = object()
 
 
 class _Route:
@@ -105,7 +123,8 @@ class Router:
     def set_authorizer(self, fn: Authorizer) -> None:
         self._authorizer = fn
         self._builtins = {
-            "subscribe": _Route(self._subscribe, None, False),
+            # Whole message: a subscribe to a topic with history answers by itself, later.
+            "subscribe": _Route(self._subscribe, None, True),
             "unsubscribe": _Route(self._unsubscribe, None, False),
             "publish": _Route(self._publish, None, False),
         }
@@ -144,7 +163,7 @@ class Router:
             self._state.report(session, exc)
             self._reply(session, msg, msg_id, False, "internal error")
             return
-        if msg_id is not None:
+        if msg_id is not None and result is not _REPLIED_LATER:
             self._reply(session, msg, msg_id, True, result)
 
     async def _run_async(self, session: Session, route: _Route, msg: Any, msg_id: Any,
@@ -194,13 +213,49 @@ class Router:
             self._state.message_stats["denied"] += 1
             raise RequestError("forbidden")
 
-    def _subscribe(self, session: Session, data: Any) -> bool:
-        topic = _topic(data)
+    def _subscribe(self, session: Session, msg: Any) -> Any:
+        _, msg_id, data = self._codec.envelope(msg)
+        topic, since = _subscription(data)
         self._check(session, "subscribe", topic)
+        if self._state.streams.options(topic) is not None:
+            # A topic with history: the reply carries its position (and what was missed), and
+            # must leave in the step the session joins, so the subscription finishes in a task
+            # of the session's queue and answers from there.
+            self._state.enqueue(session, self._subscribe_from, (msg, msg_id, topic, since))
+            return _REPLIED_LATER
+        if since is not None:
+            raise RequestError(f"topic {topic!r} keeps no history: nothing to recover")
         try:
             return self._hub.subscribe(session, topic)
         except TopicLimitExceeded as exc:
             raise RequestError(str(exc)) from None
+
+    async def _subscribe_from(self, session: Session, msg: Any, msg_id: Any, topic: str,
+                              since: StreamPosition | None) -> None:
+        try:
+            if session.is_closed:
+                return
+            result = await self._state.streams.subscribe_from(session, topic, since)
+        except TopicLimitExceeded as exc:
+            self._reply(session, msg, msg_id, False, str(exc))
+            return
+        except BackplaneError as exc:
+            self._state.report(session, exc)
+            self._reply(session, msg, msg_id, False, "history unavailable")
+            return
+        # Same step as the join above: no publication can reach the session before this.
+        if msg_id is None:  # no reply wanted: what was missed comes as publications
+            for p in result.publications:
+                self._state.send_encoded(session, publication_text(topic, p.offset, p.data))
+            return
+        self._reply(session, msg, msg_id, True, {
+            "subscribed": result.subscribed,
+            "recovered": result.recovered,
+            "offset": result.position.offset,
+            "epoch": result.position.epoch,
+            "publications": [{"offset": p.offset, "data": orjson.loads(p.data)}
+                             for p in result.publications],
+        })
 
     def _unsubscribe(self, session: Session, data: Any) -> bool:
         return self._hub.unsubscribe(session, _topic(data))
@@ -210,8 +265,23 @@ class Router:
             raise RequestError('publish takes {"topic": str, "data": ...}')
         topic: str = data["topic"]
         self._check(session, "publish", topic)
+        if self._state.streams.options(topic) is not None:
+            return self._hub.publish_json(topic, data.get("data"))  # numbered, to all
         text = self._state.json_text({"type": "publish", "topic": topic, "data": data.get("data")})
         return self._hub.publish_others(topic, text, session)
+
+
+def _subscription(data: Any) -> tuple[str, StreamPosition | None]:
+    # "topic", or {"topic": ..., "offset": n, "epoch": "..."} (a position to recover from).
+    if not isinstance(data, Mapping):
+        return _topic(data), None
+    topic = _topic(data.get("topic"))
+    offset, epoch = data.get("offset"), data.get("epoch")
+    if offset is None and epoch is None:
+        return topic, None
+    if type(offset) is not int or offset < 0 or not isinstance(epoch, str) or not epoch:
+        raise RequestError('a position is {"offset": int >= 0, "epoch": str}')
+    return topic, StreamPosition(offset, epoch)
 
 
 def _topic(data: Any) -> str:

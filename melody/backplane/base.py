@@ -15,6 +15,9 @@ __all__ = ["Backplane", "encode_envelope", "decode_envelope", "is_from", "new_no
            "ENVELOPE_OVERHEAD"]
 
 FLAG_BINARY = 0x01
+#: A publication of a topic with history: the payload is ``<offset>:<data>`` (see
+#: ``melody.backplane.redis_streams``), delivered by every node, the publishing one included.
+FLAG_STREAM = 0x02
 NODE_ID_SIZE = 16
 #: Bytes an envelope adds to its payload (node id and flags).
 ENVELOPE_OVERHEAD = NODE_ID_SIZE + 1

@@ -114,6 +114,14 @@ from melody.backplane import (
     is_from,
     new_node_id,
 )
+from melody.backplane.base import FLAG_STREAM, NODE_ID_SIZE
+from melody.backplane.redis_streams import (
+    RedisStreams,
+    is_stream_envelope,
+    parse_stream_payload,
+)
+from melody.delivery.history import HistoryPage
+from melody.delivery.options import TopicOptions
 from melody.errors import BackplaneError
 from melody.limits import MAX_BUFFER_BYTES, MAX_COUNT, check_int, check_seconds
 
@@ -121,6 +129,7 @@ try:
     from redis.asyncio.connection import ConnectionPool
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ResponseError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "melody.RedisBackplane needs the redis package: pip install 'melody[redis]'") from exc
@@ -209,6 +218,7 @@ class RedisBackplane(Backplane):
         presence_interval: float = 1.0,
         presence_ttl: float = 15.0,
         report_interval: float = 10.0,
+        history_meta_ttl: float = 86_400.0,
         **redis_options: Any,
     ) -> None:
         super().__init__()
@@ -231,6 +241,7 @@ class RedisBackplane(Backplane):
         check_seconds("reconnect_max", reconnect_max, low=reconnect_min, allow_zero=True)
         check_seconds("presence_ttl", presence_ttl, low=presence_interval)
         check_seconds("report_interval", report_interval, allow_zero=True)
+        check_seconds("history_meta_ttl", history_meta_ttl, low=1.0)
         # Parsing the URL here makes a bad one fail at construction, not at serve time.
         pool = ConnectionPool.from_url(url, **redis_options)
         self._connection_class: Any = pool.connection_class
@@ -257,6 +268,10 @@ class RedisBackplane(Backplane):
         self._report_interval = float(report_interval)
 
         prefix = channel_prefix.encode()
+        # Topics with history (hub.configure_topic): stored and numbered in Redis.
+        self._streams = RedisStreams(prefix, max_queue=max_queue, max_batch=max_batch,
+                                     meta_ttl=history_meta_ttl)
+        self._confirm_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._broadcast_channel = prefix + b":all"
         self._topic_prefix = prefix + b":topic:"
         self._nodes_key = prefix + b":nodes"
@@ -317,6 +332,7 @@ class RedisBackplane(Backplane):
 
     def _set_identity(self) -> None:
         self._node_hex = self.node_id.hex().encode()
+        self._stream_head = self.node_id + bytes([FLAG_STREAM])
         base = self.channel_prefix.encode() + b":node:" + self._node_hex
         self._alive_key = base + b":alive"
         self._topics_key = base + b":topics"
@@ -424,6 +440,72 @@ class RedisBackplane(Backplane):
         wake = self._write_wake
         if wake is not None and not wake.is_set():
             wake.set()
+
+    # -- topics with history (melody.delivery.streams' HistoryStore) ------------------------
+
+    #: This backplane stores history: topics configured with it are numbered in Redis.
+    stores_history = True
+
+    def publish_stream(self, topic: str, data: str, options: TopicOptions) -> None:
+        """Queue one publication of a topic with history: Redis numbers it, stores it and
+        publishes it to every node (this one too), in one step. Never blocks; dropped and
+        counted as :meth:`publish`'s messages are when Redis is down or the queue is full."""
+        if not self._up:
+            self._counters["lost_while_down"] += 1
+            self._complain(BackplaneError(
+                f"redis at {self._where()} unreachable: publication to {topic!r} lost"))
+            return
+        if self._streams.full():
+            self._drop("dropped_outgoing_queue_full",
+                       f"outgoing history queue full ({self._max_queue} publications)")
+            return
+        self._streams.add(topic, self._topic_channel(topic), data, options)
+
+    async def read_stream(self, topic: str, since: int | None, limit: int | None,
+                          options: TopicOptions) -> HistoryPage:
+        """The history of ``topic`` after ``since`` (None: the position only). Raises
+        ``BackplaneError`` when Redis is unreachable."""
+        return await self._streams.read(self._round_trip, topic, since, limit, options)
+
+    async def wait_subscribed(self, topic: str) -> None:
+        """Return once Redis has confirmed this node's subscription to ``topic`` (subscribe
+        it first): from then on every publication to it reaches this node. Raises
+        ``BackplaneError`` when Redis is unreachable or does not confirm within ``timeout``."""
+        channel = self._topic_channel(topic)
+        if channel in self._confirmed:
+            return
+        if not self._up or self._loop is None:
+            raise BackplaneError(f"redis at {self._where()} unreachable")
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._confirm_waiters.setdefault(channel, []).append(waiter)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await waiter
+        except TimeoutError:
+            raise BackplaneError(f"redis did not confirm the subscription to {topic!r} "
+                                 f"within {self._timeout} s") from None
+        finally:
+            waiters = self._confirm_waiters.get(channel)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._confirm_waiters[channel]
+
+    def _confirmed_channel(self, channel: bytes) -> None:
+        self._confirmed.add(channel)
+        for waiter in self._confirm_waiters.pop(channel, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail_confirm_waiters(self, error: BaseException) -> None:
+        waiters, self._confirm_waiters = self._confirm_waiters, {}
+        for pending in waiters.values():
+            for waiter in pending:
+                if not waiter.done():
+                    waiter.set_exception(BackplaneError(f"redis went away: {error}"))
+
+    def _stream_failed(self, error: BaseException) -> None:
+        self._complain(BackplaneError(f"storing a publication failed: {error}"), error)
 
     def _drop(self, reason: str, why: str) -> None:
         counters = self._counters
@@ -537,9 +619,13 @@ class RedisBackplane(Backplane):
         ``subscribe_coalesced`` (changes cancelled before being sent), ``linger_resumed``,
         ``linger_expired``, ``linger_evicted`` (let go early, ``max_lingering`` reached);
         ``outages`` (connections lost), ``reconnects`` (connections made after an outage or
-        a failed start), ``connect_failures`` (attempts that failed).
+        a failed start), ``connect_failures`` (attempts that failed). Topics with history:
+        ``stream_published`` (publications Redis stored and published), ``stream_errors``
+        (scripts Redis refused), gauge ``stream_queued``.
         """
         stats = dict(self._counters)
+        stats.update(self._streams.counters)
+        stats["stream_queued"] = len(self._streams.queue)
         stats["connected"] = int(self._up)
         stats["channels"] = len(self._confirmed)
         stats["queued"] = len(self._queue) + self._in_flight
@@ -663,8 +749,9 @@ class RedisBackplane(Backplane):
         self._up = False
         self._down_since = loop.time()
         self._counters["outages"] += 1
-        lost = len(self._queue) + self._in_flight
+        lost = len(self._queue) + self._in_flight + self._streams.clear()
         self._counters["lost_while_down"] += lost
+        self._fail_confirm_waiters(error)
         self._queue.clear()
         self._queued_bytes = 0
         self._in_flight = 0
@@ -718,6 +805,8 @@ class RedisBackplane(Backplane):
             loop.create_task(self._control(subscriber)),
             loop.create_task(self._write(publisher)),
             loop.create_task(self._refresh()),
+            loop.create_task(self._streams.write(self._round_trip, self._stream_failed,
+                                                 self._stream_head)),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -749,6 +838,11 @@ class RedisBackplane(Backplane):
             kind = reply[0]
             if kind == b"message":
                 data = reply[2]
+                if is_stream_envelope(data):
+                    # A publication of a topic with history: every node delivers it, the one
+                    # that published it too (in offset order: see redis_streams).
+                    self._deliver_stream(topics.get(reply[1]), data)
+                    continue
                 # Own echoes and unwanted channels are dropped before the payload is copied.
                 if is_from(data, node_id):
                     counters["ignored_own"] += 1
@@ -769,12 +863,31 @@ class RedisBackplane(Backplane):
                 except Exception as exc:
                     state.report(None, exc)
             elif kind == b"subscribe":
-                self._confirmed.add(reply[1])
+                self._confirmed_channel(reply[1])
             elif kind == b"unsubscribe":
                 self._confirmed.discard(reply[1])
             elif kind == b"pong":
                 self._pong(reply[1])
                 wake.set()
+
+    def _deliver_stream(self, topic: str | None, data: bytes) -> None:
+        state = self._state
+        assert state is not None
+        counters = self._counters
+        if topic is None:
+            counters["ignored_unwanted"] += 1
+            return
+        try:
+            offset, text = parse_stream_payload(data[NODE_ID_SIZE + 1:])
+        except ValueError as exc:
+            counters["malformed"] += 1
+            self._complain(BackplaneError(f"malformed message ignored: {exc}"))
+            return
+        counters["received"] += 1
+        try:
+            state.streams.deliver(topic, offset, text)
+        except Exception as exc:
+            state.report(None, exc)
 
     def _pong(self, data: bytes) -> None:
         try:
@@ -975,6 +1088,30 @@ class RedisBackplane(Backplane):
         # Shielded: a caller cancelled half-way (wait_for around cluster_topic_len) must not
         # leave unread replies on the connection for the next command to take as its own.
         return await asyncio.shield(round_trip())
+
+    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        # _command, but a command Redis refused comes back as its error in the list (every
+        # reply is read: none is left on the connection for the next caller).
+        conn = self._command_conn
+        lock = self._command_lock
+        if conn is None or lock is None or not self._up:
+            raise BackplaneError(f"redis at {self._where()} unreachable")
+
+        async def round_trip() -> list[Any]:
+            async with lock:
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                return replies
+
+        try:
+            return await asyncio.shield(round_trip())
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            raise BackplaneError(f"redis at {self._where()}: {exc}") from exc
 
     def __repr__(self) -> str:
         state = "connected" if self._up else "disconnected"
