@@ -19,8 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from melody import auth, codecs, errors, routing
 from melody._core import COMPILED as _COMPILED
-from melody.client import ClientConnection, Connect, ReconnectingClient, connect
+from melody.client import (
+    ClientConnection,
+    Connect,
+    Publication,
+    ReconnectingClient,
+    Subscription,
+    connect,
+)
 from melody.config import Compression, Config, RateLimit
+from melody.delivery import HistoryPage, Recovery, StreamPosition, TopicOptions
 from melody.errors import (
     HandshakeError,
     HandshakeTimeout,
@@ -54,18 +62,24 @@ __all__ = [
     "HandshakeError",
     "HandshakeTimeout",
     "Headers",
+    "HistoryPage",
     "HubClosed",
     "Melody",
     "MelodyError",
     "MessageBufferFull",
+    "Publication",
     "RateLimit",
     "RateLimited",
     "TopicLimitExceeded",
     "ReconnectingClient",
+    "Recovery",
     "Request",
     "RequestError",
     "Session",
     "SessionClosed",
+    "StreamPosition",
+    "Subscription",
+    "TopicOptions",
     "auth",
     "codecs",
     "connect",

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from melody.backplane.base import FLAG_STREAM, NODE_ID_SIZE
-from melody.delivery.history import HistoryPage, Publication, StreamPosition, new_epoch
+from melody.delivery.history import HistoryPage, StoredPublication, StreamPosition, new_epoch
 from melody.delivery.options import TopicOptions
 
 __all__ = ["RedisStreams", "parse_stream_payload"]
@@ -188,7 +188,7 @@ class RedisStreams:
             raise reply
         epoch, top, flat = reply
         publications = [
-            Publication(int(flat[i].split(b"-", 1)[0]), flat[i + 1].decode("utf-8"))
+            StoredPublication(int(flat[i].split(b"-", 1)[0]), flat[i + 1].decode("utf-8"))
             for i in range(0, len(flat), 2)]
         return HistoryPage(publications, StreamPosition(int(top), epoch.decode("utf-8")))
 

@@ -45,10 +45,13 @@ from melody.client.connection import ClientConnection
 from melody.client.opener import Connect, connect
 from melody.client.reconnecting import OnConnect as OnConnect
 from melody.client.reconnecting import ReconnectingClient
+from melody.client.subscription import Publication, Subscription
 
 __all__ = [
     "ClientConnection",
     "Connect",
+    "Publication",
     "ReconnectingClient",
+    "Subscription",
     "connect",
 ]

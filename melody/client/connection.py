@@ -24,6 +24,7 @@ from melody._core.constants import STATE_OPEN
 from melody._core.extensions import accept_response, build_offer
 from melody._core.frames import is_valid_close_code
 from melody.client.options import _Options, _parse_url
+from melody.client.subscription import Publication, Subscription
 from melody.errors import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
@@ -220,7 +221,10 @@ class ClientConnection:
         "_request_headers",
         "_request_seq",
         "_requests",
+        "_reply_hooks",
         "_response_headers",
+        "_subscriptions",
+        "_own_subscriptions",
         "_subprotocol",
         "_transport",
         "_write_pauses",
@@ -289,7 +293,13 @@ class ClientConnection:
         self._pongs_received = 0
         # request(): the replies awaited, by id (see _take_reply).
         self._requests: dict[int, asyncio.Future[Any]] = {}
+        # Called with a reply's data as it is read, before anything after it (subscribe).
+        self._reply_hooks: dict[int, Callable[[Any], None]] = {}
         self._request_seq = 0
+        # subscribe(): the topics whose publications go to a Subscription, not to recv().
+        self._subscriptions: dict[str, Subscription] = {}
+        # Subscriptions this connection ends with it (a ReconnectingClient's outlive it).
+        self._own_subscriptions: set[str] = set()
 
     def __repr__(self) -> str:
         state = "open" if self.open else ("closed" if self._lost else "closing")
@@ -581,6 +591,10 @@ class ClientConnection:
                 if (self._requests and kind == "text" and message.startswith('{"id":')
                         and self._take_reply(message)):
                     continue
+                if (self._subscriptions and kind == "text"
+                        and message.startswith('{"type":"publish"')
+                        and self._take_publication(message)):
+                    continue
                 queue.append(message)
             elif kind == "pong":
                 self._on_pong(event[1])
@@ -610,17 +624,90 @@ class ClientConnection:
         not JSON-serializable. Replies are read with the other messages: a full receive queue
         (``max_queue``) delays them until :meth:`recv` makes room.
         """
+        return await self._send_request(type, data, timeout, None)
+
+    async def _send_request(self, type: str, data: Any, timeout: float | None,
+                       on_reply: Callable[[Any], None] | None) -> Any:
         self._request_seq += 1
         msg_id = self._request_seq
         text = orjson.dumps({"type": type, "id": msg_id, "data": data}).decode("utf-8")
         future: asyncio.Future[Any] = self._loop.create_future()
         self._requests[msg_id] = future
+        if on_reply is not None:
+            self._reply_hooks[msg_id] = on_reply
         try:
             await self.send(text)
             async with asyncio.timeout(timeout):
                 return await future
         finally:
             self._requests.pop(msg_id, None)
+            self._reply_hooks.pop(msg_id, None)
+
+    # -- topics ---------------------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, *, recover: bool = True, offset: int | None = None,
+                        epoch: str | None = None, max_queue: int = 10_000,
+                        timeout: float | None = 10.0) -> Subscription:
+        """Subscribe to ``topic`` through the hub's JSON router (``hub.authorize``); return
+        the :class:`~melody.client.subscription.Subscription` its publications go to
+        (``async for pub in sub``; they no longer reach :meth:`recv`).
+
+        For a topic with history (``hub.configure_topic``), ``offset`` and ``epoch`` (from an
+        earlier subscription's ``sub.offset``/``sub.epoch``) ask for what was published since:
+        it comes first, then the live stream, and ``sub.recovered`` says whether all of it
+        could be recovered. Raises :class:`~melody.errors.RequestError` when the hub refuses
+        (``"forbidden"``, a topic limit), TimeoutError, ValueError for a topic this connection
+        is subscribed to already.
+        """
+        if topic in self._subscriptions:
+            raise ValueError(f"already subscribed to {topic!r}")
+        sub = Subscription(topic, recover=recover, offset=offset, epoch=epoch,
+                           max_queue=max_queue)
+        self._own_subscriptions.add(topic)
+        try:
+            await self.attach(sub, timeout)
+        except BaseException:
+            self._own_subscriptions.discard(topic)
+            raise
+        return sub
+
+    async def attach(self, sub: Subscription, timeout: float | None = 10.0) -> None:
+        """Subscribe ``sub`` (made by this connection's or a ``ReconnectingClient``'s
+        ``subscribe``) on this connection, from its position."""
+        self._subscriptions[sub.topic] = sub
+        try:
+            await self._send_request("subscribe", sub.position(), timeout, sub.subscribed)
+        except BaseException:
+            if self._subscriptions.get(sub.topic) is sub:
+                del self._subscriptions[sub.topic]
+            raise
+
+    async def unsubscribe(self, topic: str, *, timeout: float | None = 10.0) -> bool:
+        """Stop receiving ``topic``: its subscription's iteration ends once drained. Returns
+        what the hub answered (whether anything changed)."""
+        sub = self._subscriptions.pop(topic, None)
+        self._own_subscriptions.discard(topic)
+        if sub is not None:
+            sub.close(StopAsyncIteration())
+        return bool(await self.request("unsubscribe", topic, timeout=timeout))
+
+    def _take_publication(self, text: str) -> bool:
+        """Hand a publication to its topic's subscription; False when no subscription of
+        this connection takes it (it then goes to recv())."""
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(message, dict):
+            return False
+        topic = message.get("topic")
+        sub = self._subscriptions.get(topic) if isinstance(topic, str) else None
+        if sub is None:
+            return False
+        offset = message.get("offset")
+        sub.feed(Publication(sub.topic, message.get("data"),
+                             offset if type(offset) is int else None))
+        return True
 
     def _take_reply(self, text: str) -> bool:
         """Resolve the request this text answers; False when it answers none of ours."""
@@ -635,6 +722,13 @@ class ClientConnection:
         if future is None or future.done():
             return False
         if reply.get("ok") is True:
+            hook = self._reply_hooks.pop(msg_id, None)
+            if hook is not None:
+                try:
+                    hook(reply.get("data"))
+                except Exception as exc:
+                    future.set_exception(exc)
+                    return True
             future.set_result(reply.get("data"))
         else:
             future.set_exception(RequestError(str(reply.get("error"))))
@@ -860,6 +954,13 @@ class ClientConnection:
             if not request.done():
                 request.set_exception(self._closed_error())
         self._requests.clear()
+        self._reply_hooks.clear()
+        for topic in self._own_subscriptions:
+            sub = self._subscriptions.get(topic)
+            if sub is not None:
+                sub.close(self._closed_error())
+        self._own_subscriptions.clear()
+        self._subscriptions.clear()
         if not self._closed_future.done():
             self._closed_future.set_result(None)
 

@@ -14,12 +14,14 @@ from typing import Any
 
 from melody.client.connection import ClientConnection, _open_connection
 from melody.client.options import _USER_AGENT, _make_options, _parse_url
+from melody.client.subscription import Subscription
 from melody.errors import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     ConnectionClosed,
     HandshakeError,
+    RequestError,
 )
 from melody.handshake import Headers
 from melody.limits import MAX_COUNT, check_int, check_rate, check_seconds
@@ -145,6 +147,8 @@ class ReconnectingClient:
         self._done = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._random = random.Random()
+        # subscribe(): restored on every new connection, from their last position.
+        self._subscriptions: dict[str, Subscription] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("connected" if self.connected.is_set() else "down")
@@ -238,6 +242,9 @@ class ReconnectingClient:
         finally:
             self.connected.clear()
             self._end_outage()
+            for sub in self._subscriptions.values():
+                sub.close(self._closed_error())
+            self._subscriptions.clear()
             self._done.set()
         logger.info("closed the connection to %s", self.url)
 
@@ -316,6 +323,7 @@ class ReconnectingClient:
                     await conn.close()
                     raise self._closed_error()
                 await self._run_on_connect(conn)
+                await self._resubscribe(conn)
             except Exception as exc:
                 if self._closing:
                     raise
@@ -330,6 +338,53 @@ class ReconnectingClient:
                     raise
                 continue
             return conn
+
+    async def _resubscribe(self, conn: ClientConnection) -> None:
+        # Every subscription on the new connection, from where it stopped. A refusal ends
+        # that subscription (its iteration raises it); a connection error retries the whole.
+        for sub in list(self._subscriptions.values()):
+            try:
+                await conn.attach(sub, self._options.open_timeout)
+            except RequestError as exc:
+                logger.warning("resubscribing to %r refused: %s", sub.topic, exc)
+                self._subscriptions.pop(sub.topic, None)
+                sub.close(exc)
+                continue
+            sub.resubscribes += 1
+            logger.info("resubscribed to %r (recovered=%s, offset=%s)", sub.topic,
+                        sub.recovered, sub.offset)
+            await _notify(sub)
+
+    async def subscribe(self, topic: str, *, recover: bool = True, max_queue: int = 10_000,
+                        on_resubscribe: Callable[[Subscription], Any] | None = None,
+                        timeout: float | None = 10.0) -> Subscription:
+        """Subscribe to ``topic`` (see :meth:`ClientConnection.subscribe`) for as long as this
+        client lives: after every reconnect the subscription is restored by itself and, for
+        a topic with history and ``recover`` on, resumed from the last publication it
+        delivered (what was published meanwhile comes first, exactly once). After each
+        restore ``sub.recovered`` tells whether that worked and ``on_resubscribe(sub)`` is
+        called (the place to refetch state when it did not). Waits for a connection like
+        :meth:`send`."""
+        if topic in self._subscriptions:
+            raise ValueError(f"already subscribed to {topic!r}")
+        sub = Subscription(topic, recover=recover, max_queue=max_queue)
+        sub.on_resubscribe = on_resubscribe
+        self._subscriptions[topic] = sub
+        try:
+            conn = await self._connection_for_send()
+            await conn.attach(sub, timeout)
+        except BaseException:
+            self._subscriptions.pop(topic, None)
+            raise
+        return sub
+
+    async def unsubscribe(self, topic: str, *, timeout: float | None = 10.0) -> bool:
+        """End the subscription to ``topic`` (here and on the hub)."""
+        sub = self._subscriptions.pop(topic, None)
+        if sub is not None:
+            sub.close(StopAsyncIteration())
+        conn = await self._connection_for_send()
+        return await conn.unsubscribe(topic, timeout=timeout)
 
     async def _run_on_connect(self, conn: ClientConnection) -> None:
         callback = self._on_connect
@@ -446,3 +501,15 @@ class ReconnectingClient:
                     return
                 raise
             yield message
+
+
+async def _notify(sub: Subscription) -> None:
+    callback = sub.on_resubscribe
+    if callback is None:
+        return
+    try:
+        result = callback(sub)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("on_resubscribe for %r failed", sub.topic)

@@ -9,9 +9,9 @@
 The wire protocol is in ``docs/protocol.md``.
 """
 
-from melody.delivery.history import HistoryPage, MemoryHistory, Publication, StreamPosition
+from melody.delivery.history import HistoryPage, MemoryHistory, StoredPublication, StreamPosition
 from melody.delivery.options import TopicOptions
 from melody.delivery.streams import Recovery
 
-__all__ = ["HistoryPage", "MemoryHistory", "Publication", "Recovery", "StreamPosition",
+__all__ = ["HistoryPage", "MemoryHistory", "StoredPublication", "Recovery", "StreamPosition",
            "TopicOptions"]

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["HistoryPage", "MemoryHistory", "Publication", "StreamPosition", "new_epoch",
+__all__ = ["HistoryPage", "MemoryHistory", "StoredPublication", "StreamPosition", "new_epoch",
            "recovery"]
 
 #: Streams that are checked for expiry per append (amortized sweeping, see MemoryHistory).
@@ -36,7 +36,7 @@ class StreamPosition(NamedTuple):
     epoch: str
 
 
-class Publication(NamedTuple):
+class StoredPublication(NamedTuple):
     """One stored publication: its offset and its data as JSON text."""
 
     offset: int
@@ -47,7 +47,7 @@ class HistoryPage(NamedTuple):
     """What a history read returns: publications after ``since`` (oldest first, at most
     ``limit``) and the stream's position at the moment of the read."""
 
-    publications: list[Publication]
+    publications: list[StoredPublication]
     position: StreamPosition
 
 
@@ -56,7 +56,7 @@ def new_epoch() -> str:
     return secrets.token_urlsafe(6)
 
 
-def recovery(page: HistoryPage, since: StreamPosition) -> tuple[bool, list[Publication]]:
+def recovery(page: HistoryPage, since: StreamPosition) -> tuple[bool, list[StoredPublication]]:
     """Whether a client last at ``since`` can be brought up to ``page.position`` from
     ``page`` (read with ``since.offset``), and the publications that do it.
 
@@ -145,13 +145,13 @@ class MemoryHistory:
         stream = self._stream(topic, now)
         entries = stream.entries
         _expire(entries, now)
-        found: list[Publication] = []
+        found: list[StoredPublication] = []
         if entries and entries[-1][0] > since:
             # Offsets are consecutive in a deque with no holes but at its head: index, not scan.
             start = max(0, since + 1 - entries[0][0])
             for i in range(start, len(entries)):
                 offset, data, _ = entries[i]
-                found.append(Publication(offset, data))
+                found.append(StoredPublication(offset, data))
                 if limit is not None and len(found) >= limit:
                     break
         return HistoryPage(found, StreamPosition(stream.offset, stream.epoch))

@@ -32,7 +32,7 @@ import orjson
 from melody.delivery.history import (
     HistoryPage,
     MemoryHistory,
-    Publication,
+    StoredPublication,
     StreamPosition,
     recovery,
 )
@@ -62,7 +62,7 @@ class Recovery(NamedTuple):
     position: StreamPosition
     #: What the session gets before the live stream, oldest first: the missed publications
     #: (when recovered) and those published while it was joining (any case).
-    publications: list[Publication]
+    publications: list[StoredPublication]
     #: True when the subscription is new (False: the session was subscribed already).
     subscribed: bool
 
@@ -98,7 +98,7 @@ class _Joining:
     __slots__ = ("arrived",)
 
     def __init__(self) -> None:
-        self.arrived: list[Publication] = []
+        self.arrived: list[StoredPublication] = []
 
 
 class Streams:
@@ -154,7 +154,7 @@ class Streams:
         state = self._state
         joining = self._joining.get(topic)
         if joining:
-            publication = Publication(offset, data)
+            publication = StoredPublication(offset, data)
             for join in joining:
                 join.arrived.append(publication)
         group = state.topics.get(topic)
@@ -226,8 +226,8 @@ class Streams:
                              "backplane reconnected during every attempt")
 
     def _join(self, session: Session, topic: str, page: HistoryPage,
-              since: StreamPosition | None, arrived: list[Publication]) -> Recovery:
-        missed: list[Publication]
+              since: StreamPosition | None, arrived: list[StoredPublication]) -> Recovery:
+        missed: list[StoredPublication]
         if since is None:
             recovered, missed = False, []
         else:
