@@ -153,6 +153,10 @@ class HubState:
         #: Counters of the codec and routing layer, reported by ``hub.stats()``.
         self.message_stats = {"decode_errors": 0, "unroutable": 0, "denied": 0,
                               "subscriptions_refused": 0, "ack_timeouts": 0}
+        #: The sessions of each user (``session.user``) here: what ``hub.send_to_user`` and
+        #: ``hub.disconnect_user`` reach. An entry per user with a session, a set member per
+        #: session that has a user: bounded by the sessions.
+        self.users: dict[str, set[Session]] = {}
         #: The hub's Prometheus metrics once ``melody.metrics.enable`` ran, else None.
         self.metrics: HubMetrics | None = None
         #: Called with each session that ended (the server's bookkeeping: logs, metrics,
@@ -426,6 +430,9 @@ class HubState:
         """Add an accepted session: broadcasts reach it; ``handle_connect`` runs."""
         self.connections.add(proto)
         self.dispatch.connects += 1
+        user = session.user
+        if user is not None:
+            self.users.setdefault(user, set()).add(session)
         self.call(session, self.on_connect)
 
     def disconnected(self, proto: WebSocketProtocol) -> None:
@@ -441,6 +448,7 @@ class HubState:
                 for topic in link.subscribed:
                     self._leave(proto, topic)
                 link.subscribed = None
+            self._forget_user(session, session.user)
             for hook in self.on_session_end:
                 hook(session)
             self.call(session, self.on_disconnect)
@@ -448,6 +456,47 @@ class HubState:
     def sent(self, session: Session, msg: Any, binary: bool) -> None:
         """Run ``handle_sent_message`` (or its binary twin) for ``msg`` written to ``session``."""
         self.call(session, self.on_sent_binary if binary else self.on_sent_text, msg)
+
+    # -- users ---------------------------------------------------------------------------------
+
+    def user_changed(self, session: Session, old: str | None, new: str | None) -> None:
+        """``session.user`` went from ``old`` to ``new``: move it in :attr:`users` (a closed
+        session is only removed)."""
+        self._forget_user(session, old)
+        if new is not None and not session.is_closed and session.proto in self.connections:
+            self.users.setdefault(new, set()).add(session)
+
+    def _forget_user(self, session: Session, user: str | None) -> None:
+        if user is None:
+            return
+        held = self.users.get(user)
+        if held is not None:
+            held.discard(session)
+            if not held:
+                del self.users[user]
+
+    def user_sessions(self, user: str) -> list[Session]:
+        """The open sessions of ``user`` here (a snapshot)."""
+        held = self.users.get(user)
+        return [s for s in held if not s.is_closed] if held else []
+
+    def deliver_user(self, user: str, binary: bool, msg: Any) -> int:
+        """Send ``msg`` to ``user``'s sessions here, framed once; how many took it. 0 once
+        closed (a message from another node arriving late)."""
+        if self.closed:
+            return 0
+        sessions = self.user_sessions(user)
+        if not sessions:
+            return 0
+        return self.deliver(msg, binary, [s.proto for s in sessions])
+
+    def disconnect_user(self, user: str, code: int, reason: str) -> int:
+        """Close ``user``'s sessions here with ``code``/``reason``; how many were closed."""
+        closed = 0
+        for session in self.user_sessions(user):
+            session.close_with_msg(code, reason)
+            closed += 1
+        return closed
 
     # -- topics ----------------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ own: the RFC 6455 checks, ``Config.paths``/``allowed_origins``, then ``handle_up
   client gets that status, those headers and the reason as the body. A middleware that wraps
   ``call_next`` sees the refusals of the ones after it as that exception (re-raise it).
 * **Attach keys** by writing to ``handshake.keys``; the session starts with them.
+* **Name the user** with ``handshake.user = "alice"``: it becomes ``session.user`` (what
+  ``hub.send_to_user`` and ``hub.disconnect_user`` reach).
 * **Clean up** with ``handshake.on_close(fn)``: ``fn()`` runs once when the connection is over —
   at once if the upgrade is refused, at disconnect if it was accepted.
 * Any other exception refuses with 500 and goes to ``handle_error`` (session None).
@@ -77,13 +79,14 @@ class Handshake:
     socket's remote address; ``keys`` the dict the session will start with.
     """
 
-    __slots__ = ("_cleanups", "keys", "peer", "request", "started", "status")
+    __slots__ = ("_cleanups", "keys", "peer", "request", "started", "status", "user")
 
     request: Request
     peer: Any
     keys: dict[str, Any]
     started: float
     status: int
+    user: str | None
 
     def __init__(self, request: Request, peer: Any = None) -> None:
         self.request = request
@@ -95,6 +98,8 @@ class Handshake:
         self.started = time.monotonic()
         #: The HTTP status the upgrade ended with (101 when accepted); 0 while undecided.
         self.status = 0
+        #: The user the session will belong to (``session.user``), or None.
+        self.user = None
         self._cleanups: list[Callable[[], object]] | None = None
 
     @property

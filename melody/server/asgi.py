@@ -212,7 +212,8 @@ class AsgiAdapter:
         conn = AsgiConnection(state.dispatch, send, dict(scope))
         # The hub and Session use only what ProtocolCore gives both kinds of connection.
         proto = cast("WebSocketProtocol", conn)
-        session = Session(hub, proto, request, handshake.keys or None, subprotocol)
+        session = Session(hub, proto, request, handshake.keys or None, subprotocol,
+                          handshake.user)
         try:
             await send({"type": "websocket.accept", "subprotocol": subprotocol})
         except Exception as exc:
