@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import time
 import weakref
@@ -29,7 +30,7 @@ from melody._core.fanout import broadcast_binary as _fanout_binary
 from melody._core.fanout import broadcast_text as _fanout_text
 from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
 from melody.codecs import JSON as _JSON
-from melody.codecs import Codec
+from melody.codecs import Codec, PacketCodec
 from melody.config import OVERFLOW_POLICIES, Config
 from melody.errors import (
     AckTimeout,
@@ -41,6 +42,9 @@ from melody.errors import (
     PongTimeout,
     ProtocolError,
     RateLimited,
+    RequestError,
+    SessionClosed,
+    TooManyCalls,
     TopicLimitExceeded,
     WriteTimeout,
 )
@@ -60,6 +64,11 @@ logger = logging.getLogger("melody")
 Targets = Group | list[WebSocketProtocol]
 
 _STATES: weakref.WeakKeyDictionary[Melody, HubState] = weakref.WeakKeyDictionary()
+
+# The ids of session.call requests: "s" and a process-wide counter. A client's own request
+# ids are its business (melody's client uses ints); the prefix keeps the two apart on the
+# wire, and one counter for all sessions costs no slot per session.
+_call_ids = itertools.count(1)
 
 
 def state_of(hub: Melody) -> HubState:
@@ -82,12 +91,13 @@ class Deliver(Protocol):
 
 class SessionLink:
     """What the hub keeps for one session: its connection, its pending handler calls (run
-    one after another, or up to ``max_concurrent_handlers`` at once) and its topics.
+    one after another, or up to ``max_concurrent_handlers`` at once), its topics and the
+    ``session.call`` requests waiting for the client.
 
     The base class of ``Session``: these are the hub's fields of the session object, not API.
     """
 
-    __slots__ = ("draining", "inbox", "paused", "proto", "running", "subscribed")
+    __slots__ = ("calls", "draining", "inbox", "paused", "proto", "running", "subscribed")
 
     def __init__(self, proto: WebSocketProtocol) -> None:
         #: The session's connection (what broadcasts and topic groups hold).
@@ -102,6 +112,9 @@ class SessionLink:
         self.running = 0
         #: The topics the session is subscribed to (None until the first subscribe).
         self.subscribed: set[str] | None = None
+        #: ``session.call`` requests waiting for the client's reply, by id (None until the
+        #: first call).
+        self.calls: dict[str, asyncio.Future[Any]] | None = None
 
     @property
     def link(self) -> SessionLink:
@@ -152,7 +165,8 @@ class HubState:
         self.tasks: set[asyncio.Task[Any]] = set()
         #: Counters of the codec and routing layer, reported by ``hub.stats()``.
         self.message_stats = {"decode_errors": 0, "unroutable": 0, "denied": 0,
-                              "subscriptions_refused": 0, "ack_timeouts": 0}
+                              "subscriptions_refused": 0, "ack_timeouts": 0,
+                              "call_timeouts": 0, "late_replies": 0}
         #: The sessions of each user (``session.user``) here: what ``hub.send_to_user`` and
         #: ``hub.disconnect_user`` reach. An entry per user with a session, a set member per
         #: session that has a user: bounded by the sessions.
@@ -449,6 +463,12 @@ class HubState:
                     self._leave(proto, topic)
                 link.subscribed = None
             self._forget_user(session, session.user)
+            if link.calls:
+                # Never leaked: every call still waiting fails now.
+                calls, link.calls = link.calls, None
+                for future in calls.values():
+                    if not future.done():
+                        future.set_exception(SessionClosed("session closed before replying"))
             for hook in self.on_session_end:
                 hook(session)
             self.call(session, self.on_disconnect)
@@ -497,6 +517,59 @@ class HubState:
             session.close_with_msg(code, reason)
             closed += 1
         return closed
+
+    # -- server-to-client requests (session.call) -----------------------------------------------
+
+    async def call_client(self, session: Session, kind: str, data: Any,
+                          timeout: float | None) -> Any:
+        """``session.call`` (see there)."""
+        codec = self.codec
+        if codec is None or isinstance(codec, PacketCodec):
+            raise RuntimeError("session.call needs a codec with the JSON envelope: "
+                               "Melody(codec=melody.codecs.JSON)")
+        if session.is_closed:
+            raise SessionClosed("session is closed")
+        link: SessionLink = session
+        calls = link.calls
+        if calls is None:
+            calls = link.calls = {}
+        elif len(calls) >= self.config.max_pending_calls:
+            raise TooManyCalls(f"session has {len(calls)} calls waiting for replies "
+                               f"(max_pending_calls={self.config.max_pending_calls})")
+        call_id = f"s{next(_call_ids)}"
+        payload = codec.encode({"type": kind, "id": call_id, "data": data})
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        calls[call_id] = future
+        deadline = asyncio.timeout(timeout)
+        try:
+            self.send_encoded(session, payload)
+            async with deadline:
+                return await future
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not our timeout
+            self.message_stats["call_timeouts"] += 1
+            raise AckTimeout(f"no reply to {kind!r} within {timeout} s") from None
+        finally:
+            if link.calls is not None:
+                link.calls.pop(call_id, None)
+
+    def _take_reply(self, session: Session, reply: dict[Any, Any]) -> bool:
+        # A decoded message with "ok" and no "type": the reply to a session.call if its id is
+        # one of ours ("s..."). Late ones (after a timeout) are counted and dropped.
+        call_id = reply.get("id")
+        if type(call_id) is not str or not call_id.startswith("s"):
+            return False
+        link: SessionLink = session
+        future = link.calls.pop(call_id, None) if link.calls else None
+        if future is None or future.done():
+            self.message_stats["late_replies"] += 1
+            return True
+        if reply.get("ok") is True:
+            future.set_result(reply.get("data"))
+        else:
+            future.set_exception(RequestError(str(reply.get("error"))))
+        return True
 
     # -- topics ----------------------------------------------------------------------------------
 
@@ -626,6 +699,12 @@ class HubState:
                 obj = decode(msg)
             except DecodeError as exc:
                 self._bad_message(session, exc)
+                return
+            # What the hub answers itself, before any handler or route and whatever the
+            # session's pending handlers (a handler awaiting session.call must get its
+            # reply): replies to session.call.
+            if (type(obj) is dict and "ok" in obj and "type" not in obj
+                    and self._take_reply(session, obj)):
                 return
             handler(session, obj)
 

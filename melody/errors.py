@@ -48,6 +48,7 @@ __all__ = [
     "LengthMismatch",
     "RequestError",
     "AckTimeout",
+    "TooManyCalls",
 ]
 
 # RFC 6455 section 7.4.1, and the IANA registry for 1012-1014.
@@ -248,4 +249,12 @@ class TopicLimitExceeded(MelodyError, ValueError):
 
 class AckTimeout(MelodyError):
     """A routed async handler ran past its timeout: it was cancelled and the client got the
-    error reply ``"timeout"``. Counted in ``hub.stats()["ack_timeouts"]``."""
+    error reply ``"timeout"``. Counted in ``hub.stats()["ack_timeouts"]``.
+
+    Also raised by ``session.call`` when the client did not answer within its timeout
+    (counted in ``hub.stats()["call_timeouts"]``)."""
+
+
+class TooManyCalls(MelodyError):
+    """``session.call`` was refused: the session already waits for
+    ``Config.max_pending_calls`` replies. Nothing was sent; the pending calls go on."""

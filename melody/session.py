@@ -108,6 +108,28 @@ class Session(SessionLink):
         if old != value:
             self._state.user_changed(self, old, value)
 
+    # -- server-to-client requests ---------------------------------------------------------------
+
+    async def call(self, type: str, data: Any = None, *, timeout: float | None = 10.0) -> Any:
+        """Ask the client: send ``{"type": type, "id": "s<n>", "data": data}`` and return the
+        ``data`` of its reply ``{"id": "s<n>", "ok": true, "data": ...}``.
+
+        The mirror of a client's request to a route (docs/protocol.md, "Server-to-client
+        requests"): melody's client answers with ``@conn.route(type)``. The hub takes the
+        reply out of the message stream before any handler or route, so an async handler
+        of this same session may await it. Needs a codec with the JSON envelope
+        (``Melody(codec=melody.codecs.JSON)``, or a msgpack one); RuntimeError otherwise.
+
+        Raises :class:`~melody.errors.RequestError` with the client's text for an
+        ``"ok": false`` reply, :class:`~melody.errors.AckTimeout` when no reply came within
+        ``timeout`` seconds (None: wait until the session ends), ``SessionClosed`` when the
+        session is closed or ends first (pending calls are failed at disconnect, never
+        kept), :class:`~melody.errors.TooManyCalls` when ``Config.max_pending_calls`` calls
+        already wait, TypeError when ``data`` cannot be encoded. A reply arriving after the
+        timeout is dropped and counted in ``hub.stats()["late_replies"]``.
+        """
+        return await self._state.call_client(self, type, data, timeout)
+
     # -- writing ---------------------------------------------------------------------------------
 
     def write(self, msg: str) -> None:

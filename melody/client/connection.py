@@ -15,7 +15,7 @@ import os
 import ssl as _ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -23,6 +23,7 @@ from melody._core.connection import Connection
 from melody._core.constants import STATE_OPEN
 from melody._core.extensions import accept_response, build_offer
 from melody._core.frames import is_valid_close_code
+from melody.client.answering import Routes, answer, server_request
 from melody.client.options import _Options, _parse_url
 from melody.errors import (
     CLOSE_ABNORMAL,
@@ -44,6 +45,8 @@ from melody.handshake import (
 )
 
 __all__ = ["ClientConnection"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # The whole package logs under the one name the documentation gives.
 logger = logging.getLogger("melody.client")
@@ -180,6 +183,7 @@ class ClientConnection:
     """
 
     __slots__ = (
+        "_answering",
         "_buffer_view",
         "_bytes_in",
         "_close_code",
@@ -221,6 +225,7 @@ class ClientConnection:
         "_request_seq",
         "_requests",
         "_response_headers",
+        "_routes",
         "_subprotocol",
         "_transport",
         "_write_pauses",
@@ -230,10 +235,14 @@ class ClientConnection:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, url: str, options: _Options, key: str,
-                 offer: str | None, request: bytes) -> None:
+                 offer: str | None, request: bytes, *, routes: Routes | None = None) -> None:
         self._loop = loop
         self.url = url
         """The URL this connection was opened to."""
+        # Server requests answered here (route type -> handler): shared with a
+        # ReconnectingClient, which hands the same dict to each of its connections.
+        self._routes = routes
+        self._answering: set[asyncio.Task[None]] = set()
         self._options = options
         self._key = key
         self._offer = offer
@@ -581,6 +590,11 @@ class ClientConnection:
                 if (self._requests and kind == "text" and message.startswith('{"id":')
                         and self._take_reply(message)):
                     continue
+                # A request from the server starts with '{"type":' (melody writes the type
+                # first): parsed only when this connection has routes.
+                if (self._routes and kind == "text" and message.startswith('{"type":')
+                        and self._take_server_request(message)):
+                    continue
                 queue.append(message)
             elif kind == "pong":
                 self._on_pong(event[1])
@@ -638,6 +652,36 @@ class ClientConnection:
             future.set_result(reply.get("data"))
         else:
             future.set_exception(RequestError(str(reply.get("error"))))
+        return True
+
+    def route(self, type: str) -> Callable[[_F], _F]:
+        """Decorator: ``fn(data)`` answers the hub's ``session.call(type, data)``.
+
+        Its return value (awaited for ``async def``) is the reply's data; raising
+        :class:`~melody.errors.RequestError` answers ``ok: false`` with its text, any other
+        exception ``"internal error"`` (and is logged). Each request runs in its own task, so
+        a slow handler holds up neither ``recv`` nor other requests. Requests whose type has
+        no route are left in the stream for :meth:`recv`. Wire format: docs/protocol.md,
+        "Server-to-client requests".
+        """
+        def register(fn: _F) -> _F:
+            if self._routes is None:
+                self._routes = {}
+            self._routes[type] = fn
+            return fn
+
+        return register
+
+    def _take_server_request(self, text: str) -> bool:
+        routes = self._routes
+        assert routes is not None
+        found = server_request(text, routes)
+        if found is None:
+            return False
+        fn, msg_id, data = found
+        task = self._loop.create_task(answer(self, fn, msg_id, data))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
         return True
 
     def _wake_receiver(self) -> None:
@@ -845,6 +889,8 @@ class ClientConnection:
             if exc is not None:
                 logger.debug("%s: connection lost: %r", self.url, exc)
         self._stop_keepalive()
+        for task in self._answering:
+            task.cancel()
         self.link.mark_down()
         self._wake_receiver()
         closed = self._closed_error()
@@ -976,8 +1022,10 @@ class ClientConnection:
             self._opened.set_exception(error)
 
 
-async def _open_connection(url: str, options: _Options) -> ClientConnection:
-    """TCP (and TLS) connect, opening handshake, keepalive: a ready ClientConnection."""
+async def _open_connection(url: str, options: _Options, *,
+                           routes: Routes | None = None) -> ClientConnection:
+    """TCP (and TLS) connect, opening handshake, keepalive: a ready ClientConnection (that
+    answers ``routes``)."""
     target = _parse_url(url)
     context = options.ssl
     if target.secure:
@@ -995,6 +1043,7 @@ async def _open_connection(url: str, options: _Options) -> ClientConnection:
     request = build_client_request(
         target.host_header, target.resource, key, subprotocols=options.subprotocols,
         extensions=offer, origin=options.origin, extra_headers=extra)
-    client = ClientConnection(asyncio.get_running_loop(), url, options, key, offer, request)
+    client = ClientConnection(asyncio.get_running_loop(), url, options, key, offer, request,
+                              routes=routes)
     await client.link.open(target.host, target.port, context)
     return client

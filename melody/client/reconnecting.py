@@ -10,8 +10,9 @@ import random
 import ssl as _ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from melody.client.answering import Routes
 from melody.client.connection import ClientConnection, _open_connection
 from melody.client.options import _USER_AGENT, _make_options, _parse_url
 from melody.errors import (
@@ -28,6 +29,8 @@ __all__ = ["OnConnect", "ReconnectingClient"]
 
 # The whole package logs under the one name the documentation gives.
 logger = logging.getLogger("melody.client")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 OnConnect = Callable[["ClientConnection"], "Awaitable[None] | None"]
 """``on_connect(conn)``: a plain function or a coroutine function, run after each connection."""
@@ -66,6 +69,9 @@ class ReconnectingClient:
     :meth:`recv` and ``async for`` continue across reconnections; they end (``async for``) or
     raise :class:`ConnectionClosed` (``recv``) after :meth:`close`, and raise it, with the
     last error as ``__cause__``, when reconnection gave up.
+
+    ``@client.route(type)`` answers the hub's ``session.call`` on every connection (see
+    :meth:`ClientConnection.route`).
 
     Observability: :attr:`connected` (an ``asyncio.Event`` set while a connection is open),
     :attr:`attempts`, :attr:`failures`, :attr:`reconnects`, :attr:`outages`,
@@ -116,6 +122,8 @@ class ReconnectingClient:
             subprotocols, headers, origin, compression, max_message_size, max_queue,
             open_timeout, close_timeout, ping_interval, ping_timeout, ssl, user_agent)
         self._on_connect = on_connect
+        # Server requests answered on every connection (one dict, shared with each).
+        self._routes: Routes = {}
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._backoff_factor = backoff_factor
@@ -311,7 +319,7 @@ class ReconnectingClient:
                 raise self._closed_error()
             self.attempts += 1
             try:
-                conn = await _open_connection(self.url, self._options)
+                conn = await _open_connection(self.url, self._options, routes=self._routes)
                 if self._closing:  # close() came while connecting (start() is not cancelled)
                     await conn.close()
                     raise self._closed_error()
@@ -330,6 +338,14 @@ class ReconnectingClient:
                     raise
                 continue
             return conn
+
+    def route(self, type: str) -> Callable[[_F], _F]:
+        """:meth:`ClientConnection.route`, on every connection this client makes."""
+        def register(fn: _F) -> _F:
+            self._routes[type] = fn
+            return fn
+
+        return register
 
     async def _run_on_connect(self, conn: ClientConnection) -> None:
         callback = self._on_connect
