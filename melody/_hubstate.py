@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from melody.routing import Router
     from melody.session import Session
 
-__all__ = ["HubState", "SessionLink", "Deliver", "state_of"]
+__all__ = ["HubState", "SessionLink", "Deliver", "Lease", "state_of"]
 
 logger = logging.getLogger("melody")
 
@@ -89,15 +89,30 @@ class Deliver(Protocol):
                  predicate: Callable[[Session], bool] | None = None) -> int: ...
 
 
+class Lease(Protocol):
+    """What keeps a session open until a deadline, renewable by a ``refresh`` message (made
+    by ``melody.middleware.JWTAuth`` for a token's ``exp``); ``session.lease``."""
+
+    def refresh(self, session: Session, data: Any) -> Awaitable[Any]:
+        """Check the ``data`` of a ``refresh`` request and push the deadline; the result is
+        the reply's data. Raises ``RequestError`` (its text is the error reply) to refuse."""
+        ...
+
+    def cancel(self) -> None:
+        """The session ended: drop the timer."""
+        ...
+
+
 class SessionLink:
     """What the hub keeps for one session: its connection, its pending handler calls (run
-    one after another, or up to ``max_concurrent_handlers`` at once), its topics and the
-    ``session.call`` requests waiting for the client.
+    one after another, or up to ``max_concurrent_handlers`` at once), its topics, the
+    ``session.call`` requests waiting for the client, and its lease.
 
     The base class of ``Session``: these are the hub's fields of the session object, not API.
     """
 
-    __slots__ = ("calls", "draining", "inbox", "paused", "proto", "running", "subscribed")
+    __slots__ = ("calls", "draining", "inbox", "lease", "paused", "proto", "running",
+                 "subscribed")
 
     def __init__(self, proto: WebSocketProtocol) -> None:
         #: The session's connection (what broadcasts and topic groups hold).
@@ -115,6 +130,8 @@ class SessionLink:
         #: ``session.call`` requests waiting for the client's reply, by id (None until the
         #: first call).
         self.calls: dict[str, asyncio.Future[Any]] | None = None
+        #: What closes the session at a deadline unless refreshed (a JWT's ``exp``), or None.
+        self.lease: Lease | None = None
 
     @property
     def link(self) -> SessionLink:
@@ -463,6 +480,9 @@ class HubState:
                     self._leave(proto, topic)
                 link.subscribed = None
             self._forget_user(session, session.user)
+            if link.lease is not None:
+                link.lease.cancel()
+                link.lease = None
             if link.calls:
                 # Never leaked: every call still waiting fails now.
                 calls, link.calls = link.calls, None
@@ -570,6 +590,27 @@ class HubState:
         else:
             future.set_exception(RequestError(str(reply.get("error"))))
         return True
+
+    def _refresh(self, session: Session, lease: Lease, request: dict[Any, Any]) -> None:
+        # A "refresh" message on a session with a lease: answered by the lease, in a task
+        # (checking a token may await a key lookup), never routed.
+        self.spawn(self._run_refresh(session, lease, request))
+
+    async def _run_refresh(self, session: Session, lease: Lease,
+                           request: dict[Any, Any]) -> None:
+        codec = self.codec
+        assert codec is not None
+        msg_id = codec.envelope(request)[1]
+        try:
+            result = await lease.refresh(session, request.get("data"))
+            ok = True
+        except RequestError as exc:
+            result, ok = str(exc), False
+        except Exception as exc:
+            self.report(session, exc)
+            result, ok = "internal error", False
+        if msg_id is not None and not session.is_closed:
+            self.send_encoded(session, codec.reply(request, msg_id, ok, result))
 
     # -- topics ----------------------------------------------------------------------------------
 
@@ -702,10 +743,17 @@ class HubState:
                 return
             # What the hub answers itself, before any handler or route and whatever the
             # session's pending handlers (a handler awaiting session.call must get its
-            # reply): replies to session.call.
-            if (type(obj) is dict and "ok" in obj and "type" not in obj
-                    and self._take_reply(session, obj)):
-                return
+            # reply): replies to session.call, and "refresh" on a session with a lease.
+            if type(obj) is dict:
+                kind = obj.get("type")
+                if kind is None:
+                    if "ok" in obj and self._take_reply(session, obj):
+                        return
+                elif kind == "refresh":
+                    lease = session.lease
+                    if lease is not None:
+                        self._refresh(session, lease, obj)
+                        return
             handler(session, obj)
 
         return on_message

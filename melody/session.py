@@ -95,10 +95,10 @@ class Session(SessionLink):
         """The user this session belongs to, or None: what ``hub.send_to_user`` and
         ``hub.disconnect_user`` look for.
 
-        Set by a handshake middleware (``handshake.user = ...``) or by the application at
-        any time (``session.user = "alice"`` in ``handle_connect`` or in a login route). A
-        user may have many sessions (tabs, devices, nodes). Raises TypeError for a value
-        that is not a str or None.
+        Set by a handshake middleware (``handshake.user = ...``; ``JWTAuth`` sets the token's
+        ``sub``) or by the application at any time (``session.user = "alice"`` in
+        ``handle_connect`` or in a login route). A user may have many sessions (tabs,
+        devices, nodes). Raises TypeError for a value that is not a str or None.
         """
         return self._user
 

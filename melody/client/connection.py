@@ -25,6 +25,7 @@ from melody._core.extensions import accept_response, build_offer
 from melody._core.frames import is_valid_close_code
 from melody.client.answering import Routes, answer, server_request
 from melody.client.options import _Options, _parse_url
+from melody.client.refresh import RefreshToken, find_token, keep_fresh
 from melody.errors import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
@@ -217,6 +218,8 @@ class ClientConnection:
         "_queue_peak",
         "_read_pauses",
         "_reading_paused",
+        "_refresh_task",
+        "_refresh_token",
         "_refusal",
         "_recv_waiter",
         "_remote_address",
@@ -231,18 +234,25 @@ class ClientConnection:
         "_write_pauses",
         "_writing_paused",
         "link",
+        "token",
         "url",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, url: str, options: _Options, key: str,
-                 offer: str | None, request: bytes, *, routes: Routes | None = None) -> None:
+                 offer: str | None, request: bytes, *, routes: Routes | None = None,
+                 refresh_token: RefreshToken | None = None) -> None:
         self._loop = loop
         self.url = url
         """The URL this connection was opened to."""
+        self.token: str | None = find_token(url, options.headers)
+        """The JWT in force: the one the connection opened with (``Authorization: Bearer``
+        or ``?token=``), then the last one a refresh sent (see ``refresh_token``)."""
         # Server requests answered here (route type -> handler): shared with a
         # ReconnectingClient, which hands the same dict to each of its connections.
         self._routes = routes
         self._answering: set[asyncio.Task[None]] = set()
+        self._refresh_token = refresh_token
+        self._refresh_task: asyncio.Task[None] | None = None
         self._options = options
         self._key = key
         self._offer = offer
@@ -866,6 +876,8 @@ class ClientConnection:
         if options.ping_interval is not None:
             self._keepalive_task = loop.create_task(self._keepalive(
                 options.ping_interval, options.ping_timeout or options.ping_interval))
+        if self._refresh_token is not None:
+            self._refresh_task = loop.create_task(keep_fresh(self, self._refresh_token))
 
     # -- transport events -------------------------------------------------------------------
 
@@ -889,6 +901,9 @@ class ClientConnection:
             if exc is not None:
                 logger.debug("%s: connection lost: %r", self.url, exc)
         self._stop_keepalive()
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            self._refresh_task = None
         for task in self._answering:
             task.cancel()
         self.link.mark_down()
@@ -1022,10 +1037,10 @@ class ClientConnection:
             self._opened.set_exception(error)
 
 
-async def _open_connection(url: str, options: _Options, *,
-                           routes: Routes | None = None) -> ClientConnection:
+async def _open_connection(url: str, options: _Options, *, routes: Routes | None = None,
+                           refresh_token: RefreshToken | None = None) -> ClientConnection:
     """TCP (and TLS) connect, opening handshake, keepalive: a ready ClientConnection (that
-    answers ``routes``)."""
+    answers ``routes`` and keeps its token fresh with ``refresh_token``)."""
     target = _parse_url(url)
     context = options.ssl
     if target.secure:
@@ -1044,6 +1059,6 @@ async def _open_connection(url: str, options: _Options, *,
         target.host_header, target.resource, key, subprotocols=options.subprotocols,
         extensions=offer, origin=options.origin, extra_headers=extra)
     client = ClientConnection(asyncio.get_running_loop(), url, options, key, offer, request,
-                              routes=routes)
+                              routes=routes, refresh_token=refresh_token)
     await client.link.open(target.host, target.port, context)
     return client

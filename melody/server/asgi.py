@@ -230,7 +230,7 @@ class AsgiAdapter:
             conn.close(CLOSE_GOING_AWAY, "hub is closed")
         else:
             # Connect/disconnect logs, metrics, on_close callbacks, handle_connect.
-            decision.admit(proto, session, cleanups)
+            decision.admit(proto, session, cleanups, handshake.take_on_open())
         await conn.run(receive)
 
 

@@ -323,7 +323,8 @@ class Upgrader(UpgradeDecision):
         session = Session(self.state.hub, proto, request, keys, subprotocol, user)
         if not proto.accept(response, session, inflater, deflater, min_size):
             return None
-        self.admit(proto, session, cleanups)
+        self.admit(proto, session, cleanups,
+                   handshake.take_on_open() if handshake is not None else None)
         return session
 
     def _refuse(self, proto: WebSocketProtocol, exc: HandshakeError) -> None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from melody.errors import HandshakeError, HandshakeTimeout
+from melody.errors import CLOSE_INTERNAL_ERROR, HandshakeError, HandshakeTimeout
 from melody.handshake import Request, origin_allowed, select_subprotocol
 from melody.logs import log_connect, log_disconnect
 from melody.middleware import CallNext, Handshake, Middleware, build_chain, run_cleanups
@@ -137,10 +137,22 @@ class UpgradeDecision:
     # -- outcomes ----------------------------------------------------------------------------
 
     def admit(self, proto: WebSocketProtocol, session: Session,
-              cleanups: Cleanups | None) -> None:
+              cleanups: Cleanups | None,
+              openers: list[Callable[[Session], object]] | None = None) -> None:
         """Register an accepted session with the hub (``handle_connect`` runs); ``cleanups``
-        (the handshake's ``on_close`` callbacks) run when it ends."""
+        (the handshake's ``on_close`` callbacks) run when it ends; ``openers`` (its
+        ``on_open`` callbacks) run first, with the session."""
         self._live[session] = (time.monotonic(), cleanups)
+        if openers:
+            for fn in openers:
+                try:
+                    fn(session)
+                except Exception as exc:
+                    # A session whose middleware could not finish its setup (a token's
+                    # expiry timer, say) must not go on without it.
+                    self.state.report(session, exc)
+                    session.close_with_msg(CLOSE_INTERNAL_ERROR, "session setup failed")
+                    break
         log_connect(session)
         self.state.register(proto, session)
 
