@@ -17,6 +17,7 @@ connection's own task.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 __all__ = ["UpgradeDecision", "keys_of"]
 
 Cleanups = list[Callable[[], object]]
+
+
+def _abandon(session: Session) -> None:
+    if not session.is_closed:
+        session.close_with_msg(CLOSE_INTERNAL_ERROR, "session setup failed")
 
 
 def keys_of(decision: Any) -> dict[str, Any] | None:
@@ -149,9 +155,11 @@ class UpgradeDecision:
                     fn(session)
                 except Exception as exc:
                     # A session whose middleware could not finish its setup (a token's
-                    # expiry timer, say) must not go on without it.
+                    # expiry timer, say) must not go on without it. Closed on the next loop
+                    # turn, once the server has started it (reading resumed, so that the
+                    # client's close reply is read): connect and disconnect both run.
                     self.state.report(session, exc)
-                    session.close_with_msg(CLOSE_INTERNAL_ERROR, "session setup failed")
+                    asyncio.get_running_loop().call_soon(_abandon, session)
                     break
         log_connect(session)
         self.state.register(proto, session)
