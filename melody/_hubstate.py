@@ -574,6 +574,17 @@ class HubState:
             if link.calls is not None:
                 link.calls.pop(call_id, None)
 
+    def _answered(self, session: Session, msg: dict[Any, Any]) -> bool:
+        # True when the hub took ``msg`` itself: a reply to one of its calls, or a refresh.
+        kind = msg.get("type")
+        if kind is None:
+            return "ok" in msg and self._take_reply(session, msg)
+        lease = session.lease
+        if kind == "refresh" and lease is not None:
+            self._refresh(session, lease, msg)
+            return True
+        return False
+
     def _take_reply(self, session: Session, reply: dict[Any, Any]) -> bool:
         # A decoded message with "ok" and no "type": the reply to a session.call if its id is
         # one of ours ("s..."). Late ones (after a timeout) are counted and dropped.
@@ -744,16 +755,10 @@ class HubState:
             # What the hub answers itself, before any handler or route and whatever the
             # session's pending handlers (a handler awaiting session.call must get its
             # reply): replies to session.call, and "refresh" on a session with a lease.
-            if type(obj) is dict:
-                kind = obj.get("type")
-                if kind is None:
-                    if "ok" in obj and self._take_reply(session, obj):
-                        return
-                elif kind == "refresh":
-                    lease = session.lease
-                    if lease is not None:
-                        self._refresh(session, lease, obj)
-                        return
+            # A session that never called and has no lease pays two slot reads for it.
+            if ((session.calls is not None or session.lease is not None)
+                    and type(obj) is dict and self._answered(session, obj)):
+                return
             handler(session, obj)
 
         return on_message
