@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import time
 import weakref
@@ -29,7 +30,7 @@ from melody._core.fanout import broadcast_binary as _fanout_binary
 from melody._core.fanout import broadcast_text as _fanout_text
 from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
 from melody.codecs import JSON as _JSON
-from melody.codecs import Codec
+from melody.codecs import Codec, PacketCodec
 from melody.config import OVERFLOW_POLICIES, Config
 from melody.delivery.streams import Streams
 from melody.errors import (
@@ -42,6 +43,9 @@ from melody.errors import (
     PongTimeout,
     ProtocolError,
     RateLimited,
+    RequestError,
+    SessionClosed,
+    TooManyCalls,
     TopicLimitExceeded,
     WriteTimeout,
 )
@@ -54,13 +58,18 @@ if TYPE_CHECKING:
     from melody.routing import Router
     from melody.session import Session
 
-__all__ = ["HubState", "SessionLink", "Deliver", "state_of"]
+__all__ = ["HubState", "SessionLink", "Deliver", "Lease", "state_of"]
 
 logger = logging.getLogger("melody")
 
 Targets = Group | list[WebSocketProtocol]
 
 _STATES: weakref.WeakKeyDictionary[Melody, HubState] = weakref.WeakKeyDictionary()
+
+# The ids of session.call requests: "s" and a process-wide counter. A client's own request
+# ids are its business (melody's client uses ints); the prefix keeps the two apart on the
+# wire, and one counter for all sessions costs no slot per session.
+_call_ids = itertools.count(1)
 
 
 def state_of(hub: Melody) -> HubState:
@@ -81,14 +90,30 @@ class Deliver(Protocol):
                  predicate: Callable[[Session], bool] | None = None) -> int: ...
 
 
+class Lease(Protocol):
+    """What keeps a session open until a deadline, renewable by a ``refresh`` message (made
+    by ``melody.middleware.JWTAuth`` for a token's ``exp``); ``session.lease``."""
+
+    def refresh(self, session: Session, data: Any) -> Awaitable[Any]:
+        """Check the ``data`` of a ``refresh`` request and push the deadline; the result is
+        the reply's data. Raises ``RequestError`` (its text is the error reply) to refuse."""
+        ...
+
+    def cancel(self) -> None:
+        """The session ended: drop the timer."""
+        ...
+
+
 class SessionLink:
     """What the hub keeps for one session: its connection, its pending handler calls (run
-    one after another, or up to ``max_concurrent_handlers`` at once) and its topics.
+    one after another, or up to ``max_concurrent_handlers`` at once), its topics, the
+    ``session.call`` requests waiting for the client, and its lease.
 
     The base class of ``Session``: these are the hub's fields of the session object, not API.
     """
 
-    __slots__ = ("draining", "inbox", "paused", "proto", "running", "subscribed")
+    __slots__ = ("calls", "draining", "inbox", "lease", "paused", "proto", "running",
+                 "subscribed")
 
     def __init__(self, proto: WebSocketProtocol) -> None:
         #: The session's connection (what broadcasts and topic groups hold).
@@ -103,6 +128,11 @@ class SessionLink:
         self.running = 0
         #: The topics the session is subscribed to (None until the first subscribe).
         self.subscribed: set[str] | None = None
+        #: ``session.call`` requests waiting for the client's reply, by id (None until the
+        #: first call).
+        self.calls: dict[str, asyncio.Future[Any]] | None = None
+        #: What closes the session at a deadline unless refreshed (a JWT's ``exp``), or None.
+        self.lease: Lease | None = None
 
     @property
     def link(self) -> SessionLink:
@@ -153,7 +183,12 @@ class HubState:
         self.tasks: set[asyncio.Task[Any]] = set()
         #: Counters of the codec and routing layer, reported by ``hub.stats()``.
         self.message_stats = {"decode_errors": 0, "unroutable": 0, "denied": 0,
-                              "subscriptions_refused": 0, "ack_timeouts": 0}
+                              "subscriptions_refused": 0, "ack_timeouts": 0,
+                              "call_timeouts": 0, "late_replies": 0}
+        #: The sessions of each user (``session.user``) here: what ``hub.send_to_user`` and
+        #: ``hub.disconnect_user`` reach. An entry per user with a session, a set member per
+        #: session that has a user: bounded by the sessions.
+        self.users: dict[str, set[Session]] = {}
         #: The hub's Prometheus metrics once ``melody.metrics.enable`` ran, else None.
         self.metrics: HubMetrics | None = None
         #: Called with each session that ended (the server's bookkeeping: logs, metrics,
@@ -429,6 +464,9 @@ class HubState:
         """Add an accepted session: broadcasts reach it; ``handle_connect`` runs."""
         self.connections.add(proto)
         self.dispatch.connects += 1
+        user = session.user
+        if user is not None:
+            self.users.setdefault(user, set()).add(session)
         self.call(session, self.on_connect)
 
     def disconnected(self, proto: WebSocketProtocol) -> None:
@@ -444,6 +482,16 @@ class HubState:
                 for topic in link.subscribed:
                     self._leave(proto, topic)
                 link.subscribed = None
+            self._forget_user(session, session.user)
+            if link.lease is not None:
+                link.lease.cancel()
+                link.lease = None
+            if link.calls:
+                # Never leaked: every call still waiting fails now.
+                calls, link.calls = link.calls, None
+                for future in calls.values():
+                    if not future.done():
+                        future.set_exception(SessionClosed("session closed before replying"))
             for hook in self.on_session_end:
                 hook(session)
             self.call(session, self.on_disconnect)
@@ -451,6 +499,132 @@ class HubState:
     def sent(self, session: Session, msg: Any, binary: bool) -> None:
         """Run ``handle_sent_message`` (or its binary twin) for ``msg`` written to ``session``."""
         self.call(session, self.on_sent_binary if binary else self.on_sent_text, msg)
+
+    # -- users ---------------------------------------------------------------------------------
+
+    def user_changed(self, session: Session, old: str | None, new: str | None) -> None:
+        """``session.user`` went from ``old`` to ``new``: move it in :attr:`users` (a closed
+        session is only removed)."""
+        self._forget_user(session, old)
+        if new is not None and not session.is_closed and session.proto in self.connections:
+            self.users.setdefault(new, set()).add(session)
+
+    def _forget_user(self, session: Session, user: str | None) -> None:
+        if user is None:
+            return
+        held = self.users.get(user)
+        if held is not None:
+            held.discard(session)
+            if not held:
+                del self.users[user]
+
+    def user_sessions(self, user: str) -> list[Session]:
+        """The open sessions of ``user`` here (a snapshot)."""
+        held = self.users.get(user)
+        return [s for s in held if not s.is_closed] if held else []
+
+    def deliver_user(self, user: str, binary: bool, msg: Any) -> int:
+        """Send ``msg`` to ``user``'s sessions here, framed once; how many took it. 0 once
+        closed (a message from another node arriving late)."""
+        if self.closed:
+            return 0
+        sessions = self.user_sessions(user)
+        if not sessions:
+            return 0
+        return self.deliver(msg, binary, [s.proto for s in sessions])
+
+    def disconnect_user(self, user: str, code: int, reason: str) -> int:
+        """Close ``user``'s sessions here with ``code``/``reason``; how many were closed."""
+        closed = 0
+        for session in self.user_sessions(user):
+            session.close_with_msg(code, reason)
+            closed += 1
+        return closed
+
+    # -- server-to-client requests (session.call) -----------------------------------------------
+
+    async def call_client(self, session: Session, kind: str, data: Any,
+                          timeout: float | None) -> Any:
+        """``session.call`` (see there)."""
+        codec = self.codec
+        if codec is None or isinstance(codec, PacketCodec):
+            raise RuntimeError("session.call needs a codec with the JSON envelope: "
+                               "Melody(codec=melody.codecs.JSON)")
+        if session.is_closed:
+            raise SessionClosed("session is closed")
+        link: SessionLink = session
+        calls = link.calls
+        if calls is None:
+            calls = link.calls = {}
+        elif len(calls) >= self.config.max_pending_calls:
+            raise TooManyCalls(f"session has {len(calls)} calls waiting for replies "
+                               f"(max_pending_calls={self.config.max_pending_calls})")
+        call_id = f"s{next(_call_ids)}"
+        payload = codec.encode({"type": kind, "id": call_id, "data": data})
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        calls[call_id] = future
+        deadline = asyncio.timeout(timeout)
+        try:
+            self.send_encoded(session, payload)
+            async with deadline:
+                return await future
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not our timeout
+            self.message_stats["call_timeouts"] += 1
+            raise AckTimeout(f"no reply to {kind!r} within {timeout} s") from None
+        finally:
+            if link.calls is not None:
+                link.calls.pop(call_id, None)
+
+    def _answered(self, session: Session, msg: dict[Any, Any]) -> bool:
+        # True when the hub took ``msg`` itself: a reply to one of its calls, or a refresh.
+        kind = msg.get("type")
+        if kind is None:
+            return "ok" in msg and self._take_reply(session, msg)
+        lease = session.lease
+        if kind == "refresh" and lease is not None:
+            self._refresh(session, lease, msg)
+            return True
+        return False
+
+    def _take_reply(self, session: Session, reply: dict[Any, Any]) -> bool:
+        # A decoded message with "ok" and no "type": the reply to a session.call if its id is
+        # one of ours ("s..."). Late ones (after a timeout) are counted and dropped.
+        call_id = reply.get("id")
+        if type(call_id) is not str or not call_id.startswith("s"):
+            return False
+        link: SessionLink = session
+        future = link.calls.pop(call_id, None) if link.calls else None
+        if future is None or future.done():
+            self.message_stats["late_replies"] += 1
+            return True
+        if reply.get("ok") is True:
+            future.set_result(reply.get("data"))
+        else:
+            future.set_exception(RequestError(str(reply.get("error"))))
+        return True
+
+    def _refresh(self, session: Session, lease: Lease, request: dict[Any, Any]) -> None:
+        # A "refresh" message on a session with a lease: answered by the lease, in a task
+        # (checking a token may await a key lookup), never routed.
+        self.spawn(self._run_refresh(session, lease, request))
+
+    async def _run_refresh(self, session: Session, lease: Lease,
+                           request: dict[Any, Any]) -> None:
+        codec = self.codec
+        assert codec is not None
+        msg_id = codec.envelope(request)[1]
+        try:
+            result = await lease.refresh(session, request.get("data"))
+            ok = True
+        except RequestError as exc:
+            result, ok = str(exc), False
+        except Exception as exc:
+            self.report(session, exc)
+            result, ok = "internal error", False
+        if msg_id is not None and not session.is_closed:
+            self.send_encoded(session, codec.reply(request, msg_id, ok, result))
 
     # -- topics ----------------------------------------------------------------------------------
 
@@ -580,6 +754,13 @@ class HubState:
                 obj = decode(msg)
             except DecodeError as exc:
                 self._bad_message(session, exc)
+                return
+            # What the hub answers itself, before any handler or route and whatever the
+            # session's pending handlers (a handler awaiting session.call must get its
+            # reply): replies to session.call, and "refresh" on a session with a lease.
+            # A session that never called and has no lease pays two slot reads for it.
+            if ((session.calls is not None or session.lease is not None)
+                    and type(obj) is dict and self._answered(session, obj)):
                 return
             handler(session, obj)
 

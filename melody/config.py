@@ -144,6 +144,10 @@ class Config:
     #: Longest topic name, in UTF-8 bytes; a longer one is refused as above. A topic name is
     #: held by the hub and, with a backplane, sent to the broker.
     max_topic_length: int = 256
+    #: ``session.call`` requests one session may have waiting for the client's reply; one
+    #: more raises ``TooManyCalls`` without sending anything. Each pending call holds a
+    #: future and a dict entry until its reply, its timeout or the session's end.
+    max_pending_calls: int = 64
     #: Per-session inbound rate limit (:class:`RateLimit`); None for none.
     rate_limit: RateLimit | None = None
     #: permessage-deflate: False (off), True (the :class:`Compression` defaults) or a
@@ -201,6 +205,7 @@ class Config:
         check_int("max_concurrent_handlers", self.max_concurrent_handlers, 1, MAX_COUNT)
         check_int("max_topics_per_session", self.max_topics_per_session, 1, MAX_COUNT)
         check_int("max_topic_length", self.max_topic_length, 1, MAX_MESSAGE_SIZE)
+        check_int("max_pending_calls", self.max_pending_calls, 1, MAX_COUNT)
         if self.overflow_policy not in OVERFLOW_POLICIES:
             raise ValueError(
                 f"overflow_policy must be one of {', '.join(OVERFLOW_POLICIES)},"

@@ -23,6 +23,7 @@ __all__ = [
     "CLOSE_SERVICE_RESTART",
     "CLOSE_TRY_AGAIN_LATER",
     "CLOSE_TLS_HANDSHAKE",
+    "CLOSE_TOKEN_EXPIRED",
     "MelodyError",
     "HubClosed",
     "SessionClosed",
@@ -48,6 +49,7 @@ __all__ = [
     "LengthMismatch",
     "RequestError",
     "AckTimeout",
+    "TooManyCalls",
 ]
 
 # RFC 6455 section 7.4.1, and the IANA registry for 1012-1014.
@@ -65,6 +67,12 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TLS_HANDSHAKE = 1015  # never sent on the wire
+
+# melody's own codes, in the 4000-4999 range RFC 6455 7.4.2 leaves to applications.
+#: ``melody.middleware.JWTAuth``: the session's token expired and no fresh one came in time
+#: (a ``refresh`` message, see docs/protocol.md). A client should get a new token and
+#: reconnect.
+CLOSE_TOKEN_EXPIRED = 4001
 
 
 class MelodyError(Exception):
@@ -248,4 +256,12 @@ class TopicLimitExceeded(MelodyError, ValueError):
 
 class AckTimeout(MelodyError):
     """A routed async handler ran past its timeout: it was cancelled and the client got the
-    error reply ``"timeout"``. Counted in ``hub.stats()["ack_timeouts"]``."""
+    error reply ``"timeout"``. Counted in ``hub.stats()["ack_timeouts"]``.
+
+    Also raised by ``session.call`` when the client did not answer within its timeout
+    (counted in ``hub.stats()["call_timeouts"]``)."""
+
+
+class TooManyCalls(MelodyError):
+    """``session.call`` was refused: the session already waits for
+    ``Config.max_pending_calls`` replies. Nothing was sent; the pending calls go on."""

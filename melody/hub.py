@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from melody._core.fanout import Group
+from melody._core.frames import is_valid_close_code
 from melody._core.protocol import WebSocketProtocol
 from melody._hubstate import HubState
 from melody.codecs import Codec
@@ -263,6 +264,62 @@ class Melody:
     ) -> int:
         """Binary :meth:`broadcast_multiple`."""
         return self._fan_out(msg, True, [s.proto for s in sessions])
+
+    # -- users (session.user): every session of one user, on every node --------------------
+
+    def send_to_user(self, user: str, msg: str) -> int:
+        """Send a text message to every session of ``user`` (``session.user``), framed once.
+
+        With a backplane the other nodes get it too and deliver it to that user's sessions
+        there. Returns how many sessions *of this node* took it (the other nodes' are not
+        counted: they are not known without a round trip). Raises ``HubClosed`` after
+        :meth:`close`. Costs a dict lookup plus the user's sessions here, and one backplane
+        message whatever the number of nodes.
+        """
+        return self._to_user(user, msg, False)
+
+    def send_to_user_binary(self, user: str, msg: bytes | bytearray | memoryview) -> int:
+        """Binary :meth:`send_to_user`."""
+        return self._to_user(user, msg, True)
+
+    def send_to_user_json(self, user: str, obj: Any) -> int:
+        """:meth:`send_to_user` ``obj`` as JSON (encoded once, as :meth:`broadcast_json`);
+        TypeError when it cannot be encoded."""
+        return self._to_user(user, self._state.json_text(obj), False)
+
+    def _to_user(self, user: str, msg: Any, binary: bool) -> int:
+        state = self._state
+        if state.closed:
+            raise HubClosed("hub is closed")
+        if self.backplane is not None:
+            payload = bytes(msg) if binary else msg.encode("utf-8")
+            self.backplane.send_to_user(user, binary, payload)
+        return state.deliver_user(user, binary, msg)
+
+    def disconnect_user(self, user: str, code: int = CLOSE_NORMAL, reason: str = "") -> int:
+        """Close every session of ``user`` with ``code`` and ``reason``, here and, with a
+        backplane, on every other node (e.g. after a logout or a ban).
+
+        Returns how many sessions of this node it closed (others' are not counted). Raises
+        ``HubClosed`` after :meth:`close`, ValueError for a code that may not be sent (RFC
+        6455 7.4; 4000-4999 are the application's).
+        """
+        state = self._state
+        if state.closed:
+            raise HubClosed("hub is closed")
+        try:
+            valid = is_valid_close_code(code)
+        except OverflowError:
+            valid = False
+        if not valid:
+            raise ValueError(f"close code {code} may not be sent")
+        if self.backplane is not None:
+            self.backplane.disconnect_user(user, code, reason)
+        return state.disconnect_user(user, code, reason)
+
+    def user_sessions(self, user: str) -> list[Session]:
+        """The open sessions of ``user`` on this node (a snapshot)."""
+        return self._state.user_sessions(user)
 
     # -- codecs, routing, acks, authorization (melody.codecs, melody.routing) ----------------
 

@@ -13,7 +13,8 @@ logger              records
                     :class:`melody.middleware.AccessLog` is used
 ==================  ==============================================================================
 
-Fields: ``event`` (the names above), ``session_id`` (a hex id, the same for a session's records),
+Fields: ``event`` (the names above), ``session_id`` (``session.id``: the same for a session's
+records, and the id presence and the application see), ``user`` (``session.user``, when set),
 ``peer`` (``"host:port"``), ``path``, and per event ``close_code``, ``close_reason``,
 ``duration`` (seconds, float), ``error`` (the exception's class name), ``outcome``, ``status``.
 
@@ -53,11 +54,15 @@ def peer_text(address: Any) -> str | None:
 
 
 def session_fields(session: Session | None) -> dict[str, Any]:
-    """The identifying fields of a session's records: ``session_id``, ``peer`` and ``path``."""
+    """The identifying fields of a session's records: ``session_id``, ``peer`` and ``path``,
+    and ``user`` when the session has one."""
     if session is None:
         return {"session_id": None, "peer": None, "path": None}
-    return {"session_id": f"{id(session):x}", "peer": peer_text(session.remote_addr),
-            "path": session.request.path}
+    fields = {"session_id": session.id, "peer": peer_text(session.remote_addr),
+              "path": session.request.path}
+    if session.user is not None:
+        fields["user"] = session.user
+    return fields
 
 
 def error_fields(session: Session | None, error: BaseException) -> dict[str, Any]:

@@ -21,6 +21,10 @@ own: the RFC 6455 checks, ``Config.paths``/``allowed_origins``, then ``handle_up
   client gets that status, those headers and the reason as the body. A middleware that wraps
   ``call_next`` sees the refusals of the ones after it as that exception (re-raise it).
 * **Attach keys** by writing to ``handshake.keys``; the session starts with them.
+* **Name the user** with ``handshake.user = "alice"``: it becomes ``session.user`` (what
+  ``hub.send_to_user`` and ``hub.disconnect_user`` reach).
+* **Act on the session** with ``handshake.on_open(fn)``: ``fn(session)`` runs once the upgrade
+  is accepted, before ``handle_connect``.
 * **Clean up** with ``handshake.on_close(fn)``: ``fn()`` runs once when the connection is over —
   at once if the upgrade is refused, at disconnect if it was accepted.
 * Any other exception refuses with 500 and goes to ``handle_error`` (session None).
@@ -44,21 +48,26 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from melody.errors import HandshakeError
+from melody.errors import CLOSE_TOKEN_EXPIRED, HandshakeError, RequestError
 from melody.handshake import Request, origin_allowed
 from melody.limits import MAX_COUNT, MAX_SECONDS, check_int, check_seconds
 from melody.logs import peer_text
+
+if TYPE_CHECKING:
+    from melody.session import Session
 
 __all__ = [
     "Handshake",
     "CallNext",
     "Middleware",
     "JWTAuth",
+    "InvalidToken",
+    "TokenLease",
     "OriginAllowList",
     "ConnectionLimit",
     "AccessLog",
@@ -77,13 +86,15 @@ class Handshake:
     socket's remote address; ``keys`` the dict the session will start with.
     """
 
-    __slots__ = ("_cleanups", "keys", "peer", "request", "started", "status")
+    __slots__ = ("_cleanups", "_openers", "keys", "peer", "request", "started", "status",
+                 "user")
 
     request: Request
     peer: Any
     keys: dict[str, Any]
     started: float
     status: int
+    user: str | None
 
     def __init__(self, request: Request, peer: Any = None) -> None:
         self.request = request
@@ -95,7 +106,10 @@ class Handshake:
         self.started = time.monotonic()
         #: The HTTP status the upgrade ended with (101 when accepted); 0 while undecided.
         self.status = 0
+        #: The user the session will belong to (``session.user``), or None.
+        self.user = None
         self._cleanups: list[Callable[[], object]] | None = None
+        self._openers: list[Callable[[Session], object]] | None = None
 
     @property
     def client_ip(self) -> str | None:
@@ -113,6 +127,20 @@ class Handshake:
         if self._cleanups is None:
             self._cleanups = []
         self._cleanups.append(fn)
+
+    def on_open(self, fn: Callable[[Session], object]) -> None:
+        """Run ``fn(session)`` once the upgrade is accepted, before ``handle_connect`` (in
+        registration order). Not run for a refused upgrade. One that raises is reported to
+        ``handle_error`` and its session is closed with 1011."""
+        if self._openers is None:
+            self._openers = []
+        self._openers.append(fn)
+
+    def take_on_open(self) -> list[Callable[[Session], object]] | None:
+        """Hand over the ``on_open`` callbacks (None if there are none). Called by the server
+        that accepts the upgrade, not by middleware."""
+        openers, self._openers = self._openers, None
+        return openers
 
     def end(self) -> None:
         """Run the ``on_close`` callbacks now: the upgrade was refused or abandoned.
@@ -186,8 +214,24 @@ class JWTAuth:
     given (a token with an ``aud`` claim is refused when no ``audience`` is configured).
 
     On success ``session.keys[claims_key]`` holds the claims dict (``claims_key=None`` puts each
-    claim under its own key). Otherwise the upgrade gets 401 with a ``WWW-Authenticate: Bearer``
-    header (RFC 6750: ``error="invalid_token"`` when a token was given).
+    claim under its own key) and ``session.user`` the ``sub`` claim (None without one).
+    Otherwise the upgrade gets 401 with a ``WWW-Authenticate: Bearer`` header (RFC 6750:
+    ``error="invalid_token"`` when a token was given).
+
+    The token holds for the whole connection, not only for its upgrade: at its ``exp`` (plus
+    ``leeway``) the session is closed with :data:`melody.errors.CLOSE_TOKEN_EXPIRED` (4001,
+    ``"token expired"``) unless the client sent a fresh token before, in a ``refresh``
+    message ``{"type": "refresh", "id": n, "data": {"token": "..."}}`` (docs/protocol.md,
+    "Token refresh"; melody's client does it with ``connect(..., refresh_token=fn)``). The
+    fresh token is verified exactly as the first (key, algorithms, audience, issuer,
+    leeway, required claims) and must name the same ``sub``; then the deadline moves to its
+    ``exp``, the session's claims are replaced by its claims, and the reply is ``{"id": n,
+    "ok": true, "data": {"exp": <exp>}}``. A refused one gets an error reply (``"token
+    expired"``, ``"bad signature"``, ``"token is for another user"``, ...) and changes
+    nothing. One timer per session (``loop.call_at``), cancelled when it ends. Refresh needs
+    a hub with a codec (``Melody(codec=melody.codecs.JSON)``): without one, messages are not
+    decoded and the session simply ends at ``exp``. A token without ``exp`` (when
+    ``require`` allows it) never expires.
 
     ``key`` may also be a callable ``key(token) -> key`` (sync or async), e.g. to pick a key by
     ``kid`` from a JWKS: ``key=lambda t: jwks_client.get_signing_key_from_jwt(t).key``.
@@ -267,11 +311,11 @@ class JWTAuth:
         return HandshakeError(401, f"invalid token: {description}",
                               [("WWW-Authenticate", challenge)])
 
-    async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The claims of ``token`` once verified as an upgrade's token is (key, algorithms,
+        audience, issuer, leeway, required claims). Raises :class:`InvalidToken` saying
+        what was wrong."""
         jwt = self._jwt
-        token = self.token(handshake.request)
-        if token is None:
-            raise self._refuse(None)
         key = self.key
         if callable(key):
             try:
@@ -279,32 +323,133 @@ class JWTAuth:
                 if inspect.isawaitable(key):
                     key = await key
             except jwt.PyJWTError:
-                raise self._refuse("no key for this token") from None
+                raise InvalidToken("no key for this token") from None
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token, key, algorithms=self.algorithms, audience=self.audience,
                 issuer=self.issuer, leeway=self.leeway, options={"require": self.require})
         except jwt.ExpiredSignatureError:
-            raise self._refuse("token expired") from None
+            raise InvalidToken("token expired") from None
         except jwt.ImmatureSignatureError:
-            raise self._refuse("token not yet valid") from None
+            raise InvalidToken("token not yet valid") from None
         except jwt.InvalidAudienceError:
-            raise self._refuse("wrong audience") from None
+            raise InvalidToken("wrong audience") from None
         except jwt.InvalidIssuerError:
-            raise self._refuse("wrong issuer") from None
+            raise InvalidToken("wrong issuer") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise self._refuse(f"missing claim {exc.claim}") from None
+            raise InvalidToken(f"missing claim {exc.claim}") from None
         except jwt.InvalidAlgorithmError:
-            raise self._refuse("algorithm not allowed") from None
+            raise InvalidToken("algorithm not allowed") from None
         except jwt.InvalidSignatureError:
-            raise self._refuse("bad signature") from None
+            raise InvalidToken("bad signature") from None
         except (jwt.PyJWTError, ValueError, TypeError):
-            raise self._refuse("malformed token") from None
-        if self.claims_key is None:
-            handshake.keys.update(claims)
-        else:
-            handshake.keys[self.claims_key] = claims
+            raise InvalidToken("malformed token") from None
+        return claims
+
+    async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
+        token = self.token(handshake.request)
+        if token is None:
+            raise self._refuse(None)
+        try:
+            claims = await self.verify(token)
+        except InvalidToken as exc:
+            raise self._refuse(str(exc)) from None
+        self.store_claims(handshake.keys, claims)
+        sub = claims.get("sub")
+        user = sub if isinstance(sub, str) else None
+        handshake.user = user
+        expires = _expiry(claims)
+
+        def open_lease(session: Session) -> None:
+            session.lease = TokenLease(self, session, user, expires)
+
+        handshake.on_open(open_lease)
         await call_next(handshake)
+
+    def store_claims(self, keys: dict[str, Any], claims: dict[str, Any]) -> None:
+        """Put verified ``claims`` in a session's ``keys`` (under ``claims_key``, or each
+        claim under its own name)."""
+        if self.claims_key is None:
+            keys.update(claims)
+        else:
+            keys[self.claims_key] = claims
+
+
+class InvalidToken(Exception):
+    """A token :meth:`JWTAuth.verify` refused; the message says why (``"token expired"``,
+    ``"bad signature"``, ...)."""
+
+
+def _expiry(claims: Mapping[str, Any]) -> float | None:
+    exp = claims.get("exp")
+    # PyJWT has checked that an exp claim is a number.
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+class TokenLease:
+    """What :class:`JWTAuth` leaves on a session (``session.lease``): the timer that closes
+    it when its token expires, and the handling of ``refresh`` messages that push it back.
+
+    The timer is one ``loop.call_at`` per session, replaced on each refresh and cancelled by
+    the hub when the session ends.
+    """
+
+    __slots__ = ("auth", "expires", "session", "timer", "user")
+
+    def __init__(self, auth: JWTAuth, session: Session, user: str | None,
+                 expires: float | None) -> None:
+        self.auth = auth
+        self.session = session
+        #: The token's ``sub``: a fresh token must name the same.
+        self.user = user
+        #: The token's ``exp`` (UNIX seconds), or None.
+        self.expires = expires
+        self.timer: asyncio.TimerHandle | None = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.expires is None:
+            return
+        loop = asyncio.get_running_loop()
+        # The token is accepted until exp + leeway (PyJWT's rule), so the session lasts as
+        # long. The wall clock gives the distance; the loop's monotonic clock the instant.
+        delay = self.expires + self.auth.leeway - time.time()
+        self.timer = loop.call_at(loop.time() + max(delay, 0.0), self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        if not self.session.is_closed:
+            self.session.close_with_msg(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    async def refresh(self, session: Session, data: Any) -> Any:
+        """Verify the fresh token in ``data`` (``{"token": "..."}``) and move the deadline to
+        its ``exp``; the reply's data is ``{"exp": exp}``. Raises ``RequestError`` saying why
+        a token is refused (the deadline then stays as it was)."""
+        token = data.get("token") if isinstance(data, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise RequestError('refresh takes {"token": "<jwt>"}')
+        try:
+            claims = await self.auth.verify(token)
+        except InvalidToken as exc:
+            raise RequestError(str(exc)) from None
+        sub = claims.get("sub")
+        if (sub if isinstance(sub, str) else None) != self.user:
+            raise RequestError("token is for another user")
+        if session.is_closed:
+            raise RequestError("session is closed")
+        self.expires = _expiry(claims)
+        self._schedule()
+        self.auth.store_claims(session.keys, claims)
+        return {"exp": self.expires}
+
+    def cancel(self) -> None:
+        """The session ended: drop the timer."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 # -- origins --------------------------------------------------------------------------------------

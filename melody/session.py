@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +36,10 @@ class Session(SessionLink):
     # connection, not two (measured: 56 bytes per idle connection).
     __slots__ = (
         "__weakref__",
+        "_id",
         "_keys",
         "_state",
+        "_user",
         "local_addr",
         "remote_addr",
         "request",
@@ -55,9 +58,15 @@ class Session(SessionLink):
         request: Request,
         keys: dict[str, Any] | None = None,
         subprotocol: str | None = None,
+        user: str | None = None,
     ) -> None:
         SessionLink.__init__(self, proto)
         self._state: HubState = state_of(hub)
+        # Made on first read of ``id``: a connection whose id is never asked for (no log
+        # record, no presence) holds this 8-byte slot, not a ~65-byte string.
+        self._id: str | None = None
+        # Set before the session is registered; the hub indexes it when it registers.
+        self._user: str | None = _check_user(user)
         #: The upgrade request: ``path``, ``query``, ``query_params``, ``headers``.
         self.request = request
         #: The subprotocol agreed in the handshake, or None.
@@ -68,6 +77,58 @@ class Session(SessionLink):
         #: This end's address.
         self.local_addr = transport.get_extra_info("sockname") if transport else None
         self._keys: dict[str, Any] | None = dict(keys) if keys else None
+
+    # -- identity --------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """A unique, stable string naming this session (16 URL-safe characters, 96 random
+        bits): the ``session_id`` of log records, safe to show to clients and to use across
+        nodes. Made on first read (one ``secrets.token_urlsafe`` call), then kept."""
+        session_id = self._id
+        if session_id is None:
+            session_id = self._id = secrets.token_urlsafe(12)
+        return session_id
+
+    @property
+    def user(self) -> str | None:
+        """The user this session belongs to, or None: what ``hub.send_to_user`` and
+        ``hub.disconnect_user`` look for.
+
+        Set by a handshake middleware (``handshake.user = ...``; ``JWTAuth`` sets the token's
+        ``sub``) or by the application at any time (``session.user = "alice"`` in
+        ``handle_connect`` or in a login route). A user may have many sessions (tabs,
+        devices, nodes). Raises TypeError for a value that is not a str or None.
+        """
+        return self._user
+
+    @user.setter
+    def user(self, value: str | None) -> None:
+        old, self._user = self._user, _check_user(value)
+        if old != value:
+            self._state.user_changed(self, old, value)
+
+    # -- server-to-client requests ---------------------------------------------------------------
+
+    async def call(self, type: str, data: Any = None, *, timeout: float | None = 10.0) -> Any:
+        """Ask the client: send ``{"type": type, "id": "s<n>", "data": data}`` and return the
+        ``data`` of its reply ``{"id": "s<n>", "ok": true, "data": ...}``.
+
+        The mirror of a client's request to a route (docs/protocol.md, "Server-to-client
+        requests"): melody's client answers with ``@conn.route(type)``. The hub takes the
+        reply out of the message stream before any handler or route, so an async handler
+        of this same session may await it. Needs a codec with the JSON envelope
+        (``Melody(codec=melody.codecs.JSON)``, or a msgpack one); RuntimeError otherwise.
+
+        Raises :class:`~melody.errors.RequestError` with the client's text for an
+        ``"ok": false`` reply, :class:`~melody.errors.AckTimeout` when no reply came within
+        ``timeout`` seconds (None: wait until the session ends), ``SessionClosed`` when the
+        session is closed or ends first (pending calls are failed at disconnect, never
+        kept), :class:`~melody.errors.TooManyCalls` when ``Config.max_pending_calls`` calls
+        already wait, TypeError when ``data`` cannot be encoded. A reply arriving after the
+        timeout is dropped and counted in ``hub.stats()["late_replies"]``.
+        """
+        return await self._state.call_client(self, type, data, timeout)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -223,4 +284,10 @@ class Session(SessionLink):
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "open"
-        return f"<Session {self.remote_addr} {self.request.path!r} {state}>"
+        return f"<Session {self.id} {self.remote_addr} {self.request.path!r} {state}>"
+
+
+def _check_user(user: Any) -> str | None:
+    if user is not None and not isinstance(user, str):
+        raise TypeError(f"session.user is a str or None, not {type(user).__name__}")
+    return user

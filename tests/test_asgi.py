@@ -707,3 +707,36 @@ def test_benchmark_script_runs_and_checks(tmp_path: Any) -> None:
         for check in document["summary"][mode]["checks"].values():
             assert check["ok"] and check["lost"] == 0
     assert document["native_over_asgi"]["echo.roundtrips_per_s"] > 0
+
+
+def test_user_and_on_open_on_the_asgi_path(run: Any) -> None:
+    # handshake.user and handshake.on_open reach the session as on the native server, and a
+    # user's sessions on both servers are one user's.
+    async def body() -> None:
+        hub = Melody()
+        opened: list[str] = []
+
+        @hub.use
+        async def name_user(handshake: Handshake, call_next: CallNext) -> None:
+            handshake.user = handshake.request.headers.get("X-User")
+            handshake.on_open(lambda session: opened.append(f"{session.user} {session.id}"))
+            await call_next(handshake)
+
+        async with serve(hub) as stack:
+            via_asgi = await stack.connect(additional_headers={"X-User": "ada"})
+            via_native = await stack.connect(stack.native_url,
+                                             additional_headers={"X-User": "ada"})
+            other = await stack.connect(additional_headers={"X-User": "bob"})
+            await wait_until(lambda: len(hub) == 3, "three sessions")
+            ids = sorted(s.id for s in hub.sessions())
+            assert sorted(o.split()[1] for o in opened) == ids
+            assert hub.send_to_user("ada", "for ada") == 2
+            assert await recv(via_asgi) == "for ada"
+            assert await recv(via_native) == "for ada"
+            assert hub.disconnect_user("ada", 4003, "bye") == 2
+            await wait_until(lambda: len(hub) == 1, "ada's sessions closed")
+            assert via_asgi.close_code == 4003
+            hub.send_to_user("bob", "for bob")
+            assert await recv(other) == "for bob"
+
+    run(body)

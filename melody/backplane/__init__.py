@@ -16,6 +16,15 @@ receives to its own sessions. The contract, so that a new broker (NATS, ...) is 
   has subscribers for (interest-based routing). They never block either, and a session that
   joins and leaves in a loop must not become as many broker commands: coalesce.
 - ``cluster_topic_len(topic)``: subscribers of ``topic`` over all live nodes.
+- ``send_to_user(user, binary, payload)`` / ``disconnect_user(user, code, reason)``: reach one
+  user's sessions (``session.user``) on every *other* node, with the same promises as
+  ``publish`` (at most once, never blocking, the same bounded queue). Every node receives
+  them (a user's sessions may be anywhere); on arrival call ``state.deliver_user(user,
+  binary, msg)`` (``msg`` decoded to ``str`` for text) or ``state.disconnect_user(user,
+  code, reason)``. Their envelope (:func:`encode_user_envelope`,
+  :func:`encode_disconnect_envelope`): node id, flags (bit 0 binary, bit 1 disconnect), the
+  user's name (two bytes of length, UTF-8), then the payload (for a disconnect: the close
+  code in two bytes and the reason).
 - When a message arrives from another node, call ``state.deliver_remote(topic, binary,
   payload)``; the node's own messages must be recognised (:func:`is_from`, on the envelope's
   first bytes, before the payload is decoded or copied) and not delivered twice: the hub
@@ -34,9 +43,13 @@ from __future__ import annotations
 
 from melody.backplane.base import (
     ENVELOPE_OVERHEAD,
+    FLAG_DISCONNECT,
     Backplane,
     decode_envelope,
+    decode_user_envelope,
+    encode_disconnect_envelope,
     encode_envelope,
+    encode_user_envelope,
     is_from,
     new_node_id,
 )
@@ -46,4 +59,5 @@ from melody.backplane.base import FLAG_BINARY as FLAG_BINARY
 from melody.backplane.base import NODE_ID_SIZE as NODE_ID_SIZE
 
 __all__ = ["Backplane", "encode_envelope", "decode_envelope", "is_from", "new_node_id",
-           "ENVELOPE_OVERHEAD"]
+           "ENVELOPE_OVERHEAD", "encode_user_envelope", "encode_disconnect_envelope",
+           "decode_user_envelope", "FLAG_DISCONNECT"]

@@ -12,12 +12,19 @@ if TYPE_CHECKING:
     from melody.hub import Melody
 
 __all__ = ["Backplane", "encode_envelope", "decode_envelope", "is_from", "new_node_id",
-           "ENVELOPE_OVERHEAD"]
+           "ENVELOPE_OVERHEAD", "encode_user_envelope", "encode_disconnect_envelope",
+           "decode_user_envelope", "FLAG_DISCONNECT"]
 
 FLAG_BINARY = 0x01
 #: A publication of a topic with history: the payload is ``<offset>:<data>`` (see
 #: ``melody.backplane.redis_streams``), delivered by every node, the publishing one included.
-FLAG_STREAM = 0x02
+FLAG_STREAM = 0x04
+#: A user envelope's flag: close the user's sessions (the payload is the close code, two
+#: bytes big-endian, then the reason in UTF-8) instead of sending them a message.
+FLAG_DISCONNECT = 0x02
+_USER_FLAGS = FLAG_BINARY | FLAG_DISCONNECT
+#: The longest user name a user envelope carries, in UTF-8 bytes (its length is two bytes).
+MAX_USER_BYTES = 0xFFFF
 NODE_ID_SIZE = 16
 #: Bytes an envelope adds to its payload (node id and flags).
 ENVELOPE_OVERHEAD = NODE_ID_SIZE + 1
@@ -49,6 +56,41 @@ def decode_envelope(data: bytes) -> tuple[bytes, bool, bytes]:
     return data[:NODE_ID_SIZE], bool(flags & FLAG_BINARY), data[NODE_ID_SIZE + 1:]
 
 
+def encode_user_envelope(node_id: bytes, user: str, binary: bool, payload: bytes) -> bytes:
+    """What goes on the broker for one message to a user's sessions: node id, flags, the
+    user's name (two bytes of length, then UTF-8), the payload. ValueError for a name over
+    :data:`MAX_USER_BYTES`."""
+    return _user_head(node_id, FLAG_BINARY if binary else 0, user) + payload
+
+
+def encode_disconnect_envelope(node_id: bytes, user: str, code: int, reason: str) -> bytes:
+    """What goes on the broker to close a user's sessions with ``code``/``reason``."""
+    return (_user_head(node_id, FLAG_DISCONNECT, user) + code.to_bytes(2, "big")
+            + reason.encode("utf-8"))
+
+
+def _user_head(node_id: bytes, flags: int, user: str) -> bytes:
+    name = user.encode("utf-8", "surrogatepass")
+    if len(name) > MAX_USER_BYTES:
+        raise ValueError(f"user name over {MAX_USER_BYTES} bytes")
+    return node_id + bytes((flags,)) + len(name).to_bytes(2, "big") + name
+
+
+def decode_user_envelope(data: bytes) -> tuple[bytes, int, str, bytes]:
+    """``(node_id, flags, user, payload)`` of a user envelope; ValueError when malformed."""
+    head = NODE_ID_SIZE + 3
+    if len(data) < head:
+        raise ValueError("user envelope too short")
+    flags = data[NODE_ID_SIZE]
+    if flags & ~_USER_FLAGS:
+        raise ValueError(f"user envelope with unknown flags {flags:#x}")
+    size = int.from_bytes(data[NODE_ID_SIZE + 1:head], "big")
+    if len(data) < head + size or (flags & FLAG_DISCONNECT and len(data) < head + size + 2):
+        raise ValueError("user envelope shorter than its user name")
+    user = data[head:head + size].decode("utf-8", "surrogatepass")
+    return data[:NODE_ID_SIZE], flags, user, data[head + size:]
+
+
 class Backplane:
     """Base class of backplanes (see the module docstring for the contract)."""
 
@@ -76,6 +118,14 @@ class Backplane:
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic`` (this node's last subscriber left)."""
+        raise NotImplementedError
+
+    def send_to_user(self, user: str, binary: bool, payload: bytes) -> None:
+        """Send one message to ``user``'s sessions on every other node. Never blocks."""
+        raise NotImplementedError
+
+    def disconnect_user(self, user: str, code: int, reason: str) -> None:
+        """Close ``user``'s sessions on every other node. Never blocks."""
         raise NotImplementedError
 
     async def cluster_topic_len(self, topic: str) -> int:

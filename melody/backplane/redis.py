@@ -10,8 +10,11 @@ once for all its sessions. Needs the ``redis`` package (``pip install 'melody[re
 hiredis parser is used when ``hiredis`` is installed).
 
 Channels and keys (``P`` is ``channel_prefix``)
-    ``P:all`` carries hub-wide broadcasts; ``P:topic:<topic>`` one topic, and a node subscribes
-    to it only while it has a local subscriber (interest-based routing: Redis sends a topic's
+    ``P:all`` carries hub-wide broadcasts; ``P:user`` the messages and disconnects for one user's
+    sessions (``hub.send_to_user``, ``hub.disconnect_user``: every node subscribes to it, since
+    a user's sessions may be on any node; the envelope names the user);
+    ``P:topic:<topic>`` one topic, and a node subscribes to it only while it has a local
+    subscriber (interest-based routing: Redis sends a topic's
     messages only to the nodes that want them). Presence for :meth:`cluster_topic_len` lives in
     ``P:nodes`` (a set of node ids), ``P:node:<id>:alive`` (a key that expires
     ``presence_ttl`` seconds after the node's last refresh) and ``P:node:<id>:topics`` (a hash
@@ -108,9 +111,13 @@ from typing import TYPE_CHECKING, Any
 from melody._hubstate import state_of
 from melody.backplane import (
     ENVELOPE_OVERHEAD,
+    FLAG_DISCONNECT,
     Backplane,
     decode_envelope,
+    decode_user_envelope,
+    encode_disconnect_envelope,
     encode_envelope,
+    encode_user_envelope,
     is_from,
     new_node_id,
 )
@@ -273,6 +280,7 @@ class RedisBackplane(Backplane):
                                      meta_ttl=history_meta_ttl)
         self._confirm_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._broadcast_channel = prefix + b":all"
+        self._user_channel = prefix + b":user"
         self._topic_prefix = prefix + b":topic:"
         self._nodes_key = prefix + b":nodes"
         self._pid = os.getpid()
@@ -415,27 +423,37 @@ class RedisBackplane(Backplane):
         not fit (``dropped_outgoing``, with the reason: see "Publishing never blocks" in the
         module docstring). O(1); the payload is copied once, into its envelope, if queued.
         """
+        size = ENVELOPE_OVERHEAD + len(payload)
+        if not self._admit(size):
+            return
+        channel = self._broadcast_channel if topic is None else self._topic_channel(topic)
+        self._push(channel, encode_envelope(self.node_id, binary, payload), size)
+
+    def _admit(self, size: int) -> bool:
+        # Whether an envelope of ``size`` bytes may be queued; if not, it is counted as lost
+        # or dropped, with its reason.
         if not self._up:
             self._counters["lost_while_down"] += 1
-            return
-        size = ENVELOPE_OVERHEAD + len(payload)
+            return False
         if size > self.max_message_bytes:
             self._drop("dropped_outgoing_too_large",
                        f"message of {size} bytes over max_message_bytes="
                        f"{self.max_message_bytes}")
-            return
-        queue = self._queue
-        if len(queue) + self._in_flight >= self._max_queue:
+            return False
+        if len(self._queue) + self._in_flight >= self._max_queue:
             self._drop("dropped_outgoing_queue_full",
                        f"outgoing queue full ({self._max_queue} messages)")
-            return
+            return False
         if self._queued_bytes + size > self.max_queue_bytes:
             self._drop("dropped_outgoing_queue_bytes",
                        f"outgoing queue full ({self._queued_bytes} of max_queue_bytes="
                        f"{self.max_queue_bytes} bytes held)")
-            return
-        channel = self._broadcast_channel if topic is None else self._topic_channel(topic)
-        queue.append((b"PUBLISH", channel, encode_envelope(self.node_id, binary, payload)))
+            return False
+        return True
+
+    def _push(self, channel: bytes, envelope: bytes, size: int) -> None:
+        # Queue an admitted envelope for the writer task.
+        self._queue.append((b"PUBLISH", channel, envelope))
         self._queued_bytes += size
         wake = self._write_wake
         if wake is not None and not wake.is_set():
@@ -506,6 +524,20 @@ class RedisBackplane(Backplane):
 
     def _stream_failed(self, error: BaseException) -> None:
         self._complain(BackplaneError(f"storing a publication failed: {error}"), error)
+    def send_to_user(self, user: str, binary: bool, payload: bytes) -> None:
+        """Queue a message for ``user``'s sessions on the other nodes (``P:user``). Never
+        blocks; dropped and counted as :meth:`publish` is (same queue, same bounds).
+        ValueError for a user name over 65,535 UTF-8 bytes."""
+        envelope = encode_user_envelope(self.node_id, user, binary, payload)
+        if self._admit(len(envelope)):
+            self._push(self._user_channel, envelope, len(envelope))
+
+    def disconnect_user(self, user: str, code: int, reason: str) -> None:
+        """Queue the closing of ``user``'s sessions on the other nodes (``P:user``); as
+        :meth:`send_to_user`."""
+        envelope = encode_disconnect_envelope(self.node_id, user, code, reason)
+        if self._admit(len(envelope)):
+            self._push(self._user_channel, envelope, len(envelope))
 
     def _drop(self, reason: str, why: str) -> None:
         counters = self._counters
@@ -602,7 +634,8 @@ class RedisBackplane(Backplane):
     def stats(self) -> dict[str, int]:
         """Counters (the hub shows them as ``backplane_<name>`` in ``hub.stats()``).
 
-        Gauges: ``connected`` (0/1), ``channels`` (subscriptions Redis confirmed),
+        Gauges: ``connected`` (0/1), ``channels`` (subscriptions Redis confirmed: the
+        hub-wide channel and the topics; the user channel, always subscribed, is not counted),
         ``queued`` and ``queued_bytes`` (held for Redis, in flight included), ``lingering``
         (channels kept after their last subscriber left), ``pending_changes`` (channels whose
         SUBSCRIBE or UNSUBSCRIBE is still to be sent).
@@ -699,10 +732,11 @@ class RedisBackplane(Backplane):
         subscriber = self._connection("sub", None)
         connections.append(subscriber)
         await subscriber.connect()
-        await subscriber.send_command(b"SUBSCRIBE", self._broadcast_channel)
-        reply = await subscriber.read_response(timeout=self._timeout)
-        if not (isinstance(reply, list) and reply[:2] == [b"subscribe", self._broadcast_channel]):
-            raise BackplaneError(f"unexpected reply to SUBSCRIBE: {reply!r}")
+        await subscriber.send_command(b"SUBSCRIBE", self._broadcast_channel, self._user_channel)
+        for channel in (self._broadcast_channel, self._user_channel):
+            reply = await subscriber.read_response(timeout=self._timeout)
+            if not (isinstance(reply, list) and reply[:2] == [b"subscribe", channel]):
+                raise BackplaneError(f"unexpected reply to SUBSCRIBE: {reply!r}")
         publisher = self._connection("pub", self._timeout)
         connections.append(publisher)
         await publisher.connect()
@@ -832,6 +866,7 @@ class RedisBackplane(Backplane):
         node_id = self.node_id
         counters = self._counters
         deliver = state.deliver_remote
+        user_channel = self._user_channel
         while True:
             reply = await read()
             self._last_rx = loop.time()
@@ -848,6 +883,9 @@ class RedisBackplane(Backplane):
                     counters["ignored_own"] += 1
                     continue
                 channel = reply[1]
+                if channel == user_channel:
+                    self._user_message(state, data)
+                    continue
                 if channel not in topics:
                     counters["ignored_unwanted"] += 1  # lingering, or left while on the way
                     continue
@@ -886,6 +924,30 @@ class RedisBackplane(Backplane):
         counters["received"] += 1
         try:
             state.streams.deliver(topic, offset, text)
+        except Exception as exc:
+            state.report(None, exc)
+
+    def _user_message(self, state: HubState, data: bytes) -> None:
+        # A message or a disconnect for one user's sessions, from another node.
+        counters = self._counters
+        try:
+            _, flags, user, payload = decode_user_envelope(data)
+            if flags & FLAG_DISCONNECT:
+                code = int.from_bytes(payload[:2], "big")
+                reason = payload[2:].decode("utf-8")
+            else:
+                binary = bool(flags & 1)
+                msg: Any = payload if binary else payload.decode("utf-8")
+        except ValueError as exc:  # UnicodeDecodeError included
+            counters["malformed"] += 1
+            self._complain(BackplaneError(f"malformed user message ignored: {exc}"))
+            return
+        counters["received"] += 1
+        try:
+            if flags & FLAG_DISCONNECT:
+                state.disconnect_user(user, code, reason)
+            else:
+                state.deliver_user(user, binary, msg)
         except Exception as exc:
             state.report(None, exc)
 

@@ -15,7 +15,7 @@ import os
 import ssl as _ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -23,7 +23,9 @@ from melody._core.connection import Connection
 from melody._core.constants import STATE_OPEN
 from melody._core.extensions import accept_response, build_offer
 from melody._core.frames import is_valid_close_code
+from melody.client.answering import Routes, answer, server_request
 from melody.client.options import _Options, _parse_url
+from melody.client.refresh import RefreshToken, find_token, keep_fresh
 from melody.client.subscription import Publication, Subscription
 from melody.errors import (
     CLOSE_ABNORMAL,
@@ -45,6 +47,8 @@ from melody.handshake import (
 )
 
 __all__ = ["ClientConnection"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # The whole package logs under the one name the documentation gives.
 logger = logging.getLogger("melody.client")
@@ -181,6 +185,7 @@ class ClientConnection:
     """
 
     __slots__ = (
+        "_answering",
         "_buffer_view",
         "_bytes_in",
         "_close_code",
@@ -214,6 +219,8 @@ class ClientConnection:
         "_queue_peak",
         "_read_pauses",
         "_reading_paused",
+        "_refresh_task",
+        "_refresh_token",
         "_refusal",
         "_recv_waiter",
         "_remote_address",
@@ -225,19 +232,31 @@ class ClientConnection:
         "_response_headers",
         "_subscriptions",
         "_own_subscriptions",
+        "_routes",
         "_subprotocol",
         "_transport",
         "_write_pauses",
         "_writing_paused",
         "link",
+        "token",
         "url",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, url: str, options: _Options, key: str,
-                 offer: str | None, request: bytes) -> None:
+                 offer: str | None, request: bytes, *, routes: Routes | None = None,
+                 refresh_token: RefreshToken | None = None) -> None:
         self._loop = loop
         self.url = url
         """The URL this connection was opened to."""
+        self.token: str | None = find_token(url, options.headers)
+        """The JWT in force: the one the connection opened with (``Authorization: Bearer``
+        or ``?token=``), then the last one a refresh sent (see ``refresh_token``)."""
+        # Server requests answered here (route type -> handler): shared with a
+        # ReconnectingClient, which hands the same dict to each of its connections.
+        self._routes = routes
+        self._answering: set[asyncio.Task[None]] = set()
+        self._refresh_token = refresh_token
+        self._refresh_task: asyncio.Task[None] | None = None
         self._options = options
         self._key = key
         self._offer = offer
@@ -595,6 +614,11 @@ class ClientConnection:
                         and message.startswith('{"type":"publish"')
                         and self._take_publication(message)):
                     continue
+                # A request from the server starts with '{"type":' (melody writes the type
+                # first): parsed only when this connection has routes.
+                if (self._routes and kind == "text" and message.startswith('{"type":')
+                        and self._take_server_request(message)):
+                    continue
                 queue.append(message)
             elif kind == "pong":
                 self._on_pong(event[1])
@@ -732,6 +756,36 @@ class ClientConnection:
             future.set_result(reply.get("data"))
         else:
             future.set_exception(RequestError(str(reply.get("error"))))
+        return True
+
+    def route(self, type: str) -> Callable[[_F], _F]:
+        """Decorator: ``fn(data)`` answers the hub's ``session.call(type, data)``.
+
+        Its return value (awaited for ``async def``) is the reply's data; raising
+        :class:`~melody.errors.RequestError` answers ``ok: false`` with its text, any other
+        exception ``"internal error"`` (and is logged). Each request runs in its own task, so
+        a slow handler holds up neither ``recv`` nor other requests. Requests whose type has
+        no route are left in the stream for :meth:`recv`. Wire format: docs/protocol.md,
+        "Server-to-client requests".
+        """
+        def register(fn: _F) -> _F:
+            if self._routes is None:
+                self._routes = {}
+            self._routes[type] = fn
+            return fn
+
+        return register
+
+    def _take_server_request(self, text: str) -> bool:
+        routes = self._routes
+        assert routes is not None
+        found = server_request(text, routes)
+        if found is None:
+            return False
+        fn, msg_id, data = found
+        task = self._loop.create_task(answer(self, fn, msg_id, data))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
         return True
 
     def _wake_receiver(self) -> None:
@@ -916,6 +970,8 @@ class ClientConnection:
         if options.ping_interval is not None:
             self._keepalive_task = loop.create_task(self._keepalive(
                 options.ping_interval, options.ping_timeout or options.ping_interval))
+        if self._refresh_token is not None:
+            self._refresh_task = loop.create_task(keep_fresh(self, self._refresh_token))
 
     # -- transport events -------------------------------------------------------------------
 
@@ -939,6 +995,11 @@ class ClientConnection:
             if exc is not None:
                 logger.debug("%s: connection lost: %r", self.url, exc)
         self._stop_keepalive()
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            self._refresh_task = None
+        for task in self._answering:
+            task.cancel()
         self.link.mark_down()
         self._wake_receiver()
         closed = self._closed_error()
@@ -1077,8 +1138,10 @@ class ClientConnection:
             self._opened.set_exception(error)
 
 
-async def _open_connection(url: str, options: _Options) -> ClientConnection:
-    """TCP (and TLS) connect, opening handshake, keepalive: a ready ClientConnection."""
+async def _open_connection(url: str, options: _Options, *, routes: Routes | None = None,
+                           refresh_token: RefreshToken | None = None) -> ClientConnection:
+    """TCP (and TLS) connect, opening handshake, keepalive: a ready ClientConnection (that
+    answers ``routes`` and keeps its token fresh with ``refresh_token``)."""
     target = _parse_url(url)
     context = options.ssl
     if target.secure:
@@ -1096,6 +1159,7 @@ async def _open_connection(url: str, options: _Options) -> ClientConnection:
     request = build_client_request(
         target.host_header, target.resource, key, subprotocols=options.subprotocols,
         extensions=offer, origin=options.origin, extra_headers=extra)
-    client = ClientConnection(asyncio.get_running_loop(), url, options, key, offer, request)
+    client = ClientConnection(asyncio.get_running_loop(), url, options, key, offer, request,
+                              routes=routes, refresh_token=refresh_token)
     await client.link.open(target.host, target.port, context)
     return client

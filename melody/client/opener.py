@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 from melody.client.connection import ClientConnection, _open_connection
 from melody.client.options import _USER_AGENT, _make_options, _parse_url
 from melody.client.reconnecting import OnConnect, ReconnectingClient
+from melody.client.refresh import RefreshToken
 
 __all__ = ["Connect", "connect"]
 
@@ -63,6 +64,7 @@ def connect(
     ping_timeout: float | None = ...,
     ssl: _ssl.SSLContext | None = ...,
     user_agent: str | None = ...,
+    refresh_token: RefreshToken | None = ...,
     reconnect: Literal[False] = ...,
 ) -> Connect[ClientConnection]: ...
 
@@ -83,6 +85,7 @@ def connect(
     ping_timeout: float | None = ...,
     ssl: _ssl.SSLContext | None = ...,
     user_agent: str | None = ...,
+    refresh_token: RefreshToken | None = ...,
     reconnect: Literal[True],
     on_connect: OnConnect | None = ...,
     backoff_initial: float = ...,
@@ -109,6 +112,7 @@ def connect(
     ping_timeout: float | None = None,
     ssl: _ssl.SSLContext | None = None,
     user_agent: str | None = _USER_AGENT,
+    refresh_token: RefreshToken | None = None,
     reconnect: bool = False,
     on_connect: OnConnect | None = None,
     backoff_initial: float = 0.1,
@@ -139,6 +143,10 @@ def connect(
       ``ping_timeout`` (default: ``ping_interval``) fails the connection with 1011.
     - ``ssl``: the ``ssl.SSLContext`` for ``wss://`` (default: ``ssl.create_default_context()``).
     - ``user_agent``: the ``User-Agent`` header (None: not sent).
+    - ``refresh_token``: for a hub with ``JWTAuth``, which closes the session (4001) at its
+      token's ``exp``: a function or coroutine function returning a fresh token, called
+      before the connection's token (from ``Authorization: Bearer`` or ``?token=``) expires;
+      the token goes to the hub in a ``refresh`` message (see ``melody.client.refresh``).
     - ``reconnect`` and the parameters after it: see :class:`ReconnectingClient`.
 
     Raises, when awaited: ``OSError`` when no TCP (or TLS) connection can be made (e.g.
@@ -155,7 +163,8 @@ def connect(
             compression=compression, max_message_size=max_message_size, max_queue=max_queue,
             open_timeout=open_timeout, close_timeout=close_timeout,
             ping_interval=ping_interval, ping_timeout=ping_timeout, ssl=ssl,
-            user_agent=user_agent, on_connect=on_connect, backoff_initial=backoff_initial,
+            user_agent=user_agent, refresh_token=refresh_token, on_connect=on_connect,
+            backoff_initial=backoff_initial,
             backoff_max=backoff_max, backoff_factor=backoff_factor, jitter=jitter,
             max_attempts=max_attempts, send_timeout=send_timeout)
         return Connect(client.start)
@@ -167,6 +176,6 @@ def connect(
                             ping_timeout, ssl, user_agent)
 
     def opener() -> Coroutine[Any, Any, ClientConnection]:
-        return _open_connection(url, options)
+        return _open_connection(url, options, refresh_token=refresh_token)
 
     return Connect(opener)

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import random
 import ssl as _ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from melody.client.answering import Routes
 from melody.client.connection import ClientConnection, _open_connection
 from melody.client.options import _USER_AGENT, _make_options, _parse_url
+from melody.client.refresh import (
+    REFRESH_MARGIN,
+    RefreshToken,
+    fetch_token,
+    find_token,
+    token_expiry,
+)
 from melody.client.subscription import Subscription
 from melody.errors import (
     CLOSE_ABNORMAL,
@@ -30,6 +39,8 @@ __all__ = ["OnConnect", "ReconnectingClient"]
 
 # The whole package logs under the one name the documentation gives.
 logger = logging.getLogger("melody.client")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 OnConnect = Callable[["ClientConnection"], "Awaitable[None] | None"]
 """``on_connect(conn)``: a plain function or a coroutine function, run after each connection."""
@@ -69,6 +80,12 @@ class ReconnectingClient:
     raise :class:`ConnectionClosed` (``recv``) after :meth:`close`, and raise it, with the
     last error as ``__cause__``, when reconnection gave up.
 
+    ``@client.route(type)`` answers the hub's ``session.call`` on every connection (see
+    :meth:`ClientConnection.route`). With ``refresh_token`` each connection keeps its JWT
+    fresh (see ``melody.client.refresh``), and a reconnection presents the last token
+    refreshed, or a new one from ``refresh_token`` when that one expires within
+    ``REFRESH_MARGIN`` seconds, in place of the token in the URL or headers.
+
     Observability: :attr:`connected` (an ``asyncio.Event`` set while a connection is open),
     :attr:`attempts`, :attr:`failures`, :attr:`reconnects`, :attr:`outages`,
     :attr:`last_error`, :meth:`stats`, and the ``melody.client`` logger (a warning per outage
@@ -91,6 +108,7 @@ class ReconnectingClient:
         ping_timeout: float | None = None,
         ssl: _ssl.SSLContext | None = None,
         user_agent: str | None = _USER_AGENT,
+        refresh_token: RefreshToken | None = None,
         on_connect: OnConnect | None = None,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
@@ -118,6 +136,11 @@ class ReconnectingClient:
             subprotocols, headers, origin, compression, max_message_size, max_queue,
             open_timeout, close_timeout, ping_interval, ping_timeout, ssl, user_agent)
         self._on_connect = on_connect
+        # Server requests answered on every connection (one dict, shared with each).
+        self._routes: Routes = {}
+        self._refresh_token = refresh_token
+        # The token the next connection presents: the first one, then the last refreshed.
+        self._token = find_token(url, self._options.headers)
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._backoff_factor = backoff_factor
@@ -318,7 +341,9 @@ class ReconnectingClient:
                 raise self._closed_error()
             self.attempts += 1
             try:
-                conn = await _open_connection(self.url, self._options)
+                url, options = await self._with_fresh_token()
+                conn = await _open_connection(url, options, routes=self._routes,
+                                              refresh_token=self._refresh_token)
                 if self._closing:  # close() came while connecting (start() is not cancelled)
                     await conn.close()
                     raise self._closed_error()
@@ -385,6 +410,35 @@ class ReconnectingClient:
             sub.close(StopAsyncIteration())
         conn = await self._connection_for_send()
         return await conn.unsubscribe(topic, timeout=timeout)
+
+    async def _with_fresh_token(self) -> tuple[str, Any]:
+        # The URL and options for the next connection: with refresh_token, the last token a
+        # connection refreshed to, or a new one if that expires within the refresh margin
+        # (after a long outage), in place of the first token.
+        first = find_token(self.url, self._options.headers)
+        token = self._token
+        last = self._conn.token if self._conn is not None else None
+        if last is not None:
+            token = last
+        if self._refresh_token is None or token is None or first is None:
+            return self.url, self._options
+        exp = token_expiry(token)
+        if exp is not None and exp - time.time() < REFRESH_MARGIN:
+            token = await fetch_token(self._refresh_token)
+        self._token = token
+        if token == first:
+            return self.url, self._options
+        headers = tuple((n, v.replace(first, token)) for n, v in self._options.headers)
+        return self.url.replace(first, token), dataclasses.replace(self._options,
+                                                                   headers=headers)
+
+    def route(self, type: str) -> Callable[[_F], _F]:
+        """:meth:`ClientConnection.route`, on every connection this client makes."""
+        def register(fn: _F) -> _F:
+            self._routes[type] = fn
+            return fn
+
+        return register
 
     async def _run_on_connect(self, conn: ClientConnection) -> None:
         callback = self._on_connect

@@ -212,7 +212,8 @@ class AsgiAdapter:
         conn = AsgiConnection(state.dispatch, send, dict(scope))
         # The hub and Session use only what ProtocolCore gives both kinds of connection.
         proto = cast("WebSocketProtocol", conn)
-        session = Session(hub, proto, request, handshake.keys or None, subprotocol)
+        session = Session(hub, proto, request, handshake.keys or None, subprotocol,
+                          handshake.user)
         try:
             await send({"type": "websocket.accept", "subprotocol": subprotocol})
         except Exception as exc:
@@ -229,7 +230,7 @@ class AsgiAdapter:
             conn.close(CLOSE_GOING_AWAY, "hub is closed")
         else:
             # Connect/disconnect logs, metrics, on_close callbacks, handle_connect.
-            decision.admit(proto, session, cleanups)
+            decision.admit(proto, session, cleanups, handshake.take_on_open())
         await conn.run(receive)
 
 

@@ -271,7 +271,8 @@ class Upgrader(UpgradeDecision):
         if not self._settle(pending):
             return None  # its deadline or a shutdown ended it meanwhile
         cleanups = handshake.take_on_close()
-        session = self._accept(proto, handshake.request, key, handshake.keys, cleanups)
+        session = self._accept(proto, handshake.request, key, handshake.keys, cleanups,
+                               handshake)
         if session is None:
             # The client left (or the handshake timed out) while the chain ran.
             if cleanups:
@@ -290,7 +291,8 @@ class Upgrader(UpgradeDecision):
     # -- outcomes --------------------------------------------------------------------------------
 
     def _accept(self, proto: WebSocketProtocol, request: Request, key: str, decision: Any,
-                cleanups: Cleanups | None = None) -> Session | None:
+                cleanups: Cleanups | None = None,
+                handshake: Handshake | None = None) -> Session | None:
         cfg = self.state.config
         try:
             keys = keys_of(decision)
@@ -317,10 +319,12 @@ class Upgrader(UpgradeDecision):
                 deflater = params.server_deflater(settings.level)
                 min_size = settings.min_size
         response = build_accept_response(key, subprotocol, extensions)
-        session = Session(self.state.hub, proto, request, keys, subprotocol)
+        user = handshake.user if handshake is not None else None
+        session = Session(self.state.hub, proto, request, keys, subprotocol, user)
         if not proto.accept(response, session, inflater, deflater, min_size):
             return None
-        self.admit(proto, session, cleanups)
+        self.admit(proto, session, cleanups,
+                   handshake.take_on_open() if handshake is not None else None)
         return session
 
     def _refuse(self, proto: WebSocketProtocol, exc: HandshakeError) -> None:

@@ -17,12 +17,13 @@ connection's own task.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from melody.errors import HandshakeError, HandshakeTimeout
+from melody.errors import CLOSE_INTERNAL_ERROR, HandshakeError, HandshakeTimeout
 from melody.handshake import Request, origin_allowed, select_subprotocol
 from melody.logs import log_connect, log_disconnect
 from melody.middleware import CallNext, Handshake, Middleware, build_chain, run_cleanups
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 __all__ = ["UpgradeDecision", "keys_of"]
 
 Cleanups = list[Callable[[], object]]
+
+
+def _abandon(session: Session) -> None:
+    if not session.is_closed:
+        session.close_with_msg(CLOSE_INTERNAL_ERROR, "session setup failed")
 
 
 def keys_of(decision: Any) -> dict[str, Any] | None:
@@ -137,10 +143,24 @@ class UpgradeDecision:
     # -- outcomes ----------------------------------------------------------------------------
 
     def admit(self, proto: WebSocketProtocol, session: Session,
-              cleanups: Cleanups | None) -> None:
+              cleanups: Cleanups | None,
+              openers: list[Callable[[Session], object]] | None = None) -> None:
         """Register an accepted session with the hub (``handle_connect`` runs); ``cleanups``
-        (the handshake's ``on_close`` callbacks) run when it ends."""
+        (the handshake's ``on_close`` callbacks) run when it ends; ``openers`` (its
+        ``on_open`` callbacks) run first, with the session."""
         self._live[session] = (time.monotonic(), cleanups)
+        if openers:
+            for fn in openers:
+                try:
+                    fn(session)
+                except Exception as exc:
+                    # A session whose middleware could not finish its setup (a token's
+                    # expiry timer, say) must not go on without it. Closed on the next loop
+                    # turn, once the server has started it (reading resumed, so that the
+                    # client's close reply is read): connect and disconnect both run.
+                    self.state.report(session, exc)
+                    asyncio.get_running_loop().call_soon(_abandon, session)
+                    break
         log_connect(session)
         self.state.register(proto, session)
 

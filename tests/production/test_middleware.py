@@ -516,3 +516,33 @@ async def test_a_refusal_with_unsendable_headers_becomes_500(serve_hub: Serve) -
     response, client = await upgrade_status(url2)
     client.close()
     assert response.status == 500
+
+
+async def test_on_open_runs_before_handle_connect_and_a_failure_closes(
+        serve_hub: Serve, ws_connect: Connect) -> None:
+    hub = Melody()
+    order: list[str] = []
+    errors: list[BaseException] = []
+
+    @hub.use
+    async def mw(handshake: Handshake, call_next: CallNext) -> None:
+        fail = handshake.request.query_params.get("fail")
+
+        def opened(session: Session) -> None:
+            order.append(f"open {session.user}")
+            if fail:
+                raise RuntimeError("setup failed")
+
+        handshake.user = "ada"
+        handshake.on_open(opened)
+        await call_next(handshake)
+
+    hub.handle_connect(lambda s: order.append(f"connect {s.user}"))
+    hub.handle_error(lambda s, e: errors.append(e))
+    _, url = await serve_hub(hub)
+    await ws_connect(url)
+    await wait_until(lambda: order == ["open ada", "connect ada"], "open, then connect")
+    ws = await ws_connect(url + "/?fail=1")
+    await wait_until(lambda: ws.close_code is not None, "closed")
+    assert ws.close_code == 1011
+    assert [str(e) for e in errors] == ["setup failed"]
