@@ -404,9 +404,12 @@ class ProtocolCore(Connection):
 
         When the upgrade was decided inside the read callback the frames that followed the
         request are parsed right after it returns; when an async hook decided later, reading
-        was paused meanwhile: resume it and parse what was buffered.
+        was paused meanwhile: resume it and parse what was buffered. A session that
+        ``handle_connect`` closed already is started too: its closing handshake needs the
+        peer's close reply, which only reading brings (else it waits out close_timeout).
         """
-        if self._in_handshake or self.state != STATE_OPEN or self.transport is None:
+        if (self._in_handshake or self.transport is None
+                or (self.state != STATE_OPEN and self.state != STATE_CLOSING)):
             return
         self.transport.resume_reading()
         try:

@@ -177,3 +177,31 @@ async def test_a_closing_session_stays_listed_until_the_peer_answers(hub_url,
     raw.send_close(4000)
     await rec.wait("disconnect")
     assert hub.sessions() == [] and len(hub) == 0
+
+
+@pytest.mark.parametrize("async_decision", [False, True])
+async def test_a_session_closed_in_handle_connect_reads_the_peers_close_reply(
+        serve_hub, ws_connect, async_decision: bool) -> None:
+    # With an async upgrade decision (a middleware) reading is paused until the session
+    # starts; a session that handle_connect already closed must still read the peer's close
+    # reply, or it waits close_timeout (set far beyond the test's bound here) for nothing.
+    import melody
+
+    hub = melody.Melody(melody.Config(close_timeout=60.0))
+    if async_decision:
+        async def passthrough(handshake, call_next) -> None:
+            await asyncio.sleep(0)
+            await call_next(handshake)
+
+        hub.use(passthrough)
+    closes: list[int] = []
+    hub.handle_connect(lambda session: session.close_with_msg(1000, "not today"))
+    hub.handle_disconnect(lambda session: closes.append(session.close_code))
+    _, url = await serve_hub(hub)
+    ws = await ws_connect(url)
+    async with asyncio.timeout(WAIT):
+        await ws.wait_closed()
+        while not closes:
+            await asyncio.sleep(0.01)
+    assert ws.close_code == 1000 and ws.close_reason == "not today"
+    assert closes == [1000]
