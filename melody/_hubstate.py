@@ -32,6 +32,7 @@ from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
 from melody.codecs import JSON as _JSON
 from melody.codecs import Codec, PacketCodec
 from melody.config import OVERFLOW_POLICIES, Config
+from melody.delivery.presence import Presence
 from melody.delivery.streams import Streams
 from melody.errors import (
     AckTimeout,
@@ -201,6 +202,8 @@ class HubState:
         self._heartbeat: asyncio.TimerHandle | None = None
         #: Topics with history: options, the memory engine, recovery (melody.delivery).
         self.streams = Streams(self)
+        #: Who is in the topics with presence or join/leave (melody.delivery.presence).
+        self.presence = Presence(self)
 
         # The application's handlers (hub.handle_*), its handshake middleware (hub.use) and
         # its router (hub.route).
@@ -481,6 +484,7 @@ class HubState:
             if link.subscribed:
                 for topic in link.subscribed:
                     self._leave(proto, topic)
+                    self._noted_leaving(session, topic)
                 link.subscribed = None
             self._forget_user(session, session.user)
             if link.lease is not None:
@@ -646,7 +650,20 @@ class HubState:
         if link.subscribed is None:
             link.subscribed = set()
         link.subscribed.add(topic)
+        table = self.streams.table
+        if table:
+            options = table.lookup(topic)
+            if options is not None and options.tracked:
+                self.presence.joined(session, topic, options)
         return True
+
+    def _noted_leaving(self, session: Session, topic: str) -> None:
+        # Presence and join/leave, for the topics that keep them (one truth test otherwise).
+        table = self.streams.table
+        if table:
+            options = table.lookup(topic)
+            if options is not None and options.tracked:
+                self.presence.left(session, topic, options)
 
     def _check_subscription(self, held: set[str] | None, topic: str) -> None:
         # What one session can make the hub hold through topics: at most
@@ -673,6 +690,7 @@ class HubState:
             return False
         link.subscribed.discard(topic)
         self._leave(link.proto, topic)
+        self._noted_leaving(session, topic)
         return True
 
     def _leave(self, proto: WebSocketProtocol, topic: str) -> None:

@@ -400,7 +400,8 @@ class Melody:
     # -- topics with history (melody.delivery) -------------------------------------------------
 
     def configure_topic(self, pattern: str, *, history_size: int = 0,
-                        history_ttl: float | None = None) -> TopicOptions:
+                        history_ttl: float | None = None, presence: bool = False,
+                        join_leave: bool = False) -> TopicOptions:
         """Set the options of the topics matching ``pattern`` (a name or a glob: ``chat:*``).
 
         ``history_size`` > 0 keeps the topic's last ``history_size`` publications (for at most
@@ -417,8 +418,14 @@ class Melody:
         the glob with the most literal characters, then the last configured). Topics that match
         nothing keep today's behaviour and cost. Binary publishes to a topic with history raise
         TypeError.
+
+        ``presence=True`` keeps who is subscribed, on every node (:meth:`presence`,
+        :meth:`presence_stats`); ``join_leave=True`` sends the topic's subscribers
+        ``{"type": "join"|"leave", "topic": T, "info": {"session", "user", "connected_at",
+        "node"}}`` when a session subscribes or leaves (see ``melody.delivery.presence``).
         """
-        options = TopicOptions(history_size=history_size, history_ttl=history_ttl)
+        options = TopicOptions(history_size=history_size, history_ttl=history_ttl,
+                               presence=presence, join_leave=join_leave)
         self._state.streams.table.configure(pattern, options)
         return options
 
@@ -437,6 +444,24 @@ class Melody:
         unreachable.
         """
         return await self._state.streams.history(topic, since, limit)
+
+    async def presence(self, topic: str) -> dict[str, dict[str, Any]]:
+        """Who is subscribed to ``topic`` (configured with ``presence=True``) on every node:
+        session id -> ``{"session", "user", "connected_at", "node"}``. Raises ValueError for
+        a topic without presence, ``BackplaneError`` when Redis is unreachable."""
+        self._presence_options(topic)
+        return await self._state.presence.read(topic)
+
+    async def presence_stats(self, topic: str) -> dict[str, int]:
+        """``{"sessions": n, "users": m}`` for ``topic`` on every node (see :meth:`presence`)."""
+        self._presence_options(topic)
+        return await self._state.presence.stats(topic)
+
+    def _presence_options(self, topic: str) -> None:
+        table = self._state.streams.table
+        options = table.lookup(topic) if table else None
+        if options is None or not options.presence:
+            raise ValueError(f"topic {topic!r} keeps no presence (see hub.configure_topic)")
 
     async def subscribe_from(self, session: Session, topic: str, offset: int | None = None,
                              epoch: str | None = None) -> Recovery:

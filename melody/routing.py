@@ -73,7 +73,7 @@ __all__ = ["Authorizer", "Router"]  # RequestError lives in melody.errors
 #: ``fn(session, action, topic) -> bool``: ``action`` is ``"subscribe"`` or ``"publish"``.
 Authorizer = Callable[["Session", str, str], bool]
 
-BUILTIN_TYPES = ("subscribe", "unsubscribe", "publish")
+BUILTIN_TYPES = ("subscribe", "unsubscribe", "publish", "presence", "presence_stats")
 
 # What a built-in handler returns when it answers later, from a task (subscribe to a topic
 # with history): the dispatcher then sends no reply of its own.
@@ -127,6 +127,8 @@ class Router:
             "subscribe": _Route(self._subscribe, None, True),
             "unsubscribe": _Route(self._unsubscribe, None, False),
             "publish": _Route(self._publish, None, False),
+            "presence": _Route(self._presence, None, False),
+            "presence_stats": _Route(self._presence_stats, None, False),
         }
         self._table = {**self._builtins, **self._routes}
 
@@ -256,6 +258,24 @@ class Router:
             "publications": [{"offset": p.offset, "data": orjson.loads(p.data)}
                              for p in result.publications],
         })
+
+    async def _presence(self, session: Session, data: Any) -> Any:
+        # Who is in a topic: for its subscribers only (async: it may read Redis).
+        return await self._hub.presence(self._presence_topic(session, data))
+
+    async def _presence_stats(self, session: Session, data: Any) -> Any:
+        return await self._hub.presence_stats(self._presence_topic(session, data))
+
+    def _presence_topic(self, session: Session, data: Any) -> str:
+        topic = _topic(data)
+        if topic not in session.topics:
+            self._state.message_stats["denied"] += 1
+            raise RequestError("forbidden")
+        table = self._state.streams.table
+        options = table.lookup(topic) if table else None
+        if options is None or not options.presence:
+            raise RequestError(f"topic {topic!r} keeps no presence")
+        return topic
 
     def _unsubscribe(self, session: Session, data: Any) -> bool:
         return self._hub.unsubscribe(session, _topic(data))

@@ -208,6 +208,11 @@ class Session(SessionLink):
         self.proto.abort()
 
     @property
+    def connected_at(self) -> float:
+        """When the session opened (Unix seconds, the server's clock)."""
+        return float(self.proto.opened_at)
+
+    @property
     def is_closed(self) -> bool:
         """True once the session is closing or closed: writes then raise ``SessionClosed``."""
         return self.proto.state != STATE_OPEN

@@ -100,6 +100,7 @@ cdef class ProtocolCore(Connection):
     cdef public Py_ssize_t reads_seen
     cdef public double last_active
     cdef public double last_ping
+    cdef public double opened_at
     cdef public Py_ssize_t dropped
     cdef double _bucket_messages
     cdef double _bucket_bytes

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from time import monotonic
+from time import monotonic, time
 from typing import Any
 
 from .connection import Connection
@@ -202,6 +202,8 @@ class ProtocolCore(Connection):
     reads_seen: int
     last_active: float
     last_ping: float
+    # Wall-clock time (Unix seconds) the session opened: a C double, no object per connection.
+    opened_at: float
     dropped: int
     _bucket_messages: float
     _bucket_bytes: float
@@ -233,6 +235,7 @@ class ProtocolCore(Connection):
         self.reads_seen = 0
         self.last_active = 0.0
         self.last_ping = 0.0
+        self.opened_at = 0.0
         self.dropped = 0
         self._bucket_messages = 0.0
         self._bucket_bytes = 0.0
@@ -397,6 +400,7 @@ class ProtocolCore(Connection):
         now = self.dispatch.loop.time()
         self.last_active = now
         self.last_ping = now
+        self.opened_at = time()
         return True
 
     def start(self) -> None:

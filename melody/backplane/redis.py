@@ -122,6 +122,7 @@ from melody.backplane import (
     new_node_id,
 )
 from melody.backplane.base import FLAG_STREAM, NODE_ID_SIZE
+from melody.backplane.redis_presence import RedisPresence
 from melody.backplane.redis_streams import (
     RedisStreams,
     is_stream_envelope,
@@ -279,6 +280,9 @@ class RedisBackplane(Backplane):
         self._streams = RedisStreams(prefix, max_queue=max_queue, max_batch=max_batch,
                                      meta_ttl=history_meta_ttl)
         self._confirm_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        # Topics with presence: who is subscribed, written by each node for its sessions.
+        self._presence = RedisPresence(prefix, ttl=presence_ttl, max_queue=max_queue,
+                                       max_batch=max_batch)
         self._broadcast_channel = prefix + b":all"
         self._user_channel = prefix + b":user"
         self._topic_prefix = prefix + b":topic:"
@@ -522,6 +526,27 @@ class RedisBackplane(Backplane):
                 if not waiter.done():
                     waiter.set_exception(BackplaneError(f"redis went away: {error}"))
 
+    # -- presence (melody.delivery.presence's PresenceStore) -----------------------------------
+
+    #: This backplane keeps presence: topics configured with it are tracked in Redis.
+    keeps_presence = True
+
+    def presence_add(self, topic: str, session_id: str, info: str) -> None:
+        """Write a session's presence entry (now, and at every refresh while it stays)."""
+        if self._up and not self._presence.add(topic, session_id, info):
+            self._complain(BackplaneError("presence queue full: entry written at the next "
+                                          "refresh"))
+
+    def presence_remove(self, topic: str, session_id: str) -> None:
+        """Delete a session's presence entry (if Redis is down, it expires by itself)."""
+        if self._up and not self._presence.remove(topic, session_id):
+            self._complain(BackplaneError("presence queue full: entry left to expire"))
+
+    async def presence_read(self, topic: str) -> dict[str, str]:
+        """The live presence entries of ``topic`` on every node. Raises ``BackplaneError``
+        when Redis is unreachable."""
+        return await self._presence.read(self._round_trip, topic)
+
     def _stream_failed(self, error: BaseException) -> None:
         self._complain(BackplaneError(f"storing a publication failed: {error}"), error)
     def send_to_user(self, user: str, binary: bool, payload: bytes) -> None:
@@ -658,6 +683,7 @@ class RedisBackplane(Backplane):
         """
         stats = dict(self._counters)
         stats.update(self._streams.counters)
+        stats.update(self._presence.counters)
         stats["stream_queued"] = len(self._streams.queue)
         stats["connected"] = int(self._up)
         stats["channels"] = len(self._confirmed)
@@ -783,6 +809,7 @@ class RedisBackplane(Backplane):
         self._up = False
         self._down_since = loop.time()
         self._counters["outages"] += 1
+        self._presence.clear()
         lost = len(self._queue) + self._in_flight + self._streams.clear()
         self._counters["lost_while_down"] += lost
         self._fail_confirm_waiters(error)
@@ -841,6 +868,7 @@ class RedisBackplane(Backplane):
             loop.create_task(self._refresh()),
             loop.create_task(self._streams.write(self._round_trip, self._stream_failed,
                                                  self._stream_head)),
+            loop.create_task(self._presence.write(self._round_trip, self._stream_failed)),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -1129,8 +1157,11 @@ class RedisBackplane(Backplane):
                 commands.append((b"HDEL", self._topics_key,
                                  *(t.encode("utf-8", "surrogatepass") for t in gone)))
             commands.append((b"PEXPIRE", self._topics_key, ttl))
+            expired = len(commands) - 1  # its reply: 0 when the hash was gone
+            # Presence entries of this node's sessions, rewritten with a new expiry.
+            commands += self._presence.refresh_commands(state.presence.local())
             replies = await self._command(commands)
-            if replies[-1] == 0:
+            if replies[expired] == 0:
                 written.clear()  # the hash is gone (expired or flushed): rewrite it in full
             await asyncio.sleep(self._presence_interval)
 

@@ -1,4 +1,4 @@
-"""Per-topic options (``hub.configure_topic``): which topics keep history, and how much.
+"""Per-topic options (``hub.configure_topic``): history, presence, join/leave messages.
 
 A pattern is a topic name or a glob (``chat:*``, ``room:?``, ``feed:[ab]*``, matched with
 :func:`fnmatch.fnmatchcase`). When several match a topic, the most specific wins: an exact
@@ -29,6 +29,10 @@ class TopicOptions:
     history_size: int = 0
     #: Seconds a publication is kept (None: until pushed out by ``history_size``).
     history_ttl: float | None = None
+    #: Keep who is subscribed (``hub.presence``, ``hub.presence_stats``), cluster-wide.
+    presence: bool = False
+    #: Send ``join``/``leave`` messages to the topic's subscribers.
+    join_leave: bool = False
 
     def __post_init__(self) -> None:
         if type(self.history_size) is not int or self.history_size < 0:
@@ -39,8 +43,16 @@ class TopicOptions:
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
                                 or not math.isfinite(ttl) or ttl <= 0):
             raise ValueError(f"history_ttl must be a number of seconds > 0 or None, not {ttl!r}")
+        for name in ("presence", "join_leave"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be True or False")
         if ttl is not None and self.history_size == 0:
             raise ValueError("history_ttl without history_size: nothing would be kept")
+
+    @property
+    def tracked(self) -> bool:
+        """True when subscribing and leaving are noted (presence or join/leave)."""
+        return self.presence or self.join_leave
 
     @property
     def history(self) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -128,6 +129,7 @@ class AsgiConnection(ForeignConnection):
         self.session = session
         self.state = STATE_OPEN
         self._accepted = True
+        self.opened_at = time.time()
         # The heartbeat never pings this connection nor finds it silent: ASGI has no ping, and
         # liveness belongs to the ASGI server.
         self.last_active = _NEVER

@@ -54,6 +54,8 @@ def make_hub() -> melody.Melody:
             report_interval=0.0,
         )
     hub = melody.Melody(backplane=backplane)
+    # Topics whose subscribers are tracked cluster-wide (test_cluster_presence.py).
+    hub.configure_topic("pres:*", presence=True, join_leave=True)
     errors: list[str] = []
 
     def info(session: melody.Session | None) -> dict[str, Any]:
