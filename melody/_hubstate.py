@@ -105,35 +105,98 @@ class Lease(Protocol):
         ...
 
 
+class SessionExtras:
+    """What few sessions have, kept out of every session's own slots (each costs 8 bytes on
+    every connection): ``session.call`` requests waiting, a lease, a user."""
+
+    __slots__ = ("calls", "lease", "user")
+
+    def __init__(self) -> None:
+        #: ``session.call`` requests waiting for the client's reply, by id.
+        self.calls: dict[str, asyncio.Future[Any]] | None = None
+        #: What closes the session at a deadline unless refreshed (a JWT's ``exp``).
+        self.lease: Lease | None = None
+        #: The user the session belongs to (``session.user``).
+        self.user: str | None = None
+
+
+_DRAINING = 1
+_PAUSED = 2
+
+
 class SessionLink:
     """What the hub keeps for one session: its connection, its pending handler calls (run
     one after another, or up to ``max_concurrent_handlers`` at once), its topics, the
-    ``session.call`` requests waiting for the client, and its lease.
+    ``session.call`` requests waiting for the client, its lease and its user.
 
     The base class of ``Session``: these are the hub's fields of the session object, not API.
+    Six slots: an idle session is one 144-byte allocation, as before any of these existed;
+    the rarely set fields live in a :class:`SessionExtras` made on first use.
     """
 
-    __slots__ = ("calls", "draining", "inbox", "lease", "paused", "proto", "running",
-                 "subscribed")
+    __slots__ = ("extras", "flags", "inbox", "proto", "running", "subscribed")
 
     def __init__(self, proto: WebSocketProtocol) -> None:
         #: The session's connection (what broadcasts and topic groups hold).
         self.proto = proto
         #: Handler calls waiting their turn (None until first needed).
         self.inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
-        #: A task is running the inbox (sequential mode).
-        self.draining = False
-        #: Reading from the peer is paused because the handlers fell behind.
-        self.paused = False
+        #: _DRAINING (a task runs the inbox), _PAUSED (reading paused: handlers fell behind).
+        self.flags = 0
         #: Handler tasks running for this session (concurrent mode only).
         self.running = 0
         #: The topics the session is subscribed to (None until the first subscribe).
         self.subscribed: set[str] | None = None
-        #: ``session.call`` requests waiting for the client's reply, by id (None until the
-        #: first call).
-        self.calls: dict[str, asyncio.Future[Any]] | None = None
-        #: What closes the session at a deadline unless refreshed (a JWT's ``exp``), or None.
-        self.lease: Lease | None = None
+        #: Calls, lease and user, when the session has any (see SessionExtras).
+        self.extras: SessionExtras | None = None
+
+    def extra(self) -> SessionExtras:
+        """The session's :class:`SessionExtras`, made if it has none yet."""
+        extras = self.extras
+        if extras is None:
+            extras = self.extras = SessionExtras()
+        return extras
+
+    @property
+    def draining(self) -> bool:
+        """A task is running the inbox (sequential mode)."""
+        return bool(self.flags & _DRAINING)
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.flags = self.flags | _DRAINING if value else self.flags & ~_DRAINING
+
+    @property
+    def paused(self) -> bool:
+        """Reading from the peer is paused because the handlers fell behind."""
+        return bool(self.flags & _PAUSED)
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self.flags = self.flags | _PAUSED if value else self.flags & ~_PAUSED
+
+    @property
+    def calls(self) -> dict[str, asyncio.Future[Any]] | None:
+        """``session.call`` requests waiting for the client's reply, by id (None until the
+        first call)."""
+        extras = self.extras
+        return extras.calls if extras is not None else None
+
+    @calls.setter
+    def calls(self, value: dict[str, asyncio.Future[Any]] | None) -> None:
+        if value is not None or self.extras is not None:
+            self.extra().calls = value
+
+    @property
+    def lease(self) -> Lease | None:
+        """What closes the session at a deadline unless refreshed (a JWT's ``exp``), or None."""
+        extras = self.extras
+        return extras.lease if extras is not None else None
+
+    @lease.setter
+    def lease(self, value: Lease | None) -> None:
+        if value is not None or self.extras is not None:
+            self.extra().lease = value
 
     @property
     def link(self) -> SessionLink:
@@ -776,8 +839,9 @@ class HubState:
             # What the hub answers itself, before any handler or route and whatever the
             # session's pending handlers (a handler awaiting session.call must get its
             # reply): replies to session.call, and "refresh" on a session with a lease.
-            # A session that never called and has no lease pays two slot reads for it.
-            if ((session.calls is not None or session.lease is not None)
+            # A session that never called and has no lease pays one slot read for it.
+            extras = session.extras
+            if (extras is not None and (extras.calls is not None or extras.lease is not None)
                     and type(obj) is dict and self._answered(session, obj)):
                 return
             handler(session, obj)

@@ -39,7 +39,6 @@ class Session(SessionLink):
         "_id",
         "_keys",
         "_state",
-        "_user",
         "local_addr",
         "remote_addr",
         "request",
@@ -66,7 +65,9 @@ class Session(SessionLink):
         # record, no presence) holds this 8-byte slot, not a ~65-byte string.
         self._id: str | None = None
         # Set before the session is registered; the hub indexes it when it registers.
-        self._user: str | None = _check_user(user)
+        user = _check_user(user)
+        if user is not None:
+            self.extra().user = user
         #: The upgrade request: ``path``, ``query``, ``query_params``, ``headers``.
         self.request = request
         #: The subprotocol agreed in the handshake, or None.
@@ -100,11 +101,15 @@ class Session(SessionLink):
         ``handle_connect`` or in a login route). A user may have many sessions (tabs,
         devices, nodes). Raises TypeError for a value that is not a str or None.
         """
-        return self._user
+        extras = self.extras
+        return extras.user if extras is not None else None
 
     @user.setter
     def user(self, value: str | None) -> None:
-        old, self._user = self._user, _check_user(value)
+        value = _check_user(value)
+        old = self.user
+        if value is not None or self.extras is not None:
+            self.extra().user = value
         if old != value:
             self._state.user_changed(self, old, value)
 
