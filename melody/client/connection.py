@@ -48,6 +48,9 @@ from melody.handshake import (
 
 __all__ = ["ClientConnection"]
 
+# Gap repairs in flight (a reference keeps each task alive until it is done).
+_REPAIRS: set[asyncio.Task[None]] = set()
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 # The whole package logs under the one name the documentation gives.
@@ -699,12 +702,30 @@ class ClientConnection:
         """Subscribe ``sub`` (made by this connection's or a ``ReconnectingClient``'s
         ``subscribe``) on this connection, from its position."""
         self._subscriptions[sub.topic] = sub
+        sub.repair = lambda: self._repair(sub)
         try:
             await self._send_request("subscribe", sub.position(), timeout, sub.subscribed)
         except BaseException:
             if self._subscriptions.get(sub.topic) is sub:
                 del self._subscriptions[sub.topic]
             raise
+
+    def _repair(self, sub: Subscription) -> None:
+        # A gap in a subscription's offsets: resubscribe from its position (the hub answers
+        # with what is missing; the subscription holds what arrives meanwhile).
+        async def resubscribe() -> None:
+            try:
+                await self._send_request("subscribe", sub.position(), self._options.open_timeout,
+                                         sub.subscribed)
+            except Exception as exc:
+                logger.warning("%s: recovering %r after a gap failed: %r", self.url, sub.topic,
+                               exc)
+                sub.subscribed({"recovered": False, "epoch": sub.epoch})
+
+        if self.open:
+            task = self._loop.create_task(resubscribe())
+            _REPAIRS.add(task)
+            task.add_done_callback(_REPAIRS.discard)
 
     async def unsubscribe(self, topic: str, *, timeout: float | None = 10.0) -> bool:
         """Stop receiving ``topic``: its subscription's iteration ends once drained. Returns

@@ -44,8 +44,9 @@ class Subscription:
     (publications that found the queue full: ``max_queue``; each is also logged).
     """
 
-    __slots__ = ("_closed", "_queue", "_waiter", "dropped", "duplicates", "epoch", "max_queue",
-                 "offset", "on_resubscribe", "recover", "recovered", "resubscribes", "topic")
+    __slots__ = ("_closed", "_held", "_queue", "_waiter", "dropped", "duplicates", "epoch",
+                 "gaps", "max_queue", "offset", "on_resubscribe", "recover", "recovered",
+                 "repair", "resubscribes", "topic")
 
     def __init__(self, topic: str, *, recover: bool = True, offset: int | None = None,
                  epoch: str | None = None, max_queue: int = 10_000) -> None:
@@ -68,6 +69,14 @@ class Subscription:
         #: Called with the subscription after every successful (re)subscribe, once its
         #: ``recovered`` is known (sync or async; errors are logged).
         self.on_resubscribe: Callable[[Subscription], Any] | None = None
+        #: Offset jumps seen (a live publication after a missing one), each repaired by a
+        #: resubscribe from the position (what it brought comes first, then what was held).
+        self.gaps = 0
+        #: Set by the connection the subscription is attached to: resubscribe it from its
+        #: position (called on a gap).
+        self.repair: Callable[[], None] | None = None
+        # While a gap is being repaired: the live publications that arrived meanwhile.
+        self._held: list[Publication] | None = None
         self._queue: deque[Publication] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed: BaseException | None = None
@@ -90,9 +99,15 @@ class Subscription:
     def subscribed(self, reply: Any) -> None:
         """Apply the hub's reply to a subscribe: the position, whether it recovered, and the
         publications it carries (before any live one: they are handed over first)."""
+        held, self._held = self._held, None
         if not isinstance(reply, dict):
             self.recovered = None  # a topic without history answers true/false
             return
+        self._apply(reply)
+        for publication in held or ():
+            self.feed(publication)  # what arrived during a gap's repair, duplicates dropped
+
+    def _apply(self, reply: dict[str, Any]) -> None:
         asked = "offset" in self.position()
         epoch = reply.get("epoch")
         if not asked or not reply.get("recovered"):
@@ -110,8 +125,21 @@ class Subscription:
         """One publication for this topic, from the hub."""
         offset = publication.offset
         if offset is not None:
+            if self._held is not None:
+                self._held.append(publication)  # a gap is being repaired: after its reply
+                return
             if self.offset is not None and offset <= self.offset:
                 self.duplicates += 1
+                return
+            if (self.offset is not None and offset > self.offset + 1 and self.recover
+                    and self.repair is not None):
+                # Publications are missing (the cluster's broker dropped live messages during
+                # an outage): resubscribe from the position; this one waits for the reply.
+                self.gaps += 1
+                logger.warning("subscription %r: offsets %d to %d missing, recovering",
+                               self.topic, self.offset + 1, offset - 1)
+                self._held = [publication]
+                self.repair()
                 return
             self.offset = offset
         if len(self._queue) >= self.max_queue:
