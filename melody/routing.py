@@ -60,7 +60,13 @@ import orjson
 from melody._hubstate import state_of
 from melody.delivery.history import StreamPosition
 from melody.delivery.streams import publication_text
-from melody.errors import AckTimeout, BackplaneError, RequestError, TopicLimitExceeded
+from melody.errors import (
+    AckTimeout,
+    BackplaneError,
+    RequestError,
+    SessionClosed,
+    TopicLimitExceeded,
+)
 
 if TYPE_CHECKING:
     from melody._hubstate import HubState
@@ -241,6 +247,8 @@ class Router:
         except TopicLimitExceeded as exc:
             self._reply(session, msg, msg_id, False, str(exc))
             return
+        except SessionClosed:
+            return  # nobody to answer
         except BackplaneError as exc:
             self._state.report(session, exc)
             self._reply(session, msg, msg_id, False, "history unavailable")

@@ -37,7 +37,7 @@ from melody.delivery.history import (
     recovery,
 )
 from melody.delivery.options import TopicOptions, TopicTable
-from melody.errors import BackplaneError
+from melody.errors import BackplaneError, SessionClosed
 
 if TYPE_CHECKING:
     from melody._hubstate import HubState
@@ -234,5 +234,8 @@ class Streams:
             recovered, missed = recovery(page, since)
         top = page.position.offset
         missed.extend(p for p in arrived if p.offset > top)
+        if session.is_closed:
+            # It left while the history was read: no group may keep its connection.
+            raise SessionClosed("session closed while subscribing")
         subscribed = self._state.subscribe(session, topic)
         return Recovery(recovered, page.position, missed, subscribed)

@@ -206,3 +206,29 @@ async def test_publications_landing_while_a_session_joins_come_once_in_order(
             assert sub.duplicates == 0
     finally:
         delattr(backplane, hooked.__name__)
+
+
+async def test_a_session_that_leaves_while_its_history_is_read_is_not_subscribed(
+        redis_url: str, nodes: Nodes) -> None:
+    ((a, url_a),) = await nodes(redis_url, 1)
+    a.publish_json("room:gone", "x")
+    await wait_until(lambda: a.backplane.stats()["stream_published"] == 1, "stored")
+    backplane = a.backplane
+    assert isinstance(backplane, RedisBackplane)
+    original = backplane.read_stream
+    conn = await melody.connect(url_a)
+
+    async def read_while_the_client_leaves(*args: object) -> object:
+        page = await original(*args)  # type: ignore[arg-type]
+        await conn.close()
+        await wait_until(lambda: len(a) == 0, "the hub saw the session go")
+        return page
+
+    backplane.read_stream = read_while_the_client_leaves  # type: ignore[method-assign]
+    try:
+        with pytest.raises(melody.errors.ConnectionClosed):
+            await conn.subscribe("room:gone", offset=0, epoch="e")
+    finally:
+        del backplane.read_stream
+    assert a.topic_len("room:gone") == 0
+    assert "room:gone" not in a.topics()
