@@ -121,11 +121,13 @@ from melody.backplane import (
     is_from,
     new_node_id,
 )
-from melody.backplane.base import FLAG_STREAM, NODE_ID_SIZE
+from melody.backplane.base import NODE_ID_SIZE
+from melody.backplane.redis_keys import RedisKeys
 from melody.backplane.redis_streams import (
     RedisStreams,
     is_stream_envelope,
     parse_stream_payload,
+    stream_head,
 )
 from melody.delivery.history import HistoryPage
 from melody.delivery.options import TopicOptions
@@ -274,15 +276,16 @@ class RedisBackplane(Backplane):
         self._presence_ttl_ms = int(presence_ttl * 1000)
         self._report_interval = float(report_interval)
 
-        prefix = channel_prefix.encode()
+        #: The channels and keys of ``channel_prefix`` (shared with ``melody.Publisher``).
+        self.keys = keys = RedisKeys(channel_prefix)
         # Topics with history (hub.configure_topic): stored and numbered in Redis.
-        self._streams = RedisStreams(prefix, max_queue=max_queue, max_batch=max_batch,
+        self._streams = RedisStreams(keys, max_queue=max_queue, max_batch=max_batch,
                                      meta_ttl=history_meta_ttl)
         self._confirm_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
-        self._broadcast_channel = prefix + b":all"
-        self._user_channel = prefix + b":user"
-        self._topic_prefix = prefix + b":topic:"
-        self._nodes_key = prefix + b":nodes"
+        self._broadcast_channel = keys.broadcast
+        self._user_channel = keys.user
+        self._topic_prefix = keys.topic_prefix
+        self._nodes_key = keys.nodes
         self._pid = os.getpid()
         self._set_identity()
 
@@ -340,7 +343,7 @@ class RedisBackplane(Backplane):
 
     def _set_identity(self) -> None:
         self._node_hex = self.node_id.hex().encode()
-        self._stream_head = self.node_id + bytes([FLAG_STREAM])
+        self._stream_head = stream_head(self.node_id)
         base = self.channel_prefix.encode() + b":node:" + self._node_hex
         self._alive_key = base + b":alive"
         self._topics_key = base + b":topics"
