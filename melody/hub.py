@@ -420,6 +420,11 @@ class Melody:
         """
         options = TopicOptions(history_size=history_size, history_ttl=history_ttl)
         self._state.streams.table.configure(pattern, options)
+        # A backplane that tells publishers without a hub (melody.Publisher) which topics
+        # keep history: RedisBackplane writes it to Redis.
+        share = getattr(self.backplane, "share_topic_options", None)
+        if share is not None:
+            share(pattern, options)
         return options
 
     def _publish_stream(self, topic: str, data: str, options: TopicOptions) -> int:

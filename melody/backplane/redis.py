@@ -21,6 +21,18 @@ Channels and keys (``P`` is ``channel_prefix``)
     topic -> local subscriber count, with the same expiry). Nodes that share a prefix form one
     cluster; use different prefixes for independent hubs on one Redis.
 
+Topic options
+    What ``hub.configure_topic`` set is written to the hash ``P:topic-options`` (pattern ->
+    JSON of ``TopicOptions``): every pattern when the backplane connects (before ``start``
+    returns, and again after each reconnect), each new one when ``configure_topic`` is
+    called, and the whole table again when the hash has gone (a flush; checked with the
+    presence refresh). ``melody.Publisher`` reads it, so the hubs' configuration stays the one
+    source of which topics keep history. Hubs sharing a prefix should configure the same
+    topics; when they disagree on a pattern, the most recent write wins (the hub that
+    connected or called ``configure_topic`` last): the publishers follow it, while each hub
+    keeps using its own table for its own publishes. Patterns are never removed from the
+    hash (a hub cannot unconfigure one either); use a new prefix to start over.
+
 Delivery
     Redis pub/sub is at-most-once: a message reaches the nodes subscribed at the moment Redis
     processes the PUBLISH, once each, in the order one node published them; nothing is stored.
@@ -527,6 +539,39 @@ class RedisBackplane(Backplane):
 
     def _stream_failed(self, error: BaseException) -> None:
         self._complain(BackplaneError(f"storing a publication failed: {error}"), error)
+
+    # -- topic options, shared with publishers (melody.Publisher) ----------------------------
+
+    def share_topic_options(self, pattern: str, options: TopicOptions) -> None:
+        """Write ``pattern``'s options to ``P:topic-options`` (``hub.configure_topic`` calls
+        it), so that a ``melody.Publisher`` numbers and stores its publications to those
+        topics as the hubs do. Never blocks: written in a task when connected; otherwise the
+        whole table is written when the connection is made (see "Topic options" in the module
+        docstring). A failed write is reported like an outage."""
+        if not self._up or self._loop is None or self._state is None:
+            return
+        command = (b"HSET", self.keys.topic_options, pattern.encode("utf-8", "surrogatepass"),
+                   options.to_json())
+        self._state.spawn(self._share_options(command), self._loop)
+
+    async def _share_options(self, command: tuple[Any, ...]) -> None:
+        try:
+            await self._command([command])
+        except Exception as exc:
+            self._complain(BackplaneError(f"writing the topic options failed: {exc}"), exc)
+
+    def _topic_options_command(self) -> tuple[Any, ...] | None:
+        # One HSET of every pattern the hub configured, or None when it configured none.
+        state = self._state
+        patterns = state.streams.table.patterns() if state is not None else {}
+        if not patterns:
+            return None
+        fields: list[bytes] = []
+        for pattern, options in patterns.items():
+            fields.append(pattern.encode("utf-8", "surrogatepass"))
+            fields.append(options.to_json())
+        return (b"HSET", self.keys.topic_options, *fields)
+
     def send_to_user(self, user: str, binary: bool, payload: bytes) -> None:
         """Queue a message for ``user``'s sessions on the other nodes (``P:user``). Never
         blocks; dropped and counted as :meth:`publish` is (same queue, same bounds).
@@ -746,6 +791,11 @@ class RedisBackplane(Backplane):
         commands = self._connection("cmd", self._timeout)
         connections.append(commands)
         await commands.connect()
+        share = self._topic_options_command()
+        if share is not None:
+            # Before start() returns: a publisher reads the hub's topics with history from then.
+            await commands.send_command(*share)
+            await commands.read_response()
         return subscriber, publisher, commands
 
     def _went_up(self, commands: Any) -> None:
@@ -1131,10 +1181,15 @@ class RedisBackplane(Backplane):
             if gone:
                 commands.append((b"HDEL", self._topics_key,
                                  *(t.encode("utf-8", "surrogatepass") for t in gone)))
+            share = self._topic_options_command()
+            if share is not None:
+                commands.insert(0, (b"EXISTS", self.keys.topic_options))
             commands.append((b"PEXPIRE", self._topics_key, ttl))
             replies = await self._command(commands)
             if replies[-1] == 0:
                 written.clear()  # the hash is gone (expired or flushed): rewrite it in full
+            if share is not None and replies[0] == 0:
+                await self._command([share])  # the topic options were flushed: rewrite them
             await asyncio.sleep(self._presence_interval)
 
     async def _command(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
