@@ -15,7 +15,13 @@ from melody.config import Config
 from melody.delivery.history import HistoryPage, StreamPosition
 from melody.delivery.options import TopicOptions
 from melody.delivery.streams import Recovery, publication_text
-from melody.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, HubClosed, SessionClosed
+from melody.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    BackplaneError,
+    HubClosed,
+    SessionClosed,
+)
 from melody.routing import Authorizer, Router
 from melody.server.asgi import AsgiAdapter
 from melody.server.lifecycle import serve as _serve
@@ -208,6 +214,13 @@ class Melody:
 
         Returns how many sessions it was handed to. Raises ``HubClosed`` after :meth:`close`.
         Never waits for a slow reader (see ``Config.message_buffer_size``).
+
+        A hub that was never served has no sessions of its own. Without a backplane this,
+        and every ``broadcast*``/``publish*``, then returns 0: nothing could be delivered and
+        nothing is lost. With a ``RedisBackplane`` that was never started (neither by serving
+        nor by hand) it raises ``BackplaneError`` rather than drop the message: a process that
+        runs no hub publishes with ``melody.Publisher``. The same holds for
+        :meth:`send_to_user`, :meth:`disconnect_user` and the ``publish*`` methods.
         """
         self._share(None, msg, False)
         return self._fan_out(msg, False, self._state.connections)
@@ -215,8 +228,23 @@ class Melody:
     def _share(self, topic: str | None, msg: Any, binary: bool) -> None:
         # Hand the message to the other nodes once (not once per node); they frame it once.
         if self.backplane is not None and not self._state.closed:
+            self._require_started_backplane()
             payload = bytes(msg) if binary else msg.encode("utf-8")
             self.backplane.publish(topic, binary, payload)
+
+    def _require_started_backplane(self) -> None:
+        # A backplane that was never started (the hub never served, backplane.start never
+        # called) would drop every message without a word (issue 13): raise instead. A
+        # backplane without a ``started`` attribute (written against the earlier contract,
+        # or a test double) is taken as started, as before.
+        backplane = self.backplane
+        if (backplane is not None and self._state.loop is None
+                and not getattr(backplane, "started", True)):
+            raise BackplaneError(
+                f"this hub was never served, so its {type(backplane).__name__} was never "
+                "started: the message would reach no node. Serve the hub first (hub.serve, "
+                "melody.run; with hub.asgi it starts at its first WebSocket connection), or "
+                "publish with melody.Publisher from a process that runs no hub")
 
     def _deliver_remote(self, topic: str | None, binary: bool, payload: bytes) -> int:
         # Kept for backplanes written against the earlier contract; melody's own use
@@ -292,6 +320,7 @@ class Melody:
         if state.closed:
             raise HubClosed("hub is closed")
         if self.backplane is not None:
+            self._require_started_backplane()
             payload = bytes(msg) if binary else msg.encode("utf-8")
             self.backplane.send_to_user(user, binary, payload)
         return state.deliver_user(user, binary, msg)
@@ -314,6 +343,7 @@ class Melody:
         if not valid:
             raise ValueError(f"close code {code} may not be sent")
         if self.backplane is not None:
+            self._require_started_backplane()
             self.backplane.disconnect_user(user, code, reason)
         return state.disconnect_user(user, code, reason)
 
@@ -430,6 +460,7 @@ class Melody:
     def _publish_stream(self, topic: str, data: str, options: TopicOptions) -> int:
         if self._state.closed:
             raise HubClosed("hub is closed")
+        self._require_started_backplane()
         return self._state.streams.publish(topic, data, options)
 
     async def history(self, topic: str, *, since: int | None = None,
@@ -489,6 +520,8 @@ class Melody:
         """Send a text message to the subscribers of ``topic``; returns how many took it.
 
         Costs in proportion to the topic's subscribers (not to all sessions); framed once.
+        Raises ``BackplaneError`` on a hub whose ``RedisBackplane`` was never started (see
+        :meth:`broadcast`).
         """
         return self._publish(topic, msg, False, None)
 
@@ -517,7 +550,7 @@ class Melody:
             if binary:
                 raise TypeError(f"topic {topic!r} keeps history: its publications are text "
                                 "(JSON), not binary")
-            return self._state.streams.publish(topic, self._state.json_text(msg), options)
+            return self._publish_stream(topic, self._state.json_text(msg), options)
         self._share(topic, msg, binary)
         group = self._state.topics.get(topic)
         return self._fan_out(msg, binary, group, exclude) if group is not None else 0

@@ -374,6 +374,13 @@ class RedisBackplane(Backplane):
         """True while connected to Redis and subscribed to the hub-wide channel."""
         return self._up
 
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` was called (by the hub when it began serving, or by
+        hand), whether or not Redis has been reached yet. A hub whose backplane was never
+        started raises instead of publishing (nothing would reach the other nodes)."""
+        return self._task is not None
+
     async def start(self, hub: Melody) -> None:
         """Connect, subscribe to the hub-wide channel, begin delivering into ``hub``.
 

@@ -281,3 +281,49 @@ async def test_an_unreachable_redis_raises_and_a_closed_publisher_refuses() -> N
             await apub.disconnect_user("ann", 1005)
     with pytest.raises(BackplaneError, match="closed"):
         await apub.broadcast("x")
+
+
+async def test_a_hub_whose_redis_backplane_never_started_raises_instead_of_dropping(
+        redis_url: str, prefix: str) -> None:
+    backplane = RedisBackplane(redis_url, channel_prefix=prefix)
+    hub = melody.Melody(backplane=backplane)
+    hub.configure_topic("room:*", history_size=10)
+    calls: list[Callable[[], object]] = [
+        lambda: hub.broadcast("x"), lambda: hub.broadcast_json({}),
+        lambda: hub.broadcast_binary(b"x"), lambda: hub.publish("news", "x"),
+        lambda: hub.publish_json("news", 1), lambda: hub.publish_binary("news", b"x"),
+        lambda: hub.publish("room:1", "x"), lambda: hub.publish_json("room:1", 1),
+        lambda: hub.send_to_user("ann", "x"), lambda: hub.send_to_user_json("ann", 1),
+        lambda: hub.disconnect_user("ann")]
+    for call in calls:
+        with pytest.raises(BackplaneError, match=r"melody\.Publisher"):
+            call()
+    assert backplane.stats()["lost_while_down"] == 0
+    # Started by hand (no server): it works through Redis, and other nodes get it.
+    await backplane.start(hub)
+    try:
+        listener = redis.asyncio.Redis.from_url(redis_url)
+        pubsub = listener.pubsub()
+        await pubsub.subscribe(backplane.keys.broadcast)
+        assert (await pubsub.get_message(timeout=WAIT))["type"] == "subscribe"
+        assert hub.broadcast("now it goes") == 0  # no session here
+        async with asyncio.timeout(WAIT):
+            message = None
+            while message is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=WAIT)
+        assert message["data"] == encode_envelope(backplane.node_id, False, b"now it goes")
+        await pubsub.aclose()
+        await listener.aclose()
+    finally:
+        await backplane.stop()
+
+
+async def test_a_hub_without_backplane_never_served_delivers_to_its_no_sessions() -> None:
+    # Documented: nothing to deliver to and nothing lost, so 0 rather than an error (tests
+    # and tools drive unserved hubs with sessions of their own making).
+    hub = melody.Melody()
+    hub.configure_topic("room:*", history_size=10)
+    assert hub.broadcast("x") == 0 and hub.publish("news", "x") == 0
+    assert hub.publish_json("room:1", 1) == 0
+    assert hub.send_to_user("ann", "x") == 0 and hub.disconnect_user("ann") == 0
