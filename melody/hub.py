@@ -22,6 +22,7 @@ from melody.errors import (
     HubClosed,
     SessionClosed,
 )
+from melody.http_api import HttpApi
 from melody.routing import Authorizer, Router
 from melody.server.asgi import AsgiAdapter
 from melody.server.lifecycle import serve as _serve
@@ -164,6 +165,25 @@ class Melody:
         """
         self._state.http_hook = fn
         return fn
+
+    def enable_http_api(self, api_key: str, *, path: str = "/api",
+                        max_body_bytes: int = 1 << 20) -> HttpApi:
+        """Answer the HTTP API under ``path`` (off until called): ``POST <path>/publish``,
+        ``broadcast``, ``send_to_user``, ``disconnect_user``, ``presence``,
+        ``presence_stats``, ``history`` and ``stats``, JSON in and out (see
+        ``docs/protocol.md``, "HTTP API").
+
+        Every request carries ``api_key`` as ``Authorization: Bearer <key>`` or ``X-API-Key``
+        (compared in constant time; 401 with no detail otherwise); bodies over
+        ``max_body_bytes`` get 413. A method call rather than a ``Config`` field so that the
+        key need not sit in a configuration object that is logged or printed. melody's own
+        server answers it on the port it serves; under ASGI, mount the returned object (an
+        ASGI app) in the framework's router. Calling it again replaces the key and path.
+        Raises ValueError for a key under 16 characters or a bad path.
+        """
+        api = HttpApi(self, api_key, path=path, max_body_bytes=max_body_bytes)
+        self._state.http_api = api
+        return api
 
     def use(self, middleware: M) -> M:
         """Add a handshake middleware, run on every upgrade request before its session exists.
