@@ -259,3 +259,27 @@ async def test_the_api_is_an_asgi_app_too() -> None:
     hub.close()
     status, body = await asgi("/api/broadcast", b'{"text": "late"}')
     assert (status, json.loads(body)) == (503, {"error": "hub is closed"})
+
+
+async def test_a_body_that_never_arrives_is_cut_off_by_the_handshake_timer(
+        serve_hub: Serve) -> None:
+    hub = Melody(melody.Config(handshake_timeout=0.3))
+    hub.enable_http_api(KEY)
+    hub, url = await serve_hub(hub)
+    port = urlparse(url).port or 0
+    head = (f"POST /api/stats HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Length: 100\r\n\r\n{{").encode()
+
+    def stall() -> bytes:
+        with socket.create_connection((HOST, port), timeout=WAIT) as sock:
+            sock.sendall(head)  # 1 byte of the 100 promised, then nothing
+            try:
+                return sock.recv(65536)
+            except ConnectionResetError:
+                return b""
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.to_thread(stall) == b""  # closed, no answer
+    assert loop.time() - started < 3.0
+    assert hub.stats()["handshake_timeouts"] == 1
