@@ -466,7 +466,8 @@ class Melody:
         node). When several patterns match a topic the most specific wins (an exact name, then
         the glob with the most literal characters, then the last configured). Topics that match
         nothing keep today's behaviour and cost. Binary publishes to a topic with history raise
-        TypeError.
+        TypeError. With a ``RedisBackplane`` the pattern is also written to Redis
+        (``P:topic-options``), where ``melody.Publisher`` reads which topics keep history.
         """
         options = TopicOptions(history_size=history_size, history_ttl=history_ttl)
         self._state.streams.table.configure(pattern, options)

@@ -1,9 +1,10 @@
 """melody's own server deciding each request its connections read (``Dispatch.on_request``).
 
-:class:`Upgrader` parses the request head, answers plain GETs (``/metrics``, ``/healthz``,
-``handle_http``) and drives the hub's upgrade decision (``melody.server.upgrade``) for
-upgrades: inline in the read callback when nothing async is involved, else in a task bounded
-by ``Config.handshake_timeout``.
+:class:`Upgrader` parses the request head, answers plain requests (``/metrics``,
+``/healthz``, the HTTP API of ``hub.enable_http_api`` with the body it reads through
+``read_body``, ``handle_http``) and drives the hub's upgrade decision
+(``melody.server.upgrade``) for upgrades: inline in the read callback when nothing async is
+involved, else in a task bounded by ``Config.handshake_timeout``.
 """
 
 from __future__ import annotations
