@@ -202,11 +202,14 @@ async def test_a_body_sent_in_pieces_is_read_whole(serve_hub: Serve) -> None:
         await until(lambda: len(hub) == 1)
         body = json.dumps({"text": "é" * 3000}).encode()
         head = (f"POST /api/broadcast HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {KEY}"
-                f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                f"\r\nExpect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n").encode()
 
         def send_slowly() -> bytes:
             with socket.create_connection((HOST, port), timeout=WAIT) as sock:
-                sock.sendall(head + body[:10])
+                sock.sendall(head)
+                # As curl: the body once the server said it wants it.
+                assert sock.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+                sock.sendall(body[:10])
                 for i in range(10, len(body), 1000):
                     sock.sendall(body[i:i + 1000])
                 chunks = []
