@@ -257,6 +257,24 @@ async def test_topic_options_come_from_the_hubs_and_the_last_written_wins(
         assert pub.topic_options("room:1") == melody.TopicOptions(history_size=100)
 
 
+async def test_the_topic_options_are_written_again_when_redis_lost_them(
+        redis_url: str, prefix: str) -> None:
+    backplane = RedisBackplane(redis_url, channel_prefix=prefix, presence_interval=0.05)
+    hub = melody.Melody(backplane=backplane)
+    hub.configure_topic("room:*", history_size=10)
+    await backplane.start(hub)
+    try:
+        async with AsyncPublisher(redis_url, channel_prefix=prefix) as pub:
+            assert "room:*" in await pub.refresh_topic_options()  # written before start returned
+            listener = redis.asyncio.Redis.from_url(redis_url)
+            await listener.delete(backplane.keys.topic_options)  # as a flush would
+            await listener.aclose()
+            await wait_until(lambda: _has(pub, "room:*"), "rewritten by the presence refresh",
+                             every=0.05)
+    finally:
+        await backplane.stop()
+
+
 async def _has(pub: AsyncPublisher, pattern: str,
                options: melody.TopicOptions | None = None) -> bool:
     table = await pub.refresh_topic_options()
