@@ -286,3 +286,35 @@ async def test_a_body_that_never_arrives_is_cut_off_by_the_handshake_timer(
     assert await asyncio.to_thread(stall) == b""  # closed, no answer
     assert loop.time() - started < 3.0
     assert hub.stats()["handshake_timeouts"] == 1
+
+
+async def test_under_uvicorn_and_starlette_the_mounted_api_reaches_asgi_sessions() -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    routing = pytest.importorskip("starlette.routing")
+    applications = pytest.importorskip("starlette.applications")
+    hub = Melody()
+    api = hub.enable_http_api(KEY)
+    app = applications.Starlette(routes=[routing.WebSocketRoute("/ws", hub.asgi),
+                                         routing.Mount("/api", app=api)])
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await until(lambda: server.started or task.done())
+        assert server.started, task
+        async with melody.connect(f"ws://{HOST}:{port}/ws") as conn:
+            await until(lambda: len(hub) == 1)
+            reply = await call(port, "broadcast", {"data": {"via": "asgi"}})
+            assert (reply.status, reply.json()) == (200, {"sessions": 1})
+            assert await recv(conn) == '{"via":"asgi"}'
+            assert (await call(port, "broadcast", {"text": "x"}, key=None)).status == 401
+            assert (await call(port, "stats", method="GET")).status == 405
+    finally:
+        hub.close()
+        await hub.wait_closed(timeout=2.0)
+        server.should_exit = True
+        async with asyncio.timeout(WAIT):
+            await task
+        sock.close()
