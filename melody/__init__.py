@@ -46,6 +46,8 @@ from melody.server import install_uvloop, run, serve
 from melody.session import Session
 
 if TYPE_CHECKING:
+    from melody.publisher import AsyncPublisher as AsyncPublisher
+    from melody.publisher import Publisher as Publisher
     from melody.redis_backplane import RedisBackplane as RedisBackplane
 
 __version__ = "0.1.0"
@@ -93,8 +95,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisBackplane needs the optional redis package: it is imported on first use, so that
+    # RedisBackplane and the publishers need the optional redis package: imported on first
+    # use, so that
     # `import melody` works without redis. (Not in __all__: a star-import would need redis.)
+    if name in ("Publisher", "AsyncPublisher"):
+        try:
+            from melody import publisher
+        except ImportError as exc:
+            raise AttributeError(
+                f"melody.{name} needs the redis package: pip install 'melody[redis]'"
+            ) from exc
+        return getattr(publisher, name)
     if name == "RedisBackplane":
         try:
             from melody.redis_backplane import RedisBackplane

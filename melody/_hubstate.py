@@ -53,6 +53,7 @@ from melody.errors import (
 from melody.logs import error_fields
 
 if TYPE_CHECKING:
+    from melody.http_api import HttpApi
     from melody.hub import Melody
     from melody.metrics import HubMetrics
     from melody.middleware import Middleware
@@ -267,6 +268,8 @@ class HubState:
         self.streams = Streams(self)
         #: Who is in the topics with presence or join/leave (melody.delivery.presence).
         self.presence = Presence(self)
+        #: The HTTP API once ``hub.enable_http_api`` ran (melody.http_api), else None.
+        self.http_api: HttpApi | None = None
 
         # The application's handlers (hub.handle_*), its handshake middleware (hub.use) and
         # its router (hub.route).

@@ -15,7 +15,14 @@ from melody.config import Config
 from melody.delivery.history import HistoryPage, StreamPosition
 from melody.delivery.options import TopicOptions
 from melody.delivery.streams import Recovery, publication_text
-from melody.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, HubClosed, SessionClosed
+from melody.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    BackplaneError,
+    HubClosed,
+    SessionClosed,
+)
+from melody.http_api import HttpApi
 from melody.routing import Authorizer, Router
 from melody.server.asgi import AsgiAdapter
 from melody.server.lifecycle import serve as _serve
@@ -159,6 +166,25 @@ class Melody:
         self._state.http_hook = fn
         return fn
 
+    def enable_http_api(self, api_key: str, *, path: str = "/api",
+                        max_body_bytes: int = 1 << 20) -> HttpApi:
+        """Answer the HTTP API under ``path`` (off until called): ``POST <path>/publish``,
+        ``broadcast``, ``send_to_user``, ``disconnect_user``, ``presence``,
+        ``presence_stats``, ``history`` and ``stats``, JSON in and out (see
+        ``docs/protocol.md``, "HTTP API").
+
+        Every request carries ``api_key`` as ``Authorization: Bearer <key>`` or ``X-API-Key``
+        (compared in constant time; 401 with no detail otherwise); bodies over
+        ``max_body_bytes`` get 413. A method call rather than a ``Config`` field so that the
+        key need not sit in a configuration object that is logged or printed. melody's own
+        server answers it on the port it serves; under ASGI, mount the returned object (an
+        ASGI app) in the framework's router. Calling it again replaces the key and path.
+        Raises ValueError for a key under 16 characters or a bad path.
+        """
+        api = HttpApi(self, api_key, path=path, max_body_bytes=max_body_bytes)
+        self._state.http_api = api
+        return api
+
     def use(self, middleware: M) -> M:
         """Add a handshake middleware, run on every upgrade request before its session exists.
 
@@ -208,6 +234,13 @@ class Melody:
 
         Returns how many sessions it was handed to. Raises ``HubClosed`` after :meth:`close`.
         Never waits for a slow reader (see ``Config.message_buffer_size``).
+
+        A hub that was never served has no sessions of its own. Without a backplane this,
+        and every ``broadcast*``/``publish*``, then returns 0: nothing could be delivered and
+        nothing is lost. With a ``RedisBackplane`` that was never started (neither by serving
+        nor by hand) it raises ``BackplaneError`` rather than drop the message: a process that
+        runs no hub publishes with ``melody.Publisher``. The same holds for
+        :meth:`send_to_user`, :meth:`disconnect_user` and the ``publish*`` methods.
         """
         self._share(None, msg, False)
         return self._fan_out(msg, False, self._state.connections)
@@ -215,8 +248,23 @@ class Melody:
     def _share(self, topic: str | None, msg: Any, binary: bool) -> None:
         # Hand the message to the other nodes once (not once per node); they frame it once.
         if self.backplane is not None and not self._state.closed:
+            self._require_started_backplane()
             payload = bytes(msg) if binary else msg.encode("utf-8")
             self.backplane.publish(topic, binary, payload)
+
+    def _require_started_backplane(self) -> None:
+        # A backplane that was never started (the hub never served, backplane.start never
+        # called) would drop every message without a word (issue 13): raise instead. A
+        # backplane without a ``started`` attribute (written against the earlier contract,
+        # or a test double) is taken as started, as before.
+        backplane = self.backplane
+        if (backplane is not None and self._state.loop is None
+                and not getattr(backplane, "started", True)):
+            raise BackplaneError(
+                f"this hub was never served, so its {type(backplane).__name__} was never "
+                "started: the message would reach no node. Serve the hub first (hub.serve, "
+                "melody.run; with hub.asgi it starts at its first WebSocket connection), or "
+                "publish with melody.Publisher from a process that runs no hub")
 
     def _deliver_remote(self, topic: str | None, binary: bool, payload: bytes) -> int:
         # Kept for backplanes written against the earlier contract; melody's own use
@@ -292,6 +340,7 @@ class Melody:
         if state.closed:
             raise HubClosed("hub is closed")
         if self.backplane is not None:
+            self._require_started_backplane()
             payload = bytes(msg) if binary else msg.encode("utf-8")
             self.backplane.send_to_user(user, binary, payload)
         return state.deliver_user(user, binary, msg)
@@ -314,6 +363,7 @@ class Melody:
         if not valid:
             raise ValueError(f"close code {code} may not be sent")
         if self.backplane is not None:
+            self._require_started_backplane()
             self.backplane.disconnect_user(user, code, reason)
         return state.disconnect_user(user, code, reason)
 
@@ -417,7 +467,8 @@ class Melody:
         node). When several patterns match a topic the most specific wins (an exact name, then
         the glob with the most literal characters, then the last configured). Topics that match
         nothing keep today's behaviour and cost. Binary publishes to a topic with history raise
-        TypeError.
+        TypeError. With a ``RedisBackplane`` the pattern is also written to Redis
+        (``P:topic-options``), where ``melody.Publisher`` reads which topics keep history.
 
         ``presence=True`` keeps who is subscribed, on every node (:meth:`presence`,
         :meth:`presence_stats`); ``join_leave=True`` sends the topic's subscribers
@@ -427,11 +478,17 @@ class Melody:
         options = TopicOptions(history_size=history_size, history_ttl=history_ttl,
                                presence=presence, join_leave=join_leave)
         self._state.streams.table.configure(pattern, options)
+        # A backplane that tells publishers without a hub (melody.Publisher) which topics
+        # keep history: RedisBackplane writes it to Redis.
+        share = getattr(self.backplane, "share_topic_options", None)
+        if share is not None:
+            share(pattern, options)
         return options
 
     def _publish_stream(self, topic: str, data: str, options: TopicOptions) -> int:
         if self._state.closed:
             raise HubClosed("hub is closed")
+        self._require_started_backplane()
         return self._state.streams.publish(topic, data, options)
 
     async def history(self, topic: str, *, since: int | None = None,
@@ -509,6 +566,8 @@ class Melody:
         """Send a text message to the subscribers of ``topic``; returns how many took it.
 
         Costs in proportion to the topic's subscribers (not to all sessions); framed once.
+        Raises ``BackplaneError`` on a hub whose ``RedisBackplane`` was never started (see
+        :meth:`broadcast`).
         """
         return self._publish(topic, msg, False, None)
 
@@ -537,7 +596,7 @@ class Melody:
             if binary:
                 raise TypeError(f"topic {topic!r} keeps history: its publications are text "
                                 "(JSON), not binary")
-            return self._state.streams.publish(topic, self._state.json_text(msg), options)
+            return self._publish_stream(topic, self._state.json_text(msg), options)
         self._share(topic, msg, binary)
         group = self._state.topics.get(topic)
         return self._fan_out(msg, binary, group, exclude) if group is not None else 0

@@ -105,10 +105,14 @@ cdef class ProtocolCore(Connection):
     cdef double _bucket_messages
     cdef double _bucket_bytes
     cdef double _bucket_stamp
+    # A plain request's body being read (read_body): its size and who gets it.
+    cdef Py_ssize_t _body_size
+    cdef object _on_body
 
     cdef _process(self, Py_ssize_t nbytes)
     @cython.locals(buf=bytearray, live=Py_ssize_t, head=Py_ssize_t)
     cdef _handshake(self)
+    cdef _take_body(self)
     @cython.locals(d=Dispatch, now=double, elapsed=double)
     cdef bint _within_rate(self, Py_ssize_t size) except -1
     cdef _close_transport(self)

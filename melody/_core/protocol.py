@@ -208,6 +208,8 @@ class ProtocolCore(Connection):
     _bucket_messages: float
     _bucket_bytes: float
     _bucket_stamp: float
+    _body_size: int
+    _on_body: Any
 
     def __init__(self, dispatch: Dispatch) -> None:
         if not isinstance(dispatch, Dispatch):
@@ -240,6 +242,9 @@ class ProtocolCore(Connection):
         self._bucket_messages = 0.0
         self._bucket_bytes = 0.0
         self._bucket_stamp = 0.0
+        # A plain request's body being read (read_body): its size and who gets it.
+        self._body_size = 0
+        self._on_body = None
 
     # -- asyncio.BaseProtocol ------------------------------------------------------------------
 
@@ -339,7 +344,9 @@ class ProtocolCore(Connection):
             self._handshake()
         elif self.state == STATE_CLOSED:
             self._start = self._end
-        # STATE_UPGRADING: the hub is deciding; keep the bytes until it has.
+        elif self._on_body is not None:
+            self._take_body()
+        # STATE_UPGRADING otherwise: the hub is deciding; keep the bytes until it has.
 
     def _handshake(self) -> None:
         buf = self._cur
@@ -365,6 +372,10 @@ class ProtocolCore(Connection):
             self._in_handshake = False
         if self.state == STATE_OPEN:
             self._parse()
+        elif self._on_body is not None:
+            # A plain request whose body the hub wants: it may be here already; if not,
+            # reading goes on, bounded in time by the handshake timer still running.
+            self._take_body()
         elif self.state == STATE_UPGRADING and self.transport is not None:
             # An async upgrade hook is running: stop reading until it decides. The hub bounds
             # that decision by handshake_timeout from now and answers 504 at its deadline; this
@@ -374,6 +385,42 @@ class ProtocolCore(Connection):
             self._cancel_timer()
             self._timer = self.dispatch.loop.call_later(
                 self.dispatch.handshake_timeout + 1.0, self._handshake_timeout)
+
+    def read_body(self, size: int, callback: Any) -> None:
+        """Read the ``size`` bytes that follow the request head (a plain request's body,
+        ``Content-Length``), then call ``callback(self, body)``.
+
+        Only while the request is being decided, from ``Dispatch.on_request``: the head
+        parser reads no body by itself. The caller bounds ``size`` (the buffer grows to hold
+        it); the request's handshake timer bounds the time the client takes to send it. Once
+        the body is in, reading stops (the answer, ``reject``, closes the connection) and the
+        timer is re-armed as for an async upgrade decision. Raises RuntimeError outside
+        ``on_request``, ValueError for a negative size.
+        """
+        if not self._in_handshake or self.state != STATE_UPGRADING:
+            raise RuntimeError("read_body is called from Dispatch.on_request")
+        if size < 0:
+            raise ValueError("a body size is >= 0")
+        self._body_size = size
+        self._on_body = callback
+
+    def _take_body(self) -> None:
+        size = self._body_size
+        if self._end - self._start < size:
+            self._need = size  # the buffer grows for the rest (see Connection._growth)
+            return
+        body = region_bytes(self._cur, self._start, size)
+        # Bytes after the body (a pipelined request) are dropped: the answer closes.
+        self._start = self._end
+        self._need = 0
+        callback = self._on_body
+        self._on_body = None
+        if self.transport is not None:
+            self.transport.pause_reading()
+            self._cancel_timer()
+            self._timer = self.dispatch.loop.call_later(
+                self.dispatch.handshake_timeout + 1.0, self._handshake_timeout)
+        callback(self, body)
 
     def _reject_now(self, response: bytes) -> None:
         self.state = STATE_CLOSED

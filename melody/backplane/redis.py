@@ -21,6 +21,18 @@ Channels and keys (``P`` is ``channel_prefix``)
     topic -> local subscriber count, with the same expiry). Nodes that share a prefix form one
     cluster; use different prefixes for independent hubs on one Redis.
 
+Topic options
+    What ``hub.configure_topic`` set is written to the hash ``P:topic-options`` (pattern ->
+    JSON of ``TopicOptions``): every pattern when the backplane connects (before ``start``
+    returns, and again after each reconnect), each new one when ``configure_topic`` is
+    called, and the whole table again when the hash has gone (a flush; checked with the
+    presence refresh). ``melody.Publisher`` reads it, so the hubs' configuration stays the one
+    source of which topics keep history. Hubs sharing a prefix should configure the same
+    topics; when they disagree on a pattern, the most recent write wins (the hub that
+    connected or called ``configure_topic`` last): the publishers follow it, while each hub
+    keeps using its own table for its own publishes. Patterns are never removed from the
+    hash (a hub cannot unconfigure one either); use a new prefix to start over.
+
 Delivery
     Redis pub/sub is at-most-once: a message reaches the nodes subscribed at the moment Redis
     processes the PUBLISH, once each, in the order one node published them; nothing is stored.
@@ -121,12 +133,14 @@ from melody.backplane import (
     is_from,
     new_node_id,
 )
-from melody.backplane.base import FLAG_STREAM, NODE_ID_SIZE
+from melody.backplane.base import NODE_ID_SIZE
+from melody.backplane.redis_keys import RedisKeys
 from melody.backplane.redis_presence import RedisPresence
 from melody.backplane.redis_streams import (
     RedisStreams,
     is_stream_envelope,
     parse_stream_payload,
+    stream_head,
 )
 from melody.delivery.history import HistoryPage
 from melody.delivery.options import TopicOptions
@@ -275,18 +289,19 @@ class RedisBackplane(Backplane):
         self._presence_ttl_ms = int(presence_ttl * 1000)
         self._report_interval = float(report_interval)
 
-        prefix = channel_prefix.encode()
+        #: The channels and keys of ``channel_prefix`` (shared with ``melody.Publisher``).
+        self.keys = keys = RedisKeys(channel_prefix)
         # Topics with history (hub.configure_topic): stored and numbered in Redis.
-        self._streams = RedisStreams(prefix, max_queue=max_queue, max_batch=max_batch,
+        self._streams = RedisStreams(keys, max_queue=max_queue, max_batch=max_batch,
                                      meta_ttl=history_meta_ttl)
         self._confirm_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         # Topics with presence: who is subscribed, written by each node for its sessions.
-        self._presence = RedisPresence(prefix, ttl=presence_ttl, max_queue=max_queue,
+        self._presence = RedisPresence(keys, ttl=presence_ttl, max_queue=max_queue,
                                        max_batch=max_batch)
-        self._broadcast_channel = prefix + b":all"
-        self._user_channel = prefix + b":user"
-        self._topic_prefix = prefix + b":topic:"
-        self._nodes_key = prefix + b":nodes"
+        self._broadcast_channel = keys.broadcast
+        self._user_channel = keys.user
+        self._topic_prefix = keys.topic_prefix
+        self._nodes_key = keys.nodes
         self._pid = os.getpid()
         self._set_identity()
 
@@ -344,7 +359,7 @@ class RedisBackplane(Backplane):
 
     def _set_identity(self) -> None:
         self._node_hex = self.node_id.hex().encode()
-        self._stream_head = self.node_id + bytes([FLAG_STREAM])
+        self._stream_head = stream_head(self.node_id)
         base = self.channel_prefix.encode() + b":node:" + self._node_hex
         self._alive_key = base + b":alive"
         self._topics_key = base + b":topics"
@@ -362,6 +377,13 @@ class RedisBackplane(Backplane):
     def connected(self) -> bool:
         """True while connected to Redis and subscribed to the hub-wide channel."""
         return self._up
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` was called (by the hub when it began serving, or by
+        hand), whether or not Redis has been reached yet. A hub whose backplane was never
+        started raises instead of publishing (nothing would reach the other nodes)."""
+        return self._task is not None
 
     async def start(self, hub: Melody) -> None:
         """Connect, subscribe to the hub-wide channel, begin delivering into ``hub``.
@@ -549,6 +571,39 @@ class RedisBackplane(Backplane):
 
     def _stream_failed(self, error: BaseException) -> None:
         self._complain(BackplaneError(f"storing a publication failed: {error}"), error)
+
+    # -- topic options, shared with publishers (melody.Publisher) ----------------------------
+
+    def share_topic_options(self, pattern: str, options: TopicOptions) -> None:
+        """Write ``pattern``'s options to ``P:topic-options`` (``hub.configure_topic`` calls
+        it), so that a ``melody.Publisher`` numbers and stores its publications to those
+        topics as the hubs do. Never blocks: written in a task when connected; otherwise the
+        whole table is written when the connection is made (see "Topic options" in the module
+        docstring). A failed write is reported like an outage."""
+        if not self._up or self._loop is None or self._state is None:
+            return
+        command = (b"HSET", self.keys.topic_options, pattern.encode("utf-8", "surrogatepass"),
+                   options.to_json())
+        self._state.spawn(self._share_options(command), self._loop)
+
+    async def _share_options(self, command: tuple[Any, ...]) -> None:
+        try:
+            await self._command([command])
+        except Exception as exc:
+            self._complain(BackplaneError(f"writing the topic options failed: {exc}"), exc)
+
+    def _topic_options_command(self) -> tuple[Any, ...] | None:
+        # One HSET of every pattern the hub configured, or None when it configured none.
+        state = self._state
+        patterns = state.streams.table.patterns() if state is not None else {}
+        if not patterns:
+            return None
+        fields: list[bytes] = []
+        for pattern, options in patterns.items():
+            fields.append(pattern.encode("utf-8", "surrogatepass"))
+            fields.append(options.to_json())
+        return (b"HSET", self.keys.topic_options, *fields)
+
     def send_to_user(self, user: str, binary: bool, payload: bytes) -> None:
         """Queue a message for ``user``'s sessions on the other nodes (``P:user``). Never
         blocks; dropped and counted as :meth:`publish` is (same queue, same bounds).
@@ -769,6 +824,11 @@ class RedisBackplane(Backplane):
         commands = self._connection("cmd", self._timeout)
         connections.append(commands)
         await commands.connect()
+        share = self._topic_options_command()
+        if share is not None:
+            # Before start() returns: a publisher reads the hub's topics with history from then.
+            await commands.send_command(*share)
+            await commands.read_response()
         return subscriber, publisher, commands
 
     def _went_up(self, commands: Any) -> None:
@@ -1156,6 +1216,9 @@ class RedisBackplane(Backplane):
             if gone:
                 commands.append((b"HDEL", self._topics_key,
                                  *(t.encode("utf-8", "surrogatepass") for t in gone)))
+            share = self._topic_options_command()
+            if share is not None:
+                commands.insert(0, (b"EXISTS", self.keys.topic_options))
             commands.append((b"PEXPIRE", self._topics_key, ttl))
             expired = len(commands) - 1  # its reply: 0 when the hash was gone
             # Presence entries of this node's sessions, rewritten with a new expiry.
@@ -1163,6 +1226,8 @@ class RedisBackplane(Backplane):
             replies = await self._command(commands)
             if replies[expired] == 0:
                 written.clear()  # the hash is gone (expired or flushed): rewrite it in full
+            if share is not None and replies[0] == 0:
+                await self._command([share])  # the topic options were flushed: rewrite them
             await asyncio.sleep(self._presence_interval)
 
     async def _command(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:

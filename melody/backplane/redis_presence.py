@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from melody.backplane.redis_keys import RedisKeys
+
 __all__ = ["RedisPresence"]
 
 #: KEYS: hash, expiry set. ARGV: now (ms). Returns HGETALL of what is left.
@@ -50,8 +52,8 @@ class RedisPresence:
 
     __slots__ = ("_max_batch", "_max_queue", "_prefix", "counters", "queue", "ttl_ms", "wake")
 
-    def __init__(self, prefix: bytes, *, ttl: float, max_queue: int, max_batch: int) -> None:
-        self._prefix = prefix + b":presence:"
+    def __init__(self, keys: RedisKeys, *, ttl: float, max_queue: int, max_batch: int) -> None:
+        self._prefix = keys.presence_prefix
         #: Milliseconds an entry lives without a refresh.
         self.ttl_ms = int(ttl * 1000)
         self._max_queue = max_queue

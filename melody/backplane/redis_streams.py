@@ -33,10 +33,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from melody.backplane.base import FLAG_STREAM, NODE_ID_SIZE
+from melody.backplane.redis_keys import RedisKeys
 from melody.delivery.history import HistoryPage, StoredPublication, StreamPosition, new_epoch
 from melody.delivery.options import TopicOptions
 
-__all__ = ["RedisStreams", "parse_stream_payload"]
+__all__ = ["PUBLISH_SCRIPT", "RedisStreams", "parse_stream_payload", "publish_args",
+           "stream_head"]
 
 #: KEYS: stream, meta. ARGV: new epoch, max entries, data, ttl ms (0: none), meta ttl ms,
 #: channel, envelope head (node id and flags).
@@ -101,6 +103,22 @@ return {epoch, top, out}
 RoundTrip = Callable[[list[tuple[Any, ...]]], Awaitable[list[Any]]]
 
 
+def publish_args(options: TopicOptions, data: bytes, meta_ttl_ms: int, channel: bytes,
+                 head: bytes) -> tuple[Any, ...]:
+    """:data:`PUBLISH_SCRIPT`'s ARGV for one publication of ``data`` (JSON text, UTF-8) on
+    ``channel``, in an envelope that starts with ``head`` (a node id and ``FLAG_STREAM``):
+    what a hub's writer and ``melody.Publisher`` both send, so that their publications are
+    the same bytes."""
+    return (new_epoch(), options.history_size, data,
+            int(options.history_ttl * 1000) if options.history_ttl else 0, meta_ttl_ms,
+            channel, head)
+
+
+def stream_head(node_id: bytes) -> bytes:
+    """The head of a ``FLAG_STREAM`` envelope sent by ``node_id``."""
+    return node_id + bytes((FLAG_STREAM,))
+
+
 def parse_stream_payload(payload: bytes) -> tuple[int, str]:
     """``(offset, data)`` of a ``FLAG_STREAM`` envelope's payload; ValueError if malformed."""
     head, sep, data = payload.partition(b":")
@@ -112,12 +130,12 @@ def parse_stream_payload(payload: bytes) -> tuple[int, str]:
 class RedisStreams:
     """The history half of a ``RedisBackplane`` (see the module docstring)."""
 
-    __slots__ = ("_max_batch", "_max_queue", "_prefix", "counters", "meta_ttl_ms", "queue",
+    __slots__ = ("_keys", "_max_batch", "_max_queue", "counters", "meta_ttl_ms", "queue",
                  "wake")
 
-    def __init__(self, prefix: bytes, *, max_queue: int, max_batch: int,
+    def __init__(self, keys: RedisKeys, *, max_queue: int, max_batch: int,
                  meta_ttl: float) -> None:
-        self._prefix = prefix + b":stream:"
+        self._keys = keys
         self._max_queue = max_queue
         self._max_batch = max_batch
         #: Milliseconds a topic's epoch and offset outlive its last publish or read.
@@ -129,8 +147,7 @@ class RedisStreams:
 
     def keys(self, topic: str) -> tuple[bytes, bytes]:
         """The stream key and the meta key of ``topic``."""
-        stream = self._prefix + topic.encode("utf-8", "surrogatepass")
-        return stream, stream + b":meta"
+        return self._keys.stream(topic)
 
     def full(self) -> bool:
         """True when one more publication would pass ``max_queue``."""
@@ -163,9 +180,8 @@ class RedisStreams:
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
             commands = [
-                (b"EVAL", PUBLISH_SCRIPT, 2, stream, meta, new_epoch(), options.history_size,
-                 data, int(options.history_ttl * 1000) if options.history_ttl else 0,
-                 self.meta_ttl_ms, channel, head)
+                (b"EVAL", PUBLISH_SCRIPT, 2, stream, meta,
+                 *publish_args(options, data, self.meta_ttl_ms, channel, head))
                 for stream, meta, channel, data, options in batch]
             replies = await round_trip(commands)
             for reply in replies:

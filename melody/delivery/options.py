@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+import orjson
+
 __all__ = ["TopicOptions", "TopicTable"]
 
 _WILDCARDS = frozenset("*?[")
@@ -48,6 +50,30 @@ class TopicOptions:
                 raise ValueError(f"{name} must be True or False")
         if ttl is not None and self.history_size == 0:
             raise ValueError("history_ttl without history_size: nothing would be kept")
+
+    def to_json(self) -> bytes:
+        """These options as JSON (what a hub writes for a publisher to read):
+        ``{"history_size": N, "history_ttl": seconds or null, "presence": bool,
+        "join_leave": bool}``."""
+        return orjson.dumps({"history_size": self.history_size,
+                             "history_ttl": self.history_ttl,
+                             "presence": self.presence, "join_leave": self.join_leave})
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> TopicOptions:
+        """The options :meth:`to_json` wrote; ValueError when ``text`` is not such JSON
+        (unknown fields are ignored, so that a newer hub's extra options do not break an
+        older reader)."""
+        try:
+            fields = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"topic options are not JSON: {exc}") from None
+        if not isinstance(fields, dict):
+            raise ValueError("topic options are not a JSON object")
+        return cls(history_size=fields.get("history_size", 0),
+                   history_ttl=fields.get("history_ttl"),
+                   presence=fields.get("presence", False),
+                   join_leave=fields.get("join_leave", False))
 
     @property
     def tracked(self) -> bool:

@@ -1,9 +1,10 @@
 """melody's own server deciding each request its connections read (``Dispatch.on_request``).
 
-:class:`Upgrader` parses the request head, answers plain GETs (``/metrics``, ``/healthz``,
-``handle_http``) and drives the hub's upgrade decision (``melody.server.upgrade``) for
-upgrades: inline in the read callback when nothing async is involved, else in a task bounded
-by ``Config.handshake_timeout``.
+:class:`Upgrader` parses the request head, answers plain requests (``/metrics``,
+``/healthz``, the HTTP API of ``hub.enable_http_api`` with the body it reads through
+``read_body``, ``handle_http``) and drives the hub's upgrade decision
+(``melody.server.upgrade``) for upgrades: inline in the read callback when nothing async is
+involved, else in a task bounded by ``Config.handshake_timeout``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from melody.handshake import (
     parse_request,
     validate_upgrade,
 )
+from melody.http_api import ApiResponse
 from melody.logs import error_fields
 from melody.middleware import CallNext, Handshake, run_cleanups
 from melody.server.upgrade import Cleanups, UpgradeDecision, keys_of
@@ -34,6 +36,7 @@ from melody.session import Session
 
 if TYPE_CHECKING:
     from melody._hubstate import HubState
+    from melody.http_api import HttpApi
     from melody.hub import Melody
 
 __all__ = ["Upgrader", "upgrader_of"]
@@ -342,6 +345,9 @@ class Upgrader(UpgradeDecision):
     # -- plain HTTP --------------------------------------------------------------------------------
 
     def _plain(self, proto: WebSocketProtocol, request: Request) -> None:
+        api = self.state.http_api
+        if api is not None and api.matches(request.path):
+            return self._api(proto, api, request)
         metrics = self.state.metrics
         if metrics is not None and request.method == "GET":
             if request.path == "/metrics":
@@ -376,6 +382,39 @@ class Upgrader(UpgradeDecision):
         if self._settle(pending):
             proto.reject(_http_response(result))
         return None
+
+
+    # -- the HTTP API (hub.enable_http_api) ------------------------------------------------------
+
+    def _api(self, proto: WebSocketProtocol, api: HttpApi, request: Request) -> None:
+        # Judged on the head (key, endpoint, method, size) before a byte of body is read;
+        # then the body, then the answer in a task bounded by handshake_timeout (504).
+        checked = api.check(request.method, api.endpoint_name(request.path), request.headers)
+        if isinstance(checked, ApiResponse):
+            return proto.reject(build_response(*checked))
+
+        def answer(proto: WebSocketProtocol, body: bytes) -> None:
+            self._defer(proto, None, False, self._api_answer, api, checked.name, body)
+
+        proto.read_body(checked.length, answer)
+        expect = request.headers.get("Expect")
+        if (checked.length and expect is not None and expect.lower() == "100-continue"
+                and proto.transport is not None):
+            # curl asks before sending a body over 1 KiB, and waits a second for this.
+            proto.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    async def _api_answer(self, pending: _Pending, api: HttpApi, name: str,
+                          body: bytes) -> None:
+        try:
+            status, headers, payload = await api.answer(name, body)
+            response = build_response(status, headers, payload)
+        except Exception as exc:
+            logger.exception("HTTP API endpoint %s raised", name)
+            self.state.report(None, exc)
+            response = build_response(500, (), b"internal error\n")
+        if self._settle(pending):
+            pending.proto.reject(response)
 
 
 def upgrader_of(hub: Melody) -> Upgrader:
