@@ -335,7 +335,8 @@ class RedisBackplane(Backplane):
         self._ping_sent = 0
         self._pong_seen = 0
         self._sync_wanted = False
-        self._sync_waiter: tuple[int, asyncio.Future[None]] | None = None
+        # Waiting for the PING reply that proves the reader caught up: (PING number, future).
+        self._sync_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
         self._queue: deque[tuple[bytes, bytes, bytes]] = deque()
         self._queued_bytes = 0
@@ -844,7 +845,7 @@ class RedisBackplane(Backplane):
         self._dirty.discard(self._broadcast_channel)
         self._pong_seen = self._ping_sent
         self._sync_wanted = False
-        self._sync_waiter = None
+        self._fail_sync_waiters(BackplaneError("redis reconnected"))
         self._written = {}
         self._last_rx = loop.time()
         self._up = True
@@ -873,6 +874,7 @@ class RedisBackplane(Backplane):
         lost = len(self._queue) + self._in_flight + self._streams.clear()
         self._counters["lost_while_down"] += lost
         self._fail_confirm_waiters(error)
+        self._fail_sync_waiters(BackplaneError(f"redis went away: {error}"))
         self._queue.clear()
         self._queued_bytes = 0
         self._in_flight = 0
@@ -1045,11 +1047,15 @@ class RedisBackplane(Backplane):
         except ValueError:
             return  # not one of ours
         self._pong_seen = max(self._pong_seen, seq)
-        waiter = self._sync_waiter
-        if waiter is not None and seq >= waiter[0]:
-            self._sync_waiter = None
-            if not waiter[1].done():
-                waiter[1].set_result(None)
+        if self._sync_waiters:
+            waiting = []
+            for number, future in self._sync_waiters:
+                if seq >= number:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    waiting.append((number, future))
+            self._sync_waiters = waiting
 
     async def _sync(self) -> None:
         # Wait until the subscriber connection has read all Redis had queued for it so far:
@@ -1058,11 +1064,31 @@ class RedisBackplane(Backplane):
         wake = self._control_wake
         assert loop is not None and wake is not None
         future: asyncio.Future[None] = loop.create_future()
-        self._sync_waiter = (self._ping_sent + 1, future)
+        self._sync_waiters.append((self._ping_sent + 1, future))
         self._sync_wanted = True
         wake.set()
         self._counters["publish_syncs"] += 1
         await future
+
+    async def wait_caught_up(self) -> None:
+        """Return once this node has read and delivered every message Redis had queued for it
+        when this was called (a PING on the subscriber connection, whose reply comes after
+        them). Raises ``BackplaneError`` when Redis goes away first or does not answer within
+        ``timeout``."""
+        if not self._up:
+            raise BackplaneError(f"redis at {self._where()} unreachable")
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._sync()
+        except TimeoutError:
+            raise BackplaneError(f"redis did not answer a PING within {self._timeout} s"
+                                 ) from None
+
+    def _fail_sync_waiters(self, error: BaseException) -> None:
+        waiters, self._sync_waiters = self._sync_waiters, []
+        for _, future in waiters:
+            if not future.done():
+                future.set_exception(error)
 
     def _expire_lingering(self, now: float) -> None:
         lingering = self._lingering

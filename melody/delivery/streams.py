@@ -18,7 +18,9 @@ atomic step (a Lua script), and every node, the publishing one included, deliver
 comes back from Redis: the order of offsets is the order of delivery on every node. There the
 hard part is a publication landing while a recovering session's history is being read; so the
 node first makes sure it receives the topic (the SUBSCRIBE is confirmed), collects the live
-publications of the topic for that session, reads the history, and then, in one step, hands
+publications of the topic for that session, reads the history, waits until it has read every
+message Redis had queued for it by then (publications older than the page may still be on
+their way on the other connection), and then, in one step, hands
 the session the history after its position, the collected publications after the history's
 end, and adds it to the group: every offset once, in order.
 """
@@ -78,6 +80,8 @@ class HistoryStore(Protocol):
                           options: TopicOptions) -> HistoryPage: ...
 
     async def wait_subscribed(self, topic: str) -> None: ...
+
+    async def wait_caught_up(self) -> None: ...
 
     def subscribe(self, topic: str) -> None: ...
 
@@ -212,6 +216,11 @@ class Streams:
                 page = await store.read_stream(
                     topic, since.offset if since is not None else None,
                     options.history_size if since is not None else 0, options)
+                # What Redis published before the read may still be on its way to this node
+                # (the page came on another connection): once it has all been read, those
+                # are in ``arrived`` (and skipped: the page has them), never live after the
+                # join.
+                await store.wait_caught_up()
                 if store.stats().get("outages", 0) == outages:
                     # Still in the step that read the page: nothing can arrive before the join.
                     return self._join(session, topic, page, since, join.arrived)
