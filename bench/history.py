@@ -1118,7 +1118,7 @@ PUBLISH_ROWS = (
     ("redis_cpu_us_per_publish", "Redis CPU us/publish", 1),
     ("redis_eval_per_publish", "Redis EVAL per publish", 3),
     ("redis_publish_per_publish", "Redis PUBLISH per publish", 3),
-    ("redis_commands_per_publish", "Redis commands per publish", 3),
+    ("redis_commands_per_publish", "Redis commands per publish (scripts' too)", 3),
     ("publishes_per_round_trip", "publishes per round trip (node)", 1),
     ("redis_reads_per_publish", "Redis read events per publish", 3),
     ("other_cpu_pct", "other processes' CPU %", 0),
@@ -1144,11 +1144,16 @@ HERD_ROWS = (
 
 
 def _check_text(checks: list[dict[str, Any]]) -> str:
+    """``ok 0/0/0`` (or ``FAILED``): lost / duplicated / wrong frames, over ``checks``."""
     ok = all(c["ok"] for c in checks)
-    text = "ok" if ok else "FAILED"
-    return text + (f" (lost {sum(c['lost'] for c in checks)}, duplicated"
-                   f" {sum(c['duplicates'] for c in checks)}, wrong"
-                   f" {sum(c['bad'] for c in checks)})")
+    return ("ok" if ok else "FAILED") + (
+        f" {sum(c['lost'] for c in checks)}/{sum(c['duplicates'] for c in checks)}"
+        f"/{sum(c['bad'] for c in checks)}")
+
+
+def _flags(phases: list[dict[str, Any]]) -> str:
+    flags = [name for name in ("client_bound", "contended") if any(p[name] for p in phases)]
+    return ", ".join(f.replace("_", "-") for f in flags) or "-"
 
 
 def table(document: dict[str, Any]) -> str:
@@ -1164,15 +1169,11 @@ def table(document: dict[str, Any]) -> str:
             ratio = f"{b / a:.2f}x" if key in ("server_cpu_us_per_frame", "frames_per_s",
                                                "client_cpu_us_per_frame") and a and b else ""
             rows.append([label, format_value(a, digits), format_value(b, digits), ratio])
-        for topic in (PLAIN, HIST):
-            mine = [p for p in phases if p["topic"] == topic]
-            text = _check_text([p["check"] for p in mine])
-            if any(p["client_bound"] for p in mine):
-                text += " CLIENT-BOUND"
-            if any(p["contended"] for p in mine):
-                text += " CONTENDED"
-            rows.append([f"{topic}: check", text if topic == PLAIN else "",
-                         text if topic == HIST else "", ""])
+        by_topic = {t: [p for p in phases if p["topic"] == t] for t in (PLAIN, HIST)}
+        rows.append(["check: lost/duplicated/wrong",
+                     *(_check_text([p["check"] for p in by_topic[t]]) for t in (PLAIN, HIST)),
+                     ""])
+        rows.append(["flags (any phase)", *(_flags(by_topic[t]) for t in (PLAIN, HIST)), ""])
         out.append(f"publish, {part['engine']} engine (medians of"
                    f" {len(phases) // 2} phases per topic)\n" + align(rows))
     herd = document.get("herd")
@@ -1181,11 +1182,12 @@ def table(document: dict[str, Any]) -> str:
         rows = [["figure", "value"]]
         rows += [[label, format_value(f.get(key), digits)] for key, label, digits in HERD_ROWS]
         c = herd["check"]
-        rows.append(["check", ("ok" if c["ok"] else "FAILED")
-                     + f" (live {c['live']:,}/{herd['clients']:,}, not recovered"
-                       f" {c['not_recovered']}, wrong count {c['wrong_count']}, lost"
-                       f" {c['lost']}, duplicated {c['duplicates']})"
-                     + (" CONTENDED" if herd["contended"] else "")])
+        rows.append(["check: live, recovered, exactly the missed",
+                     ("ok" if c["ok"] else "FAILED")
+                     + f" {c['live']:,}/{herd['clients'] - c['not_recovered']:,}"
+                       f"/{herd['clients'] - c['wrong_count']:,} of {herd['clients']:,}"])
+        rows.append(["check: lost/duplicated/wrong", f"{c['lost']}/{c['duplicates']}/{c['bad']}"])
+        rows.append(["flags", "contended" if herd["contended"] else "-"])
         out.append(f"herd: {herd['clients']:,} clients recover {herd['missed']} missed"
                    f" publications after a SIGKILL of their hub (Redis engine)\n" + align(rows))
     return "\n\n".join(out)
