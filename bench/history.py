@@ -575,9 +575,13 @@ def worker_main(index: int, pipe: Pipe, shared: Any, options: dict[str, Any]) ->
 
 async def _worker_loop(index: int, pipe: Pipe, shared: Any, options: dict[str, Any]) -> None:
     w = Worker(index, shared, options)
-    done = w.loop.create_future()
-
-    async def obey(cmd: str, kwargs: dict[str, Any]) -> None:
+    # The pipe is read in a thread, not with loop.add_reader: that would make its socket
+    # non-blocking, and a large reply would then fail half-written.
+    while True:
+        try:
+            cmd, kwargs = await w.loop.run_in_executor(None, pipe.recv)
+        except EOFError:
+            return
         try:
             if cmd == "open":
                 result: Any = await w.open_clients(**kwargs)
@@ -585,29 +589,15 @@ async def _worker_loop(index: int, pipe: Pipe, shared: Any, options: dict[str, A
                 result = w.check(**kwargs)
             elif cmd == "herd":
                 result = await w.herd(**kwargs)
-            elif cmd == "close":
+            elif cmd in ("close", "exit"):
                 result = await w.close_all()
-            elif cmd == "exit":
-                await w.close_all()
-                done.set_result(None)
-                result = None
             else:
                 raise ValueError(f"unknown command {cmd!r}")
             pipe.send(("ok", result))
-        except BaseException:
+        except Exception:
             pipe.send(("error", traceback.format_exc()))
-
-    def on_command() -> None:
-        try:
-            cmd, kwargs = pipe.recv()
-        except EOFError:
-            if not done.done():
-                done.set_result(None)
+        if cmd == "exit":
             return
-        w.loop.create_task(obey(cmd, kwargs))
-
-    w.loop.add_reader(pipe.fileno(), on_command)
-    await done
 
 
 class Clients:
@@ -639,21 +629,17 @@ class Clients:
         """Send ``cmd`` to every process (``per_worker[i]`` merged into its arguments) and
         await every reply; raises BenchError with a process's traceback."""
         loop = asyncio.get_running_loop()
-        futures = []
         for i, pipe in enumerate(self.pipes):
-            args = dict(kwargs, **(per_worker[i] if per_worker else {}))
-            pipe.send((cmd, args))
-            fut: asyncio.Future[Any] = loop.create_future()
+            pipe.send((cmd, dict(kwargs, **(per_worker[i] if per_worker else {}))))
 
-            def ready(pipe: Pipe = pipe, fut: asyncio.Future[Any] = fut) -> None:
-                loop.remove_reader(pipe.fileno())
-                try:
-                    fut.set_result(pipe.recv())
-                except EOFError:
-                    fut.set_result(("error", "a client process died"))
+        def receive(pipe: Pipe) -> Any:
+            try:
+                return pipe.recv()
+            except EOFError:
+                return ("error", "a client process died")
 
-            loop.add_reader(pipe.fileno(), ready)
-            futures.append(fut)
+        # Threads, not loop.add_reader (see _worker_loop).
+        futures = [loop.run_in_executor(None, receive, pipe) for pipe in self.pipes]
         replies = await asyncio.gather(*futures)
         for status, value in replies:
             if status != "ok":
