@@ -71,6 +71,7 @@ from melody.bench.stats import median, summarize_ns
 from melody.bench.system import (
     cpu_seconds,
     environment,
+    package_version,
     parse_cpus,
     pin,
     raise_nofile,
@@ -1314,6 +1315,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(p["ok"] for p in document["publish"]) and (
         document["herd"] is None or document["herd"]["check"]["ok"])
     env = environment()
+    # The hubs' Redis client parses replies in C with hiredis, else in Python: it matters
+    # here (the herd's history reads are most of the hub's work without it).
+    env["versions"].update({name: package_version(name) for name in ("redis", "hiredis")})
     command = "python bench/history.py " + " ".join(shlex.quote(a) for a in argv)
     document = {
         "tool": "bench/history.py",
@@ -1332,6 +1336,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(document, path)
     print(f"\n$ {document['command']}")
     print(f"{env.get('cpu_model')}, {env.get('cpu_count')} CPUs; Python {env.get('python')};"
+          f" redis-py {env['versions']['redis']}, hiredis {env['versions']['hiredis']};"
           f" {processes} client processes\n")
     print(table(document))
     print(f"\nJSON: {path}")
