@@ -1,7 +1,7 @@
 """Topics with history, measured: what history costs a publish, and the herd after a deploy.
 
     python bench/history.py                 # both parts, both engines, N=1,000, herd 2,000
-    python bench/history.py --quick         # small and short: about a minute
+    python bench/history.py --quick         # small and short: about 15 s on 2 cores
     python bench/history.py --part herd --herd 10000 --processes 8    # a bigger machine
 
 **Part 1, ``publish``: the cost of history on publish.** One hub process (started by this
