@@ -735,7 +735,7 @@ class RedisBackplane(Backplane):
         ``outages`` (connections lost), ``reconnects`` (connections made after an outage or
         a failed start), ``connect_failures`` (attempts that failed). Topics with history:
         ``stream_published`` (publications Redis stored and published), ``stream_errors``
-        (scripts Redis refused), gauge ``stream_queued``.
+        (scripts Redis refused), ``stream_batches`` (their round trips), gauge ``stream_queued``.
         """
         stats = dict(self._counters)
         stats.update(self._streams.counters)

@@ -143,7 +143,7 @@ class RedisStreams:
         #: Publications waiting for Redis: (stream key, meta key, channel, data, options).
         self.queue: deque[tuple[bytes, bytes, bytes, bytes, TopicOptions]] = deque()
         self.wake: asyncio.Event | None = None
-        self.counters = {"stream_published": 0, "stream_errors": 0}
+        self.counters = {"stream_published": 0, "stream_errors": 0, "stream_batches": 0}
 
     def keys(self, topic: str) -> tuple[bytes, bytes]:
         """The stream key and the meta key of ``topic``."""
@@ -184,6 +184,7 @@ class RedisStreams:
                  *publish_args(options, data, self.meta_ttl_ms, channel, head))
                 for stream, meta, channel, data, options in batch]
             replies = await round_trip(commands)
+            self.counters["stream_batches"] += 1
             for reply in replies:
                 if isinstance(reply, BaseException):
                     self.counters["stream_errors"] += 1

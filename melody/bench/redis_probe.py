@@ -1,4 +1,4 @@
-"""Count the PUBLISH commands a Redis server executed: the ``cluster`` workload's broker check.
+"""Ask a Redis server for its own counters: the ``cluster`` workload's broker check and more.
 
 The ``cluster`` workload must show that one broadcast costs one message on the broker, not
 one per node or per session. The figure comes from the broker itself (``INFO commandstats``,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["RedisProbeError", "publish_calls"]
+__all__ = ["RedisProbeError", "command_calls", "info", "publish_calls"]
 
 
 class RedisProbeError(RuntimeError):
@@ -49,9 +49,10 @@ def _read_reply(sock: socket.socket) -> bytes:
     return rest[:size]
 
 
-def publish_calls(url: str, timeout: float = 5.0) -> int:
-    """How many PUBLISH commands the Redis at ``url`` (``redis://[:password@]host:port``) has
-    executed since it started (or since ``CONFIG RESETSTAT``). Raises RedisProbeError."""
+def info(url: str, section: str = "default", timeout: float = 5.0) -> dict[str, str]:
+    """``INFO <section>`` of the Redis at ``url`` (``redis://[:password@]host:port``) as a
+    dict of its ``key:value`` lines (comments and blank lines left out). Raises
+    RedisProbeError."""
     parts = urlsplit(url)
     if parts.scheme != "redis":
         raise RedisProbeError(f"only redis:// URLs are supported, got {url!r}")
@@ -63,14 +64,30 @@ def publish_calls(url: str, timeout: float = 5.0) -> int:
                 user = unquote(parts.username or "default").encode()
                 sock.sendall(_command(b"AUTH", user, unquote(parts.password).encode()))
                 _read_reply(sock)
-            sock.sendall(_command(b"INFO", b"commandstats"))
-            info = _read_reply(sock)
+            sock.sendall(_command(b"INFO", section.encode()))
+            text = _read_reply(sock)
     except OSError as exc:
         raise RedisProbeError(f"cannot reach Redis at {host}:{port}: {exc}") from exc
-    for line in info.splitlines():
-        if line.startswith(b"cmdstat_publish:"):
-            for field in line.split(b":", 1)[1].split(b","):
-                key, _, value = field.partition(b"=")
-                if key == b"calls":
-                    return int(value)
-    return 0  # no PUBLISH yet: Redis lists only the commands it has executed
+    out: dict[str, str] = {}
+    for line in text.decode(errors="replace").splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            out[key] = value
+    return out
+
+
+def command_calls(stats: dict[str, str], command: str) -> int:
+    """The ``calls`` of ``command`` (lower case: ``eval``, ``publish``) in the answer of
+    :func:`info` for the ``commandstats`` section; 0 when Redis has not executed it yet."""
+    line = stats.get(f"cmdstat_{command}", "")
+    for field in line.split(","):
+        key, _, value = field.partition("=")
+        if key == "calls":
+            return int(value)
+    return 0
+
+
+def publish_calls(url: str, timeout: float = 5.0) -> int:
+    """How many PUBLISH commands the Redis at ``url`` (``redis://[:password@]host:port``) has
+    executed since it started (or since ``CONFIG RESETSTAT``). Raises RedisProbeError."""
+    return command_calls(info(url, "commandstats", timeout), "publish")
