@@ -401,6 +401,13 @@ export class MelodyClient {
         this.#events.emit("recovered", { topic: sub.topic, recovered: sub.recovered });
       },
       (error: Error) => {
+        if (error instanceof RequestError && error.message === "history unavailable") {
+          // The hub's history store is down for now: try again, the position is kept.
+          setTimeout(() => {
+            if (!sub.ended && this.#state === "connected") this.#resubscribe(sub, afterReconnect);
+          }, 1000);
+          return;
+        }
         if (error instanceof RequestError) {
           // Refused now (e.g. no longer authorized): the subscription ends with the error.
           this.#host.forget(sub);
@@ -476,7 +483,11 @@ export class MelodyClient {
     };
     ws.onmessage = (event: MessageEvent) => this.#received(ws, event.data);
     ws.onclose = (event: CloseEvent) => this.#dropped(ws, opened, event.code, event.reason);
-    ws.onerror = () => undefined; // a close event follows
+    ws.onerror = () => {
+      // Browsers follow an error with a close event; some implementations (Node 20's
+      // undici) do not when the socket never opened: count the failure on the error.
+      if (!opened) this.#dropped(ws, false, 1006, "");
+    };
   }
 
   #opened(ws: WebSocket): void {
@@ -622,7 +633,14 @@ export class MelodyClient {
   #dropped(ws: WebSocket, opened: boolean, code: number, reason: string): void {
     if (ws !== this.#ws) return;
     this.#ws = undefined;
-    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws.readyState <= 1) {
+      try {
+        ws.close();
+      } catch {
+        // some implementations throw for a socket that is still connecting
+      }
+    }
     clearTimeout(this.#openTimer);
     clearTimeout(this.#beatTimer);
     clearTimeout(this.#refreshTimer);

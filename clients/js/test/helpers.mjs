@@ -141,3 +141,17 @@ export async function jwt(secret, claims) {
   const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
   return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
 }
+
+/** `fn()` again while it rejects with "history unavailable" (a hub that has just started
+ * may not have reached Redis yet), for at most `timeout` ms. */
+export async function whileHistoryUnavailable(fn, timeout = 10_000) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (error) {
+      if (!/history unavailable/.test(String(error?.message)) || Date.now() > deadline) throw error;
+      await sleep(100);
+    }
+  }
+}
