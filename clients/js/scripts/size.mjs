@@ -7,7 +7,7 @@ import { gzipSync } from "node:zlib";
 
 const out = buildSync({
   entryPoints: ["src/index.ts"], bundle: true, minify: true, format: "esm",
-  target: "es2020", write: false,
+  target: "es2022", write: false,
 });
 const min = out.outputFiles[0].contents;
 const gz = gzipSync(min, { level: 9 }).length;
