@@ -411,6 +411,8 @@ def test_melody_serve_runs_the_example_hubs(name: str, socket: str) -> None:
         r"serving on ws://127\.0\.0\.1:(\d+)", stream="stderr")
     try:
         assert get(running.http + "/")[0] == 200
+        if name != "gophers":  # the pages that import the browser client get it from the hub
+            assert get(running.http + "/melody-client.js")[0] == 200
 
         async def connects() -> str:
             async with connect(running.ws + socket) as ws:

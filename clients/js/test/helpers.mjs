@@ -73,9 +73,9 @@ export async function startHub({ port = 0, redis, secret } = {}) {
   };
 }
 
-/** redis-server on a free port, no persistence; `stop()` ends it. Honors MELODY_REDIS_URL. */
+/** A redis-server of the test's own (empty: offsets start at 1) on a free port, no
+ * persistence; `stop()` ends it. */
 export async function startRedis() {
-  if (process.env.MELODY_REDIS_URL) return { url: process.env.MELODY_REDIS_URL, async stop() {} };
   const port = await freePort();
   const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "pipe"] });
   child.stdout.setEncoding("utf8");
