@@ -3,6 +3,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { MelodyClient } from "../dist/index.js";
 import { startHub, next, jwt, sleep } from "./helpers.mjs";
+import { makeClient } from "./helpers.mjs";
 
 const SECRET = "test-secret";
 let hub;
@@ -12,7 +13,7 @@ const now = () => Math.floor(Date.now() / 1000);
 
 test("an expired token is refused: no retries without refreshToken", async () => {
   const token = await jwt(SECRET, { sub: "ada", exp: now() - 60 });
-  const client = new MelodyClient(hub.url, { token, backoff: { initial: 10, max: 20 } });
+  const client = makeClient(hub.url, { token, backoff: { initial: 10, max: 20 } });
   const closed = await next(client, "closed");
   assert.equal(closed.reason, "token refused");
   assert.equal(client.stats.attempts, 1);
@@ -20,7 +21,7 @@ test("an expired token is refused: no retries without refreshToken", async () =>
 
 test("an expired token is replaced by refreshToken, then the client connects", async () => {
   const token = await jwt(SECRET, { sub: "ada", exp: now() - 60 });
-  const client = new MelodyClient(hub.url, {
+  const client = makeClient(hub.url, {
     token, refreshToken: () => jwt(SECRET, { sub: "ada", exp: now() + 600 }),
     backoff: { initial: 10, max: 20 },
   });
@@ -35,7 +36,7 @@ test("an expired token is replaced by refreshToken, then the client connects", a
 test("a token with a bad signature: the probe's 401 stops reconnecting", async () => {
   const token = (await jwt("another secret", { sub: "ada", exp: now() + 600 }));
   let probed = 0;
-  const client = new MelodyClient(hub.url, {
+  const client = makeClient(hub.url, {
     token, backoff: { initial: 10, max: 20 },
     probe: async (url) => {
       probed++;
@@ -53,7 +54,7 @@ test("a token with a bad signature: the probe's 401 stops reconnecting", async (
 
 test("refresh before exp keeps the session past the first token's exp", async () => {
   let refreshed = 0;
-  const client = new MelodyClient(hub.url, {
+  const client = makeClient(hub.url, {
     token: await jwt(SECRET, { sub: "ada", exp: now() + 3 }),
     refreshToken: () => { refreshed++; return jwt(SECRET, { sub: "ada", exp: now() + 3 }); },
   });
@@ -71,7 +72,7 @@ test("refresh before exp keeps the session past the first token's exp", async ()
 });
 
 test("a 4001 close without refreshToken ends the client", async () => {
-  const client = new MelodyClient(hub.url, { token: await jwt(SECRET, { sub: "ada", exp: now() + 1 }) });
+  const client = makeClient(hub.url, { token: await jwt(SECRET, { sub: "ada", exp: now() + 1 }) });
   await client.connect();
   const closed = await next(client, "closed", 10_000);
   assert.equal(closed.code, 4001);

@@ -6,13 +6,14 @@ import {
   MelodyClient, RequestError, TimeoutError, QueueFullError,
 } from "../dist/index.js";
 import { startHub, next, take, sleep } from "./helpers.mjs";
+import { makeClient } from "./helpers.mjs";
 
 let hub;
 before(async () => { hub = await startHub(); });
 after(async () => { await hub?.stop(); });
 
 function connect(options = {}) {
-  return new MelodyClient(hub.url, { backoff: { initial: 50, max: 200 }, ...options });
+  return makeClient(hub.url, { backoff: { initial: 50, max: 200 }, ...options });
 }
 
 test("request: the reply's data, the hub's error, a timeout, and a late reply dropped", async () => {

@@ -4,6 +4,17 @@ import { spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
+import { MelodyClient } from "../dist/index.js";
+
+/** The WebSocket the tests give the client: Node's own (22+, or 20 with
+ * --experimental-websocket, which scripts/test.mjs passes when this Node has it), else the
+ * `ws` package (a devDependency), through the client's `WebSocket` option. */
+export const WebSocketImpl = globalThis.WebSocket ?? (await import("ws")).WebSocket;
+
+/** `new MelodyClient(url, options)` with the tests' WebSocket. */
+export function makeClient(url, options = {}) {
+  return new MelodyClient(url, { WebSocket: WebSocketImpl, ...options });
+}
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(here, "..", "..", "..");
@@ -125,7 +136,7 @@ export async function take(iterator, n, timeout = 10_000) {
 
 /** A WebSocket class whose connections go nowhere (port 1) while `gate.closed`. */
 export function gated(gate) {
-  return class GatedWebSocket extends WebSocket {
+  return class GatedWebSocket extends WebSocketImpl {
     constructor(url, protocols) {
       super(gate.closed ? url.replace(/:\d+\//, ":1/") : url, protocols);
     }

@@ -3,11 +3,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { MelodyClient, ConnectionClosedError } from "../dist/index.js";
 import { startHub, startRedis, freePort, next, take, gated, sleep, whileHistoryUnavailable } from "./helpers.mjs";
+import { makeClient } from "./helpers.mjs";
 
 test("reconnect after the hub is killed and restarted; requests work again", async () => {
   const port = await freePort();
   let hub = await startHub({ port });
-  const client = new MelodyClient(hub.url, { backoff: { initial: 50, max: 300 } });
+  const client = makeClient(hub.url, { backoff: { initial: 50, max: 300 } });
   const states = [];
   client.onEvent("state", (s) => states.push(s));
   try {
@@ -36,8 +37,8 @@ test("resubscribe and recovery of what was published meanwhile (history in Redis
   const port = await freePort();
   let hub = await startHub({ port, redis: redis.url });
   const gate = { closed: false };
-  const reader = new MelodyClient(hub.url, { WebSocket: gated(gate), backoff: { initial: 20, max: 100 } });
-  const writer = new MelodyClient(hub.url, { backoff: { initial: 20, max: 100 } });
+  const reader = makeClient(hub.url, { WebSocket: gated(gate), backoff: { initial: 20, max: 100 } });
+  const writer = makeClient(hub.url, { backoff: { initial: 20, max: 100 } });
   const topic = `hist:recovery-${Date.now()}`;
   try {
     const sub = await whileHistoryUnavailable(() => reader.subscribe(topic));
@@ -73,7 +74,7 @@ test("resubscribe and recovery of what was published meanwhile (history in Redis
 test("without a shared history a restart changes the epoch: recovered is false", async () => {
   const port = await freePort();
   let hub = await startHub({ port });
-  const client = new MelodyClient(hub.url, { backoff: { initial: 20, max: 100 } });
+  const client = makeClient(hub.url, { backoff: { initial: 20, max: 100 } });
   try {
     const sub = await client.subscribe("hist:memory");
     await client.publish("hist:memory", "x");
@@ -93,7 +94,7 @@ test("without a shared history a restart changes the epoch: recovered is false",
 test("backoff: delays stay under the cap; maxAttempts gives up; a veto stops at once", async () => {
   const port = await freePort(); // nobody listens there
   const delays = [];
-  const client = new MelodyClient(`ws://127.0.0.1:${port}/ws`, {
+  const client = makeClient(`ws://127.0.0.1:${port}/ws`, {
     backoff: { initial: 40, max: 100, factor: 2 }, maxAttempts: 5, autoConnect: false,
   });
   client.onEvent("connecting", ({ delay }) => delays.push(delay));
@@ -108,7 +109,7 @@ test("backoff: delays stay under the cap; maxAttempts gives up; a veto stops at 
   delays.forEach((d, i) => assert.ok(d >= 0 && d <= caps[i], `delay ${i} = ${d} > ${caps[i]}`));
 
   let asked = 0;
-  const vetoed = new MelodyClient(`ws://127.0.0.1:${port}/ws`, {
+  const vetoed = makeClient(`ws://127.0.0.1:${port}/ws`, {
     shouldReconnect: (info) => { asked++; assert.equal(info.opened, false); return false; },
   });
   assert.match((await next(vetoed, "closed")).reason, /vetoed/);
