@@ -484,6 +484,9 @@ var MelodyClient = class {
     } catch (error) {
       if (this.#subs.get(topic) === sub) this.#subs.delete(topic);
       sub.end(error);
+      if (!(error instanceof RequestError) && this.#state === "connected") {
+        this.request("unsubscribe", topic).catch(() => void 0);
+      }
       throw error;
     } finally {
       this.#initial.delete(sub);

@@ -372,6 +372,10 @@ export class MelodyClient {
     } catch (error) {
       if (this.#subs.get(topic) === sub) this.#subs.delete(topic);
       sub.end(error as Error);
+      if (!(error instanceof RequestError) && this.#state === "connected") {
+        // Aborted or timed out: the hub may have subscribed all the same; undo it.
+        this.request("unsubscribe", topic).catch(() => undefined);
+      }
       throw error;
     } finally {
       this.#initial.delete(sub);

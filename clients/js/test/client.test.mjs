@@ -45,6 +45,25 @@ test("request: an AbortSignal rejects it with the signal's reason", async () => 
   }
 });
 
+test("AbortSignal: connect and subscribe give up with the signal's reason", async () => {
+  const idle = connect({ autoConnect: false });
+  await assert.rejects(idle.connect({ signal: AbortSignal.abort(new Error("not now")) }), /not now/);
+  const client = connect();
+  try {
+    await client.connect();
+    const controller = new AbortController();
+    const pending = client.subscribe("hist:aborted", { signal: controller.signal });
+    controller.abort(new Error("changed my mind"));
+    await assert.rejects(pending, /changed my mind/);
+    assert.equal(client.subscription("hist:aborted"), undefined);
+    const again = await client.subscribe("hist:aborted"); // the topic is free again
+    assert.equal(again.topic, "hist:aborted");
+  } finally {
+    client.close();
+    idle.close();
+  }
+});
+
 test("server-to-client requests: answered, refused, and unknown types", async () => {
   const client = connect();
   try {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 from urllib.parse import parse_qs
 
 import melody
@@ -87,10 +88,10 @@ async def slow(session: melody.Session, data: float) -> str:
 
 
 @hub.route("ask", timeout=None)
-async def ask(session: melody.Session, data: dict[str, object]) -> object:
+async def ask(session: melody.Session, data: dict[str, Any]) -> object:
     try:
         return {"answer": await session.call(str(data["type"]), data.get("data"),
-                                             timeout=float(data.get("timeout", 5)))}  # type: ignore[arg-type]
+                                             timeout=float(data.get("timeout", 5)))}
     except melody.errors.RequestError as exc:
         return {"error": str(exc)}
     except melody.errors.AckTimeout:
@@ -98,8 +99,8 @@ async def ask(session: melody.Session, data: dict[str, object]) -> object:
 
 
 @hub.route("kick")
-def kick(session: melody.Session, data: dict[str, object]) -> None:
-    session.close_with_msg(int(data["code"]), str(data.get("reason", "")))  # type: ignore[arg-type]
+def kick(session: melody.Session, data: dict[str, Any]) -> None:
+    session.close_with_msg(int(data["code"]), str(data.get("reason", "")))
 
 
 @hub.route("publish_server")
