@@ -5,27 +5,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { accessSync, constants, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { ROOT, PYTHON, freePort, startRedis } from "../helpers.mjs";
+import { chromiumPath, CHROMIUM_ARGS } from "./chromium.mjs";
 
 const ARTIFACTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "test-artifacts");
 const TIMEOUT = 15_000;
-
-function chromiumPath() {
-  const candidates = [process.env.MELODY_CHROMIUM, "/usr/bin/chromium", "/usr/bin/chromium-browser"].filter(Boolean);
-  for (const candidate of candidates) {
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // next
-    }
-  }
-  throw new Error(`no Chromium at ${candidates.join(", ")}: apt-get install chromium or set MELODY_CHROMIUM`);
-}
 
 /** python examples/chat/main.py on `port`, history in Redis; `stop()` is Ctrl-C. */
 async function startChat(port, redis) {
@@ -80,8 +68,7 @@ test("chat in two tabs: messages both ways, a hub restart, recovery of what was 
   let hub = await startChat(port, redis.url);
   const browser = await chromium.launch({
     executablePath: chromiumPath(), headless: true, timeout: 30_000,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    args: CHROMIUM_ARGS,
   });
   try {
     // Two contexts: two separate browser sessions, like two people.
