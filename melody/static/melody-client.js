@@ -269,7 +269,7 @@ var CLOSE_TOKEN_EXPIRED = 4001;
 function isFatalStatus(status) {
   return status !== void 0 && status >= 400 && status < 500 && status !== 408 && status !== 429;
 }
-var MelodyClient = class {
+var MelodyClient = class _MelodyClient {
   /** The URL given (the token parameter is added per attempt). */
   url;
   /** Counters: attempts, failures, reconnects, received and sent messages, dropped. */
@@ -294,15 +294,23 @@ var MelodyClient = class {
   #openTimer;
   #beatTimer;
   #refreshTimer;
+  #lastTraffic = 0;
   #lastCode = 1006;
   #lastReason = "";
   #waiters = /* @__PURE__ */ new Set();
   constructor(url, options = {}) {
     this.url = url;
     this.#options = options;
-    this.token = options.token;
+    this.token = options.token ?? _MelodyClient.#tokenIn(url, options.tokenParam ?? "token");
     if (options.autoConnect ?? true) {
       this.connect().catch(() => void 0);
+    }
+  }
+  static #tokenIn(url, param) {
+    try {
+      return new URL(url).searchParams.get(param) ?? void 0;
+    } catch {
+      return void 0;
     }
   }
   /** The current state. */
@@ -608,22 +616,36 @@ var MelodyClient = class {
     for (const waiter of this.#waiters) waiter.resolve();
     this.#waiters.clear();
   }
+  // Dead-connection detection costs one timer per interval, not one per message: a message
+  // only records the time, and the timer, when it fires, waits out the rest of the interval.
   #beat() {
     const heartbeat = this.#options.heartbeat;
     if (heartbeat === void 0) return;
     clearTimeout(this.#beatTimer);
     const ws = this.#ws;
-    this.#beatTimer = setTimeout(() => {
+    const quiet = () => {
+      if (ws !== this.#ws || ws === void 0) return;
+      const idle = Date.now() - this.#lastTraffic;
+      if (idle < heartbeat.interval) {
+        this.#beatTimer = setTimeout(quiet, heartbeat.interval - idle);
+        return;
+      }
+      const asked = Date.now();
       if (heartbeat.type !== void 0) {
         this.request(heartbeat.type, null, { timeout: heartbeat.timeout }).catch(() => void 0);
       }
       this.#beatTimer = setTimeout(() => {
-        if (ws === this.#ws && ws !== void 0) {
-          ws.close(CLOSE_NO_TRAFFIC, "no traffic");
-          this.#dropped(ws, true, 1006, "no traffic");
+        if (ws !== this.#ws) return;
+        if (this.#lastTraffic >= asked) {
+          this.#beat();
+          return;
         }
+        ws.close(CLOSE_NO_TRAFFIC, "no traffic");
+        this.#dropped(ws, true, 1006, "no traffic");
       }, heartbeat.timeout);
-    }, heartbeat.interval);
+    };
+    this.#lastTraffic = Date.now();
+    this.#beatTimer = setTimeout(quiet, heartbeat.interval);
   }
   #scheduleRefresh() {
     clearTimeout(this.#refreshTimer);
@@ -649,7 +671,7 @@ var MelodyClient = class {
   #received(ws, data) {
     if (ws !== this.#ws) return;
     this.stats.received++;
-    this.#beat();
+    this.#lastTraffic = Date.now();
     if (typeof data !== "string") {
       this.#types.emit("binary", { data, message: data });
       return;

@@ -149,6 +149,7 @@ export class MelodyClient {
   #openTimer: ReturnType<typeof setTimeout> | undefined;
   #beatTimer: ReturnType<typeof setTimeout> | undefined;
   #refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  #lastTraffic = 0;
   #lastCode = 1006;
   #lastReason = "";
   #waiters = new Set<{ resolve: () => void; reject: (e: Error) => void }>();
@@ -156,10 +157,18 @@ export class MelodyClient {
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
     this.#options = options;
-    this.token = options.token;
+    this.token = options.token ?? MelodyClient.#tokenIn(url, options.tokenParam ?? "token");
     if (options.autoConnect ?? true) {
       // Errors surface through connect()'s callers and the "closed" event.
       this.connect().catch(() => undefined);
+    }
+  }
+
+  static #tokenIn(url: string, param: string): string | undefined {
+    try {
+      return new URL(url).searchParams.get(param) ?? undefined;
+    } catch {
+      return undefined; // a relative URL: no token in it
     }
   }
 
@@ -515,23 +524,37 @@ export class MelodyClient {
     this.#waiters.clear();
   }
 
+  // Dead-connection detection costs one timer per interval, not one per message: a message
+  // only records the time, and the timer, when it fires, waits out the rest of the interval.
   #beat(): void {
     const heartbeat = this.#options.heartbeat;
     if (heartbeat === undefined) return;
     clearTimeout(this.#beatTimer);
     const ws = this.#ws;
-    this.#beatTimer = setTimeout(() => {
+    const quiet = (): void => {
+      if (ws !== this.#ws || ws === undefined) return;
+      const idle = Date.now() - this.#lastTraffic;
+      if (idle < heartbeat.interval) {
+        this.#beatTimer = setTimeout(quiet, heartbeat.interval - idle);
+        return;
+      }
+      const asked = Date.now();
       if (heartbeat.type !== undefined) {
         // Any reply (even an error for an unknown type) is traffic.
         this.request(heartbeat.type, null, { timeout: heartbeat.timeout }).catch(() => undefined);
       }
       this.#beatTimer = setTimeout(() => {
-        if (ws === this.#ws && ws !== undefined) {
-          ws.close(CLOSE_NO_TRAFFIC, "no traffic");
-          this.#dropped(ws, true, 1006, "no traffic");
+        if (ws !== this.#ws) return;
+        if (this.#lastTraffic >= asked) {
+          this.#beat(); // something came: a new interval
+          return;
         }
+        ws.close(CLOSE_NO_TRAFFIC, "no traffic");
+        this.#dropped(ws, true, 1006, "no traffic");
       }, heartbeat.timeout);
-    }, heartbeat.interval);
+    };
+    this.#lastTraffic = Date.now();
+    this.#beatTimer = setTimeout(quiet, heartbeat.interval);
   }
 
   #scheduleRefresh(): void {
@@ -559,7 +582,7 @@ export class MelodyClient {
   #received(ws: WebSocket, data: unknown): void {
     if (ws !== this.#ws) return;
     this.stats.received++;
-    this.#beat();
+    this.#lastTraffic = Date.now();
     if (typeof data !== "string") {
       this.#types.emit("binary", { data, message: data });
       return;
