@@ -71,6 +71,34 @@ test("resubscribe and recovery of what was published meanwhile (history in Redis
   }
 });
 
+test("a dropped session recovers from the hub's memory, exactly once and in order", async () => {
+  const hub = await startHub();
+  const gate = { closed: false };
+  const reader = makeClient(hub.url, { WebSocket: gated(gate), backoff: { initial: 20, max: 100 } });
+  const writer = makeClient(hub.url);
+  try {
+    const sub = await reader.subscribe("hist:kicked");
+    const iterator = sub[Symbol.asyncIterator]();
+    await writer.publish("hist:kicked", 1);
+    await take(iterator, 1);
+    gate.closed = true;
+    const down = next(reader, "disconnected");
+    reader.request("kick", { code: 1011, reason: "test" }).catch(() => undefined);
+    assert.deepEqual(await down, { code: 1011, reason: "test", willReconnect: true });
+    for (const n of [2, 3, 4]) await writer.publish("hist:kicked", n);
+    const recovered = next(reader, "recovered");
+    gate.closed = false;
+    assert.deepEqual(await recovered, { topic: "hist:kicked", recovered: true });
+    await writer.publish("hist:kicked", 5);
+    assert.deepEqual((await take(iterator, 4)).map((p) => [p.offset, p.data]), [[2, 2], [3, 3], [4, 4], [5, 5]]);
+    assert.equal(sub.duplicates, 0);
+  } finally {
+    reader.close();
+    writer.close();
+    await hub.stop();
+  }
+});
+
 test("without a shared history a restart changes the epoch: recovered is false", async () => {
   const port = await freePort();
   let hub = await startHub({ port });
