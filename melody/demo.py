@@ -1,11 +1,13 @@
 """The demo hub: Go melody's chat example. ``melody demo`` serves it with its page.
 
 Open http://127.0.0.1:5000/ in two browser tabs and type: every message is broadcast to every
-tab. ``/healthz`` answers ``ok`` for load balancers.
+tab; the page uses the browser client (``/melody-client.js``, ``melody.browser``), so it
+reconnects by itself. ``/healthz`` answers ``ok`` for load balancers.
 """
 
 from __future__ import annotations
 
+from melody.browser import serve_client
 from melody.config import Config
 from melody.handshake import Request
 from melody.hub import Melody
@@ -21,18 +23,20 @@ padding:.5em;white-space:pre-wrap}#msg{width:30em}</style></head>
 <form id="form"><input id="msg" autocomplete="off" placeholder="say something">
 <button>send</button></form>
 <p id="status">connecting...</p>
-<script>
+<script type="module">
+import { MelodyClient } from "/melody-client.js";
 const log = document.getElementById("log");
 const status = document.getElementById("status");
 const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-const ws = new WebSocket(scheme + location.host + "/ws");
-ws.onopen = () => { status.textContent = "connected"; };
-ws.onclose = (e) => { status.textContent = "closed (" + e.code + ")"; };
-ws.onmessage = (e) => { const line = document.createElement("div"); line.className = "line";
-  line.textContent = e.data; log.appendChild(line); log.scrollTop = log.scrollHeight; };
+// Reconnects with backoff; what is typed while disconnected is sent on reconnect.
+const client = new MelodyClient(scheme + location.host + "/ws");
+client.onEvent("connected", () => { status.textContent = "connected"; });
+client.onEvent("disconnected", (e) => { status.textContent = "reconnecting (" + e.code + ")"; });
+client.on("text", (text) => { const line = document.createElement("div"); line.className = "line";
+  line.textContent = text; log.appendChild(line); log.scrollTop = log.scrollHeight; });
 document.getElementById("form").onsubmit = (e) => { e.preventDefault();
   const input = document.getElementById("msg");
-  if (input.value) { ws.send(input.value); input.value = ""; } };
+  if (input.value) { client.sendText(input.value); input.value = ""; } };
 </script></body></html>
 """
 
@@ -45,7 +49,7 @@ def page(request: Request) -> tuple[int, list[tuple[str, str]], bytes] | None:
         return 200, [("Content-Type", "text/html; charset=utf-8")], PAGE
     if request.path == "/healthz":
         return 200, [("Content-Type", "text/plain")], b"ok\n"
-    return None
+    return serve_client(request)  # the browser client the page imports
 
 
 @hub.handle_message

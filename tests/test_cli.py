@@ -113,6 +113,11 @@ def test_demo_serves_its_page_health_check_and_chat(tmp_path: Path) -> None:
         page = urllib.request.urlopen(base + "/", timeout=5).read()
         assert b"<title>melody chat</title>" in page
         assert urllib.request.urlopen(base + "/healthz", timeout=5).read() == b"ok\n"
+        # The page imports the browser client from the hub itself.
+        assert b'from "/melody-client.js"' in page
+        with urllib.request.urlopen(base + "/melody-client.js", timeout=5) as module:
+            assert module.headers["Content-Type"] == "text/javascript; charset=utf-8"
+            assert b"MelodyClient" in module.read()
 
         async def chat() -> None:
             url = f"ws://127.0.0.1:{served.port}/ws"

@@ -13,6 +13,7 @@ the test is skipped and says why.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import re
@@ -179,8 +180,20 @@ def test_chat_serves_its_page_and_only_its_socket_path(example: Running) -> None
     assert (status, kind) == (200, "text/html; charset=utf-8")
     for element in ('id="message"', 'id="send"', 'id="chat-form"', 'id="log"', 'id="status"'):
         assert element.encode() in body
+    assert b'import { MelodyClient } from "/melody-client.js"' in body
+    status, kind, module = get(example.http + "/melody-client.js")
+    assert (status, kind) == (200, "text/javascript; charset=utf-8")
+    assert b"export {" in module and b"MelodyClient" in module
     assert get(example.http + "/nope")[0] == 404
     assert asyncio.run(refused_status(example.ws + "/elsewhere")) == 404
+
+
+async def chat_request(ws: ClientConnection, msg_id: int, type: str, data: object) -> object:
+    """Send a request of the chat page's protocol (docs/protocol.md) and return its reply."""
+    await ws.send(json.dumps({"type": type, "id": msg_id, "data": data}))
+    reply = json.loads(await recv(ws))
+    assert reply["id"] == msg_id and reply["ok"], reply
+    return reply["data"]
 
 
 @examples("chat")
@@ -188,12 +201,26 @@ def test_chat_broadcasts_every_message_to_every_client(example: Running) -> None
     async def talk() -> None:
         url = example.ws + "/ws"
         async with connect(url) as alice, connect(url) as bob, connect(url) as carol:
-            await alice.send("hello from alice")
-            for ws in (alice, bob, carol):  # the sender too: its page shows the relayed copy
-                assert await recv(ws) == "hello from alice"
-            await bob.send("héllo 👋 from bob")
             for ws in (alice, bob, carol):
-                assert await recv(ws) == "héllo 👋 from bob"
+                reply = await chat_request(ws, 1, "subscribe", {"topic": "chat"})
+                assert isinstance(reply, dict) and reply["subscribed"] is True
+            await alice.send(json.dumps({"type": "publish", "id": 2, "data": {
+                "topic": "chat", "data": {"text": "hello from alice"}}}))
+            # The sender too (its page shows the relayed copy); its ack comes after, in order.
+            for ws in (alice, bob, carol):
+                assert json.loads(await recv(ws)) == {
+                    "type": "publish", "topic": "chat", "offset": 1,
+                    "data": {"text": "hello from alice"}}
+            assert json.loads(await recv(alice)) == {"id": 2, "ok": True, "data": 3}
+            await bob.send(json.dumps({"type": "publish", "id": 3, "data": {
+                "topic": "chat", "data": {"text": "héllo 👋 from bob"}}}))
+            for ws in (alice, bob, carol):
+                pub = json.loads(await recv(ws))
+                assert (pub["offset"], pub["data"]) == (2, {"text": "héllo 👋 from bob"})
+            assert json.loads(await recv(bob)) == {"id": 3, "ok": True, "data": 3}
+            # Only the chat topic.
+            await bob.send(json.dumps({"type": "subscribe", "id": 4, "data": "other"}))
+            assert json.loads(await recv(bob)) == {"id": 4, "ok": False, "error": "forbidden"}
 
     asyncio.run(talk())
 
@@ -203,8 +230,7 @@ def test_chat_says_goodbye_with_1001_on_ctrl_c() -> None:
 
     async def talk() -> tuple[int, str]:
         async with connect(running.ws + "/ws") as ws:
-            await ws.send("ping")
-            assert await recv(ws) == "ping"
+            await chat_request(ws, 1, "subscribe", "chat")
             result = await asyncio.to_thread(running.stop)
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await recv(ws)
@@ -385,6 +411,8 @@ def test_melody_serve_runs_the_example_hubs(name: str, socket: str) -> None:
         r"serving on ws://127\.0\.0\.1:(\d+)", stream="stderr")
     try:
         assert get(running.http + "/")[0] == 200
+        if name != "gophers":  # the pages that import the browser client get it from the hub
+            assert get(running.http + "/melody-client.js")[0] == 200
 
         async def connects() -> str:
             async with connect(running.ws + socket) as ws:

@@ -6,7 +6,8 @@ paths (``BroadcastFilter``), which costs one call per connected session; melody 
 room's subscribers only, framed once, at a cost proportional to the room, not to the hub.
 
 - ``GET /``: a page to pick a room.
-- ``GET /channel/<name>``: the room's page; its socket connects to ``/channel/<name>/ws``.
+- ``GET /channel/<name>``: the room's page; its socket connects to ``/channel/<name>/ws``
+  through the browser client (``/melody-client.js``), which reconnects after an outage.
 
 ::
 
@@ -22,6 +23,7 @@ import re
 from pathlib import Path
 
 import melody
+import melody.browser
 
 HERE = Path(__file__).parent
 INDEX = (HERE / "index.html").read_bytes()
@@ -42,7 +44,7 @@ def pages(request: melody.Request) -> tuple[int, list[tuple[str, str]], bytes] |
         return 200, HTML, INDEX
     if ROOM_PAGE.fullmatch(request.path):
         return 200, HTML, ROOM
-    return None  # 404
+    return melody.browser.serve_client(request)  # /melody-client.js, else None: 404
 
 
 @hub.handle_upgrade
