@@ -65,6 +65,7 @@ from compare import fill_defaults, ready_port, server_env, stop_process
 import melody
 from melody._core.connection import Connection
 from melody.bench import BenchError
+from melody.bench.client import upgrade_refused
 from melody.bench.redis_probe import RedisProbeError, command_calls, info
 from melody.bench.report import align, format_value, write_json
 from melody.bench.stats import median, summarize_ns
@@ -76,8 +77,7 @@ from melody.bench.system import (
     pin,
     raise_nofile,
 )
-from melody.errors import HandshakeError
-from melody.handshake import accept_key, build_client_request, parse_response_head
+from melody.handshake import build_client_request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS = {"connections": 1000, "herd": 2000, "duration": 5.0, "warmup": 1.0, "repeats": 3}
@@ -352,16 +352,9 @@ class Client(asyncio.Protocol):
                 self._fail("response head over 16 KiB")
             return
         self._head = b""
-        try:
-            status, headers = parse_response_head(head[: end + 4])
-        except HandshakeError as exc:
-            self._fail(exc.reason)
-            return
-        if status != 101:
-            self._fail(f"HTTP {status} instead of 101")
-            return
-        if headers.get("Sec-WebSocket-Accept") != accept_key(self.key):
-            self._fail("wrong Sec-WebSocket-Accept")
+        why = upgrade_refused(head[: end + 4], self.key)
+        if why is not None:
+            self._fail(why)
             return
         w = self.worker
         self.conn = Connection(is_server=False, max_message_size=1 << 24)

@@ -8,6 +8,8 @@ code the hub sent or would send for it.
 
 from __future__ import annotations
 
+from melody._core.frames import is_valid_close_code
+
 __all__ = [
     "CLOSE_NORMAL",
     "CLOSE_GOING_AWAY",
@@ -265,3 +267,14 @@ class AckTimeout(MelodyError):
 class TooManyCalls(MelodyError):
     """``session.call`` was refused: the session already waits for
     ``Config.max_pending_calls`` replies. Nothing was sent; the pending calls go on."""
+
+
+def check_close_code(code: int) -> None:
+    """Raise ValueError unless ``code`` may be sent in a close frame (RFC 6455 7.4): the one
+    check behind ``session.close_with_msg``, ``hub.disconnect_user`` and the publishers'."""
+    try:
+        valid = is_valid_close_code(code)
+    except OverflowError:  # beyond a C int, which no valid code is
+        valid = False
+    if not valid:
+        raise ValueError(f"close code {code} may not be sent")

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from melody._core.fanout import Group
-from melody._core.frames import is_valid_close_code
 from melody._core.protocol import WebSocketProtocol
 from melody._hubstate import HubState
 from melody.codecs import Codec
@@ -21,6 +20,7 @@ from melody.errors import (
     BackplaneError,
     HubClosed,
     SessionClosed,
+    check_close_code,
 )
 from melody.http_api import HttpApi
 from melody.routing import Authorizer, Router
@@ -356,12 +356,7 @@ class Melody:
         state = self._state
         if state.closed:
             raise HubClosed("hub is closed")
-        try:
-            valid = is_valid_close_code(code)
-        except OverflowError:
-            valid = False
-        if not valid:
-            raise ValueError(f"close code {code} may not be sent")
+        check_close_code(code)
         if self.backplane is not None:
             self._require_started_backplane()
             self.backplane.disconnect_user(user, code, reason)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-from melody._core.frames import is_valid_close_code
 from melody.backplane.base import (
     encode_disconnect_envelope,
     encode_envelope,
@@ -52,7 +51,7 @@ from melody.backplane.redis_streams import PUBLISH_SCRIPT, publish_args, stream_
 from melody.codecs import JSON
 from melody.delivery.history import StreamPosition
 from melody.delivery.options import TopicOptions, TopicTable
-from melody.errors import CLOSE_NORMAL, BackplaneError
+from melody.errors import CLOSE_NORMAL, BackplaneError, check_close_code
 from melody.limits import check_seconds
 
 try:
@@ -155,12 +154,7 @@ class _Publishing:
                      encode_user_envelope(self.node_id, user, binary, _payload(msg, binary)))
 
     def _disconnect_step(self, user: str, code: int, reason: str) -> _Step:
-        try:
-            valid = is_valid_close_code(code)
-        except OverflowError:
-            valid = False
-        if not valid:
-            raise ValueError(f"close code {code} may not be sent")
+        check_close_code(code)
         return _Step(self.keys.user, encode_disconnect_envelope(self.node_id, user, code, reason))
 
     def _failed(self, exc: BaseException) -> BackplaneError:

@@ -7,9 +7,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from melody._core.constants import SEND_CLOSED, SEND_DROPPED, STATE_OPEN
-from melody._core.frames import is_valid_close_code
 from melody._hubstate import SessionLink, state_of
-from melody.errors import CLOSE_NORMAL, KeyNotFound, MessageBufferFull, SessionClosed
+from melody.errors import (
+    CLOSE_NORMAL,
+    KeyNotFound,
+    MessageBufferFull,
+    SessionClosed,
+    check_close_code,
+)
 
 if TYPE_CHECKING:
     from melody._core.protocol import WebSocketProtocol
@@ -198,12 +203,7 @@ class Session(SessionLink):
         passes); ``handle_disconnect`` runs then. Raises ``SessionClosed`` if already closed,
         ``ValueError`` for a code that may not be sent (RFC 6455 7.4).
         """
-        try:
-            valid = is_valid_close_code(code)
-        except OverflowError:  # beyond a C int, which no valid code is
-            valid = False
-        if not valid:
-            raise ValueError(f"close code {code} may not be sent")
+        check_close_code(code)
         if self.is_closed:
             raise SessionClosed("session is closed")
         self.proto.close(code, reason)

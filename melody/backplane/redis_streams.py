@@ -40,15 +40,20 @@ from melody.delivery.options import TopicOptions
 __all__ = ["PUBLISH_SCRIPT", "RedisStreams", "parse_stream_payload", "publish_args",
            "stream_head"]
 
-#: KEYS: stream, meta. ARGV: new epoch, max entries, data, ttl ms (0: none), meta ttl ms,
-#: channel, envelope head (node id and flags).
-PUBLISH_SCRIPT = b"""
+#: Both scripts start here: the topic's epoch, or a new one (ARGV[1]) with the stream dropped
+#: and the offsets restarted when the meta hash is missing (see the module docstring).
+_EPOCH = b"""
 local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
 end
+"""
+
+#: KEYS: stream, meta. ARGV: new epoch, max entries, data, ttl ms (0: none), meta ttl ms,
+#: channel, envelope head (node id and flags).
+PUBLISH_SCRIPT = _EPOCH + b"""
 local offset = redis.call('HINCRBY', KEYS[2], 's', 1)
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -65,13 +70,7 @@ return {offset, epoch}
 
 #: KEYS: stream, meta. ARGV: new epoch, since (-1: position only), limit, ttl ms (0: none),
 #: meta ttl ms. Returns {epoch, top offset, {id, data, id, data, ...}}.
-READ_SCRIPT = b"""
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
-end
+READ_SCRIPT = _EPOCH + b"""
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 local top = tonumber(redis.call('HGET', KEYS[2], 's'))
 local since = tonumber(ARGV[2])

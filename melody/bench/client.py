@@ -100,6 +100,20 @@ def make_json_payload(seq: int, stamp_ns: int, size: int) -> str:
     return head + _PAD[: max(0, size - len(head) - 2)] + '"}'
 
 
+
+def upgrade_refused(head: bytes, key: str) -> str | None:
+    """Why ``head`` (an HTTP response head, through its blank line) is not the 101 that
+    accepts the key ``key``; None when it is."""
+    try:
+        status, headers = parse_response_head(head)
+    except HandshakeError as exc:
+        return exc.reason
+    if status != 101:
+        return f"HTTP {status} instead of 101"
+    if headers.get("Sec-WebSocket-Accept") != accept_key(key):
+        return "wrong Sec-WebSocket-Accept"
+    return None
+
 class BenchClient(asyncio.Protocol):
     """The client end of one WebSocket connection, driven by a :class:`Worker`.
 
@@ -263,16 +277,9 @@ class BenchClient(asyncio.Protocol):
                 self._head = head
             return
         self._head = b""
-        try:
-            status, headers = parse_response_head(head[: end + 4])
-        except HandshakeError as exc:
-            self._fail_handshake(exc.reason)
-            return
-        if status != 101:
-            self._fail_handshake(f"HTTP {status} instead of 101")
-            return
-        if headers.get("Sec-WebSocket-Accept") != accept_key(self.key):
-            self._fail_handshake("wrong Sec-WebSocket-Accept")
+        why = upgrade_refused(head[: end + 4], self.key)
+        if why is not None:
+            self._fail_handshake(why)
             return
         w = self.worker
         self.conn = Connection(is_server=False, max_message_size=w.max_message_size)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from melody.errors import BackplaneError
+from melody.delivery.engines import backplane_keeping
 
 if TYPE_CHECKING:
     from melody._hubstate import HubState
@@ -56,14 +56,8 @@ class Presence:
         self._local: dict[str, dict[str, str]] = {}
 
     def _store(self) -> PresenceStore | None:
-        backplane: Any = self._state.hub.backplane
-        if backplane is None:
-            return None
-        if not getattr(backplane, "keeps_presence", False):
-            raise BackplaneError(
-                f"{type(backplane).__name__} does not keep presence: topics with presence "
-                "across nodes need a backplane that does (RedisBackplane)")
-        store: PresenceStore = backplane
+        store: PresenceStore | None = backplane_keeping(self._state, "keeps_presence",
+                                                         "presence")
         return store
 
     def _info(self, session: Session) -> dict[str, Any]:

@@ -27,10 +27,11 @@ end, and adds it to the group: every offset once, in order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import orjson
 
+from melody.delivery.engines import backplane_keeping
 from melody.delivery.history import (
     HistoryPage,
     MemoryHistory,
@@ -125,16 +126,9 @@ class Streams:
         return options if options is not None and options.history else None
 
     def _store(self) -> HistoryStore | None:
-        # The backplane when it stores history; None for the memory engine. A backplane that
-        # cannot store it would number each node's publications on its own: refused.
-        backplane: Any = self._state.hub.backplane
-        if backplane is None:
-            return None
-        if not getattr(backplane, "stores_history", False):
-            raise BackplaneError(
-                f"{type(backplane).__name__} does not store history: topics with history "
-                "across nodes need a backplane that does (RedisBackplane)")
-        store: HistoryStore = backplane
+        # The backplane when it stores history; None for the memory engine.
+        store: HistoryStore | None = backplane_keeping(self._state, "stores_history",
+                                                       "history")
         return store
 
     # -- publishing -----------------------------------------------------------------------------
