@@ -434,7 +434,8 @@ class Melody:
         """:meth:`publish` ``obj`` as JSON (encoded once, as :meth:`broadcast_json`).
 
         To a topic with history (:meth:`configure_topic`) ``obj`` is the publication's
-        ``data``.
+        ``data``; with a ``RedisBackplane`` that cannot take it (Redis unreachable, queue
+        full) it raises ``BackplaneError`` rather than lose it.
         """
         text = self._state.json_text(obj)
         options = self._state.streams.options(topic)

@@ -294,7 +294,11 @@ class Router:
         topic: str = data["topic"]
         self._check(session, "publish", topic)
         if self._state.streams.options(topic) is not None:
-            return self._hub.publish_json(topic, data.get("data"))  # numbered, to all
+            try:
+                return self._hub.publish_json(topic, data.get("data"))  # numbered, to all
+            except BackplaneError as exc:
+                self._state.report(session, exc)
+                raise RequestError("history unavailable") from None
         text = self._state.json_text({"type": "publish", "topic": topic, "data": data.get("data")})
         return self._hub.publish_others(topic, text, session)
 

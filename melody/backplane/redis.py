@@ -493,17 +493,21 @@ class RedisBackplane(Backplane):
 
     def publish_stream(self, topic: str, data: str, options: TopicOptions) -> None:
         """Queue one publication of a topic with history: Redis numbers it, stores it and
-        publishes it to every node (this one too), in one step. Never blocks; dropped and
-        counted as :meth:`publish`'s messages are when Redis is down or the queue is full."""
+        publishes it to every node (this one too), in one step. Never blocks.
+
+        Raises ``BackplaneError`` when Redis is unreachable (not connected yet, or an outage)
+        or the queue is full: a publication that would be numbered is never dropped in
+        silence, the caller learns it was not taken (counted as ``lost_while_down`` and
+        ``dropped_outgoing_queue_full``)."""
         if not self._up:
             self._counters["lost_while_down"] += 1
-            self._complain(BackplaneError(
-                f"redis at {self._where()} unreachable: publication to {topic!r} lost"))
-            return
+            raise BackplaneError(f"redis at {self._where()} unreachable: publication to "
+                                 f"{topic!r} not stored")
         if self._streams.full():
-            self._drop("dropped_outgoing_queue_full",
-                       f"outgoing history queue full ({self._max_queue} publications)")
-            return
+            self._counters["dropped_outgoing"] += 1
+            self._counters["dropped_outgoing_queue_full"] += 1
+            raise BackplaneError(f"outgoing history queue full ({self._max_queue} "
+                                 "publications): publication not stored")
         self._streams.add(topic, self._topic_channel(topic), data, options)
 
     async def read_stream(self, topic: str, since: int | None, limit: int | None,

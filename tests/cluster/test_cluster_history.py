@@ -241,3 +241,17 @@ async def test_a_session_that_leaves_while_its_history_is_read_is_not_subscribed
         del backplane.read_stream
     assert a.topic_len("room:gone") == 0
     assert "room:gone" not in a.topics()
+
+
+async def test_a_publication_redis_cannot_take_raises_instead_of_vanishing(
+        own_redis: RedisServer, nodes: Nodes) -> None:
+    ((a, url_a),) = await nodes(own_redis.url, 1)
+    own_redis.kill()
+    backplane = a.backplane
+    assert isinstance(backplane, RedisBackplane)
+    await wait_until(lambda: not backplane.connected, "the backplane saw Redis go")
+    with pytest.raises(melody.errors.BackplaneError):
+        a.publish_json("room:1", "lost?")
+    async with melody.connect(url_a) as conn:
+        with pytest.raises(melody.RequestError, match="history unavailable"):
+            await conn.request("publish", {"topic": "room:1", "data": "lost?"}, timeout=WAIT)
