@@ -47,7 +47,12 @@ async def serve(
 
     ``ssl`` serves wss://. ``metrics=True`` also answers ``GET /metrics`` (Prometheus) and
     ``GET /healthz`` on the same port (see :mod:`melody.metrics`; needs prometheus_client).
+
+    Every connection is a file descriptor: the process's soft ``RLIMIT_NOFILE`` (often
+    1,024) is raised to its hard limit here, as Go's runtime does at start; the hard limit
+    is the administrator's (``ulimit -Hn``, systemd's ``LimitNOFILE``) and is logged.
     """
+    raise_open_file_limit()
     loop = asyncio.get_running_loop()
     if metrics:
         enable_metrics(hub)
@@ -66,6 +71,33 @@ async def serve(
             reuse_port=reuse_port or None, reuse_address=True)
     state.servers.append(server)
     return server
+
+
+_file_limit_raised = False
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (once per process); return the soft
+    limit now in force (None where there is no such limit: Windows)."""
+    global _file_limit_raised
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _file_limit_raised:
+        return soft
+    _file_limit_raised = True
+    # An infinite hard limit cannot be a soft one for files on Linux; leave such a system be.
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    logger.info("open-file limit %s: at most about that many connections per process",
+                "unlimited" if soft == resource.RLIM_INFINITY else f"{soft:,}")
+    return soft
 
 
 def install_uvloop() -> bool:
