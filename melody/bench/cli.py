@@ -72,8 +72,16 @@ def build_parser(prog: str = "melody bench") -> argparse.ArgumentParser:
                    help="a URL answering JSON {pid, stats}: default http://HOST:PORT/stats")
     p.add_argument("--server-cpu", type=int, default=None,
                    help="CPU the server is pinned to when its pid is known (default: first)")
+    p.add_argument("--server-cpus", default=None,
+                   help="CPUs for a server of several processes (melody serve --workers W,"
+                        " GOMAXPROCS=W), e.g. 0-3: every server process is pinned to the set;"
+                        " the clients get the other CPUs unless --client-cpus says otherwise")
     p.add_argument("--client-cpus", default=None,
                    help="CPUs for the client processes, e.g. 1 or 1-3 (default: the others)")
+    p.add_argument("--source-addresses", default=None, metavar="SPEC",
+                   help="source addresses for the connections: a range 127.0.0.1-127.0.0.8,"
+                        " a list, or a count (default: as many loopback addresses as N needs,"
+                        " ~22,000 connections each)")
     p.add_argument("--no-pin", action="store_true", help="do not pin anything to CPUs")
     p.add_argument("--nice", type=int, default=None,
                    help="nice value for the server (with --server-pid) and the clients, e.g."
@@ -141,6 +149,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         server_pid=args.server_pid,
         stats_url=args.stats_url,
         server_cpu=args.server_cpu,
+        server_cpus=parse_cpus(args.server_cpus) if args.server_cpus else None,
+        source_addresses=args.source_addresses,
         client_cpus=parse_cpus(args.client_cpus) if args.client_cpus else None,
         pin=not args.no_pin,
         nice=args.nice,

@@ -26,7 +26,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from melody.bench.client import JSON_HEADER_SIZE, KIND_JSON
+from melody.bench.progress import Progress
 from melody.bench.redis_probe import RedisProbeError, publish_calls
+from melody.bench.sources import check_bindable, parse_sources, plan_sources
 from melody.bench.stats import cdf_points, summarize_ns
 from melody.bench.system import (
     cpu_seconds,
@@ -78,7 +80,14 @@ class BenchOptions:
     server_pid: int | None = None
     stats_url: str | None = None
     server_cpu: int | None = None
+    #: Cores for a server of several processes (``melody serve --workers W``, Go's
+    #: GOMAXPROCS=W): every server process is pinned to this set; overrides ``server_cpu``.
+    server_cpus: list[int] | None = None
     client_cpus: list[int] | None = None
+    #: Source addresses for the client connections (see :mod:`melody.bench.sources`): a spec
+    #: such as ``"127.0.0.1-127.0.0.8"`` or a count; None: as many loopback addresses as the
+    #: ephemeral-port range needs for ``connections`` (one below ~22,000 connections).
+    source_addresses: str | None = None
     pin: bool = True
     size: int = 64
     rate: float = 5.0
@@ -119,6 +128,8 @@ class BenchOptions:
         unknown = set(self.workloads) - set(WORKLOADS)
         if unknown:
             raise ValueError(f"unknown workload(s) {sorted(unknown)}; known: {WORKLOADS}")
+        if self.source_addresses:
+            parse_sources(self.source_addresses)
         if self.connections < 1 or self.echo_connections < 1 or self.echo_depth < 1:
             raise ValueError("--connections, --echo-connections and --echo-depth must be >= 1")
         if self.size < 33:
@@ -230,7 +241,14 @@ class Runner:
         self.reniced = False
         self.client_cpus: list[int] | None = None
         self.server_cpu: int | None = None
+        self.server_cpus: list[int] | None = None
         self.process_cpus: list[list[int] | None] = []
+        self.bar = Progress(enabled=not options.quiet)
+        self.sources: list[str] | None = None
+        self.nofile: tuple[int, int] = (-1, -1)
+        # A server of several processes (--workers): its stats URL -> the pids behind it.
+        self.stats_pids: dict[str, list[int]] = {}
+        self.expected_pids = 0
 
     # -- the server: pid, stats, RSS, CPU ------------------------------------------------------
 
@@ -244,9 +262,17 @@ class Runner:
                 probe = f"http://{urlsplit(server_url).netloc}/stats"
                 if self._fetch_stats(probe) is not None:
                     stats_url = probe
-            if pid is None and stats_url is not None:
+            pids: list[int] = []
+            if stats_url is not None:
                 body = self._fetch_stats(stats_url)
-                if body is not None and isinstance(body.get("pid"), int):
+                # A server of several processes names them all ("pids"): its CPU and RSS are
+                # theirs added up, and its counters are gathered from each (server_stats).
+                listed = body.get("pids") if body is not None else None
+                if isinstance(listed, list) and len(listed) > 1 and all(
+                        isinstance(p, int) for p in listed):
+                    pids = list(listed)
+                    self.stats_pids[stats_url] = pids
+                if pid is None and body is not None and isinstance(body.get("pid"), int):
                     pid = body["pid"]
             if pid is not None and not os.path.exists(f"/proc/{pid}"):
                 self.say(f"melody bench: server pid {pid} is not visible here:"
@@ -256,9 +282,13 @@ class Runner:
                 self.stats_url, self.server_pid = stats_url, pid
             if stats_url is not None:
                 self.stats_urls.append(stats_url)
-            if pid is not None:
+            if pids:
+                self.server_pids.extend(p for p in pids if os.path.exists(f"/proc/{p}"))
+                self.expected_pids += len(pids)
+            elif pid is not None:
                 self.server_pids.append(pid)
-        if len(self.server_pids) != len(self.o.urls):
+                self.expected_pids += 1
+        if len(self.server_pids) != self.expected_pids:
             # CPU and RSS of some of the servers only would be read as those of all.
             self.server_pids = []
 
@@ -274,22 +304,45 @@ class Runner:
     def server_stats(self) -> dict[str, Any] | None:
         """The server's own counters (``stats`` of its /stats JSON), when it publishes them.
 
-        With several servers, their integer counters added up (and None unless every server
-        answered: a partial sum would pass for the whole).
+        With several servers, or a server of several processes, their integer counters added
+        up (and None unless every one answered: a partial sum would pass for the whole).
         """
         if not self.stats_urls or len(self.stats_urls) != len(self.o.urls):
             return None
-        merged: dict[str, Any] = {}
+        bodies: list[dict[str, Any]] = []
         for stats_url in self.stats_urls:
+            if stats_url in self.stats_pids:
+                gathered = self._stats_of_each(stats_url, self.stats_pids[stats_url])
+                if gathered is None:
+                    return None
+                bodies.extend(gathered)
+                continue
             body = self._fetch_stats(stats_url)
             if body is None or not isinstance(body.get("stats"), dict):
                 return None
-            if len(self.stats_urls) == 1:
-                return dict(body["stats"])
+            bodies.append(body)
+        if len(bodies) == 1:
+            return dict(bodies[0]["stats"])
+        merged: dict[str, Any] = {}
+        for body in bodies:
             for key, value in body["stats"].items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     merged[key] = merged.get(key, 0) + value
         return merged
+
+    def _stats_of_each(self, stats_url: str, pids: list[int]) -> list[dict[str, Any]] | None:
+        """The /stats of every process of a server of several processes that share a port:
+        each request lands on one of them (the kernel spreads connections), so ask until each
+        pid has answered, a bounded number of times."""
+        seen: dict[int, dict[str, Any]] = {}
+        for _ in range(40 * len(pids)):
+            body = self._fetch_stats(stats_url)
+            if body is not None and isinstance(body.get("stats"), dict) and isinstance(
+                    body.get("pid"), int):
+                seen[body["pid"]] = body
+                if set(pids) <= set(seen):
+                    return [seen[p] for p in pids]
+        return None
 
     @staticmethod
     def _drops(stats: dict[str, Any] | None) -> int | None:
@@ -315,13 +368,22 @@ class Runner:
     def _plan_cpus(self) -> None:
         o = self.o
         available = _ALLOWED_CPUS
-        if o.pin and len(available) >= 2:
+        if o.pin and o.server_cpus:
+            # A server of several processes on a set of cores; the clients on the others, or,
+            # on a machine with no core left, on the same ones (reported as shared).
+            self.server_cpus = list(o.server_cpus)
+            self.server_cpu = self.server_cpus[0]
+            self.client_cpus = o.client_cpus or (
+                [c for c in available if c not in self.server_cpus] or list(available))
+        elif o.pin and len(available) >= 2:
             server_cpu = o.server_cpu if o.server_cpu is not None else available[0]
             clients = o.client_cpus or [c for c in available if c != server_cpu]
             self.server_cpu = server_cpu
+            self.server_cpus = [server_cpu]
             self.client_cpus = clients
         elif o.pin and o.client_cpus:
             self.server_cpu = o.server_cpu
+            self.server_cpus = [o.server_cpu] if o.server_cpu is not None else None
             self.client_cpus = o.client_cpus
         processes = o.processes
         if processes is None:
@@ -329,15 +391,19 @@ class Runner:
             # core, so more processes than client cores would only share them.
             processes = len(self.client_cpus) if self.client_cpus else max(
                 1, (os.cpu_count() or 2) - 1)
-        soft, _hard = raise_nofile()
+        processes = max(1, min(processes, o.connections))
+        # Each process needs one descriptor per connection plus a margin for its own files;
+        # the limit is raised here (children inherit it) and, as root, past the hard limit.
+        most = max(o.connections, o.echo_connections)
+        soft, hard = raise_nofile(-(-most // processes) + 256)
+        self.nofile = (soft, hard)
         if soft > 0:
-            # Each process needs one descriptor per connection plus a margin for its own files.
             per_process_limit = max(soft - 64, 1)
-            needed = -(-max(o.connections, o.echo_connections) // per_process_limit)
+            needed = -(-most // per_process_limit)
             if needed > processes:
                 self.say(f"melody bench: {processes} process(es) cannot hold "
-                         f"{o.connections} descriptors each under RLIMIT_NOFILE {soft}: "
-                         f"using {needed}")
+                         f"{most:,} descriptors under RLIMIT_NOFILE {soft} (hard {hard}; raise"
+                         f" it with ulimit -n or run as root): using {needed} processes")
                 processes = needed
         processes = max(1, min(processes, o.connections))
         if self.client_cpus:
@@ -347,12 +413,33 @@ class Runner:
         else:
             self.process_cpus = [None] * processes
 
+    def _plan_sources(self) -> list[str] | None:
+        """Source addresses for the connections (None: the kernel chooses), checked."""
+        o = self.o
+        host = urlsplit(o.url).hostname or "127.0.0.1"
+        per_target = -(-max(o.connections, o.echo_connections) // len(o.urls))
+        sources = plan_sources(host, per_target, o.source_addresses)
+        if sources is None:
+            return None
+        missing = check_bindable(sources)
+        if missing:
+            raise BenchError(
+                f"cannot bind source address(es) {', '.join(missing[:5])}"
+                f"{' ...' if len(missing) > 5 else ''}: {per_target:,} connections to one"
+                " server need several source addresses. On Linux all of 127.0.0.0/8 is"
+                " loopback; on macOS add aliases (sudo ifconfig lo0 alias 127.0.0.2 ...) or"
+                " pass --source-addresses with addresses this machine has")
+        self.say(f"melody bench: connections spread over {len(sources)} source address(es) "
+                 f"{sources[0]}..{sources[-1]} (ephemeral ports per address run out first)")
+        return sources
+
     def start(self) -> None:
         self._plan_cpus()
         if self.client_cpus:
             pin(0, self.client_cpus)
-        if self.server_pids and self.server_cpu is not None and self.o.pin:
-            self.server_pinned = all(pin(pid, [self.server_cpu]) for pid in self.server_pids)
+        self.sources = self._plan_sources()
+        if self.server_pids and self.server_cpus and self.o.pin:
+            self.server_pinned = all(pin(pid, self.server_cpus) for pid in self.server_pids)
         if self.o.nice is not None:
             self.reniced = renice(0, self.o.nice) and all(
                 renice(pid, self.o.nice) for pid in self.server_pids)
@@ -363,7 +450,8 @@ class Runner:
         base = {
             "url": self.o.url, "urls": self.o.urls, "size": self.o.size, "timeout": self.o.timeout,
             "sample_cap": max(self.o.sample_cap // n, 1000), "seed": self.o.seed,
-            "uvloop": self.o.uvloop, "nice": self.o.nice,
+            "uvloop": self.o.uvloop, "nice": self.o.nice, "sources": self.sources,
+            "nofile": -(-max(self.o.connections, self.o.echo_connections) // n) + 256,
         }
         for i in range(n):
             parent, child = ctx.Pipe(duplex=True)
@@ -556,11 +644,14 @@ class Runner:
         def progress() -> None:
             done = self.total("connected")
             rate = done / max(time.monotonic() - start, 1e-9)
-            self.say(f"[connect] {done:,}/{n:,} open ({rate:,.0f}/s), "
-                     f"{self.total('failed'):,} failed")
+            self.bar.show("connect", done / n, f"{done:,}/{n:,} open ({rate:,.0f}/s), "
+                          f"{self.total('failed'):,} failed")
 
-        replies = self.call("connect", [(c, k) for c, k in zip(counts, lanes)],
-                            progress=progress)
+        try:
+            replies = self.call("connect", [(c, k) for c, k in zip(counts, lanes)],
+                                progress=progress, interval=2.0 if not self.bar.tty else 0.25)
+        finally:
+            self.bar.end()
         cpu_used = cpu.stop()
         ok = sum(r["ok"] for r in replies)
         failed = sum(r["failed"] for r in replies)
@@ -630,11 +721,14 @@ class Runner:
         self.call("publish", ("rate", o.rate, o.window, receivers), only=[0])
 
         def progress(elapsed: float) -> None:
-            self.say(f"[{tag}] {elapsed:4.1f}/{o.duration:g} s: "
-                     f"{self.total('published'):,} published, "
-                     f"{self.total('delivered'):,} delivered")
+            self.bar.show(tag, elapsed / o.duration, f"{elapsed:4.1f}/{o.duration:g} s: "
+                          f"{self.total('published'):,} published, "
+                          f"{self.total('delivered'):,} delivered")
 
-        self.sleep(o.duration, progress)
+        try:
+            self.sleep(o.duration, progress)
+        finally:
+            self.bar.end()
         (done,) = self.call("publish_stop", (), only=[0])
         # Broadcasts published but not yet delivered everywhere when publishing stopped: more
         # than a couple means the server could not keep up with --rate, and the latency is
@@ -704,10 +798,14 @@ class Runner:
 
         def progress(elapsed: float) -> None:
             d = self.total("delivered")
-            self.say(f"[{tag}] {elapsed:4.1f}/{o.duration:g} s: "
-                     f"{(d - d0) / max(time.monotonic() - t0, 1e-9):,.0f} frames/s delivered")
+            self.bar.show(tag, elapsed / o.duration, f"{elapsed:4.1f}/{o.duration:g} s: "
+                          f"{(d - d0) / max(time.monotonic() - t0, 1e-9):,.0f} frames/s"
+                          " delivered")
 
-        self.sleep(o.duration, progress)
+        try:
+            self.sleep(o.duration, progress)
+        finally:
+            self.bar.end()
         d1, t1 = self.total("delivered"), time.monotonic()
         cpu_used = cpu.stop()
         (done,) = self.call("publish_stop", (), only=[0])
@@ -959,7 +1057,8 @@ class Runner:
         try:
             self.say(f"melody bench: {o.url}, {len(self.workers)} client process(es) on CPUs "
                      f"{format_cpus(self.client_cpus)}, server pid {self.server_pid or '?'}"
-                     f"{' pinned to CPU ' + str(self.server_cpu) if self.server_pinned else ''}")
+                     + (f" pinned to CPUs {format_cpus(self.server_cpus)}"
+                        if self.server_pinned else ""))
             wanted = [w for w in WORKLOADS if w in o.workloads]
             if _POOL_WORKLOADS & set(wanted):
                 connect, idle = self.phase_connect("idle" in wanted)
@@ -984,12 +1083,13 @@ class Runner:
             self.stop()
         env = environment()
         env["pinning"] = {
-            "server_cpu": self.server_cpu, "server_pinned": self.server_pinned,
+            "server_cpu": self.server_cpu, "server_cpus": self.server_cpus,
+            "server_pinned": self.server_pinned, "source_addresses": self.sources,
             "client_cpus": self.client_cpus, "client_processes": len(self.process_cpus),
             "process_cpus": self.process_cpus,
             "nice": self.o.nice, "reniced": self.reniced,
         }
-        env["rlimit_nofile"] = list(raise_nofile())
+        env["rlimit_nofile"] = list(self.nofile)
         workloads = {name: asdict(phase) for name, phase in results.items()}
         return {
             "tool": "melody bench",

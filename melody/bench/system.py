@@ -76,26 +76,38 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def raise_nofile() -> tuple[int, int]:
+def raise_nofile(want: int | None = None) -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit; return ``(soft, hard)`` afterwards.
 
     Each client connection is one file descriptor: 10,000 connections need more than the usual
     soft limit of 1,024, and only the hard limit is a real ceiling for an unprivileged process.
+    With ``want`` above the hard limit, the hard limit is raised too (to ``want``, at most
+    ``fs.nr_open``) where the process may (root, or CAP_SYS_RESOURCE): 100,000 connections
+    need more than the 20,000 or 65,536 a system typically allows. Where it may not, the
+    limits stay as they were, and the caller reports the shortfall.
     """
     try:
         import resource
     except ImportError:  # not on Windows
         return (-1, -1)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            nr_open = int(f.read())
+    except (OSError, ValueError):
+        nr_open = 1 << 20
     if hard == resource.RLIM_INFINITY:
         # Linux refuses an infinite soft limit for files; nr_open is the real ceiling.
-        try:
-            with open("/proc/sys/fs/nr_open") as f:
-                hard_value = int(f.read())
-        except OSError:
-            hard_value = 1 << 20
+        hard_value = nr_open
     else:
         hard_value = hard
+    if want is not None and want > hard_value and hard != resource.RLIM_INFINITY:
+        target = min(want, nr_open)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ValueError, OSError):
+            pass  # unprivileged: the soft limit can still go up to the hard one
     if soft == resource.RLIM_INFINITY or soft >= hard_value:
         return (soft, hard)
     try:

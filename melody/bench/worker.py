@@ -111,6 +111,11 @@ class Worker:
         # the publisher's, is on the first server.
         self.targets = [Target.parse(u) for u in options.get("urls") or [options["url"]]]
         self.next_target = index
+        # Source addresses to spread connections over (a run past one address's ephemeral
+        # ports, see melody.bench.sources); None: the kernel chooses. Each process starts at
+        # its own offset so that the processes share the addresses evenly.
+        self.sources: list[str] | None = options.get("sources") or None
+        self.next_source = index
         self.size: int = options["size"]
         self.timeout: float = options["timeout"]
         self.max_message_size = max(1 << 20, self.size * 2)
@@ -226,8 +231,13 @@ class Worker:
             target = self.targets[self.next_target % len(self.targets)]
             self.next_target += 1
         client = BenchClient(self, target)
+        local_addr: tuple[str, int] | None = None
+        if self.sources is not None:
+            local_addr = (self.sources[self.next_source % len(self.sources)], 0)
+            self.next_source += 1
         await asyncio.wait_for(
-            self.loop.create_connection(lambda: client, target.host, target.port),
+            self.loop.create_connection(lambda: client, target.host, target.port,
+                                        local_addr=local_addr),
             self.timeout)
         try:
             await asyncio.wait_for(client.opened, self.timeout)
@@ -563,7 +573,7 @@ def worker_main(index: int, pipe: Pipe, shared: Any, options: dict[str, Any]) ->
     """Entry point of a client process (``multiprocessing`` target)."""
     pin(0, options.get("cpus"))
     renice(0, options.get("nice"))
-    raise_nofile()
+    raise_nofile(options.get("nofile"))
 
     async def main() -> None:
         worker = Worker(index, pipe, shared, options)
