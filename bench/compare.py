@@ -37,10 +37,18 @@ except ImportError:  # a source checkout not installed: use it in place (built w
 from melody.bench import DEFAULT_WORKLOADS, WORKLOADS, BenchError, BenchOptions, run_bench
 from melody.bench.report import FIGURES, Figure, align, format_value, lookup, plot, write_json
 from melody.bench.stats import median
-from melody.bench.system import environment, parse_cpus
+from melody.bench.system import environment, parse_cpus, raise_nofile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVERS = ("melody", "picows", "websockets", "aiohttp")
+# Measured when asked for by name (--servers melody,gomelody,...): Go's olahol/melody, built
+# with the machine's Go on first use (bench/servers/gomelody_hub.py says what it needs).
+OPTIONAL_SERVERS = ("gomelody",)
+# The servers that use --workers W: melody as `melody serve --workers W` (one hub over its
+# workers' machine-local bus), Go melody as GOMAXPROCS=W. The Python peers have no way to
+# share a broadcast between processes and always run as one process.
+MULTICORE_SERVERS = {"melody": "--workers", "melody@base": "--workers",
+                     "gomelody": "--gomaxprocs"}
 # The server name of --baseline's hub: melody's benchmark hub run from another source tree.
 BASELINE = "melody@base"
 BASELINE_TREE: str | None = None
@@ -81,6 +89,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="core for the servers (default: the first available)")
     p.add_argument("--client-cpus", default=None,
                    help="cores for the client processes (default: the others)")
+    p.add_argument("--workers", type=int, default=1, metavar="W",
+                   help="melody serves from W worker processes (melody serve --workers W),"
+                        " Go melody runs with GOMAXPROCS=W; the Python peers stay one process."
+                        " Give --server-cpus W cores to pin the servers to")
+    p.add_argument("--server-cpus", default=None,
+                   help="cores for the servers, e.g. 0-3 (default: --server-cpu's one core,"
+                        " or with --workers W the first W cores)")
+    p.add_argument("--source-addresses", default=None, metavar="SPEC",
+                   help="source addresses for the connections (see melody bench --help);"
+                        " default: as many loopback addresses as --connections needs")
     p.add_argument("--processes", type=int, default=None,
                    help="client processes (default: one per client core)")
     p.add_argument("--nice", type=int, default=None,
@@ -98,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
     args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = set(args.server_list) - set(SERVERS)
+    unknown = set(args.server_list) - set(SERVERS) - set(OPTIONAL_SERVERS)
     if unknown:
         p.error(f"unknown server(s) {sorted(unknown)}; known: {', '.join(SERVERS)}")
     if args.baseline is not None:
@@ -128,15 +146,29 @@ def say(args: argparse.Namespace, msg: str) -> None:
 
 
 @contextlib.contextmanager
-def server_process(name: str, log_dir: str, extra_args: list[str] | None = None) -> Any:
+def server_process(name: str, log_dir: str, extra_args: list[str] | None = None,
+                   workers: int = 1, nofile: int | None = None) -> Any:
     """Start ``bench/servers/<name>_hub.py --port 0 [extra_args]``; yield ``(process, port)``;
-    stop it."""
+    stop it. ``workers`` > 1 runs a multi-core server on that many processes or threads
+    (:data:`MULTICORE_SERVERS`); ``nofile``: the descriptors the server needs (its
+    RLIMIT_NOFILE is raised to it where this process may)."""
     env = server_env(BASELINE_TREE if name == BASELINE else None)
     script = os.path.join(HERE, "servers", f"{name.partition('@')[0]}_hub.py")
     log = tempfile.NamedTemporaryFile(
         "w+", prefix=f"{name}-", suffix=".log", dir=log_dir, delete=False)
-    proc = subprocess.Popen([sys.executable, script, "--port", "0", *(extra_args or [])],
-                            stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+    args = list(extra_args or [])
+    if workers > 1 and name in MULTICORE_SERVERS:
+        args += [MULTICORE_SERVERS[name], str(workers)]
+
+    def limits() -> None:
+        # Runs in the child before exec: one descriptor per connection, and as root past the
+        # hard limit (100,000 connections need more than the usual 20,000 or 65,536).
+        if nofile is not None:
+            raise_nofile(nofile)
+
+    proc = subprocess.Popen([sys.executable, script, "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+                            preexec_fn=limits if os.name == "posix" else None)
     keep_log = True
     try:
         port = ready_port(proc)
@@ -207,6 +239,8 @@ def bench_options(args: argparse.Namespace, name: str, port: int, pid: int) -> B
         processes=args.processes,
         server_pid=pid,
         server_cpu=args.server_cpu,
+        server_cpus=server_cpus(args),
+        source_addresses=args.source_addresses,
         client_cpus=parse_cpus(args.client_cpus) if args.client_cpus else None,
         size=args.size,
         rate=args.rate,
@@ -223,6 +257,17 @@ def bench_options(args: argparse.Namespace, name: str, port: int, pid: int) -> B
         label=name,
         quiet=args.quiet,
     )
+
+
+def server_cpus(args: argparse.Namespace) -> list[int] | None:
+    """The cores the servers are pinned to: --server-cpus, or with --workers W the first W
+    available cores (None: the runner's default, one core)."""
+    if args.server_cpus:
+        return parse_cpus(args.server_cpus)
+    if args.workers > 1 and hasattr(os, "sched_getaffinity"):
+        available = sorted(os.sched_getaffinity(0))
+        return available[:args.workers]
+    return None
 
 
 def ratio(figure: Figure, ours: float | None, theirs: float | None) -> float | None:
@@ -339,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             say(args, f"\n=== {name} (repeat {r + 1}/{args.repeats}) ===")
-            with server_process(name, args.out) as (proc, port):
+            with server_process(name, args.out, workers=args.workers,
+                                nofile=max(args.connections, args.echo_connections) + 1024,
+                                ) as (proc, port):
                 report = run_bench(bench_options(args, name, port, proc.pid))
             report["repeat"] = r + 1
             runs[name].append(report)
@@ -371,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu = env.get("cpu_model")
     versions = env.get("versions", {})
     print(f"\n$ {document['command']}")
-    print(f"{cpu}, {env.get('cpu_count')} CPUs; server on CPU {env['pinning']['server_cpu']}, "
+    server_cpus = env["pinning"].get("server_cpus") or [env["pinning"]["server_cpu"]]
+    print(f"{cpu}, {env.get('cpu_count')} CPUs; servers on CPUs {server_cpus}"
+          + (f" ({args.workers} workers / GOMAXPROCS)" if args.workers > 1 else "") + ", "
           f"clients on {env['pinning']['client_cpus']} "
           f"({env['pinning']['client_processes']} process(es)); Python {env.get('python')}"
           + (f"; nice {args.nice}" if args.nice is not None else ""))

@@ -132,6 +132,7 @@ def test_a_server_that_is_not_there_is_reported_not_measured(tmp_path: Path) -> 
 @pytest.mark.parametrize("script", [
     ["-m", "melody", "bench", "--help"],
     [str(ROOT / "bench" / "compare.py"), "--help"],
+    [str(ROOT / "bench" / "scaling.py"), "--help"],
     [str(ROOT / "bench" / "history.py"), "--help"],
     [str(ROOT / "bench" / "history.py"), "hub", "--help"],
     *([str(p), "--help"] for p in sorted(SERVERS.glob("*_hub.py"))),
