@@ -1,6 +1,7 @@
 """The ``melody`` command (also ``python -m melody``), in the style of uvicorn.
 
     melody serve myapp.chat:hub --host 0.0.0.0 --port 5000
+    melody serve myapp.chat:hub --config settings.toml      # kill -HUP <pid> reloads it
     melody demo --port 5000
 """
 
@@ -11,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from melody._startup import load_hub, ssl_context
+from melody._startup import apply_config, load_hub, ssl_context
 
 __all__ = ["main", "load_hub"]
 
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="serve from N processes on one port (see melody.workers; "
                             "broadcasts cross processes only through a backplane)")
+    serve.add_argument("--config", metavar="SOURCE",
+                       help="reloadable settings (origins, JWT keys, rate and connection "
+                            "limits, log level): a .toml file or MODULE:FUNCTION, applied at "
+                            "start and again on SIGHUP (see melody.reload)")
     common(serve, 8000)
 
     demo = commands.add_parser("demo", help="serve the demo chat hub and its page")
@@ -76,11 +81,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_workers(
             args.app, args.workers, args.host, args.port, factory=args.factory,
             certfile=args.certfile, keyfile=args.keyfile, use_uvloop=not args.no_uvloop,
-            log_level=args.log_level))
+            log_level=args.log_level, config=args.config))
     if args.command == "demo":
         from melody.demo import hub
     else:
         hub = load_hub(args.app, factory=args.factory)
+        if args.config:
+            apply_config(hub, args.config)
     context = ssl_context(args.certfile, args.keyfile)
     if args.metrics:
         try:
