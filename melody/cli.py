@@ -3,6 +3,7 @@
     melody serve myapp.chat:hub --host 0.0.0.0 --port 5000
     melody serve myapp.chat:hub --config settings.toml      # kill -HUP <pid> reloads it
     melody demo --port 5000
+    melody top http://127.0.0.1:5000/api --api-key KEY
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="serve the demo chat hub and its page")
     common(demo, 5000)
-    # Parsed by melody.bench itself (see main); listed here so that --help shows it.
+    # Parsed by melody.bench and melody.top themselves (see main); listed here so that
+    # --help shows them.
     commands.add_parser("bench", add_help=False,
                         help="load-test a WebSocket hub: melody bench URL (see melody bench -h)")
+    commands.add_parser("top", add_help=False,
+                        help="a hub's live numbers from its HTTP API: melody top URL "
+                             "--api-key KEY (see melody top -h)")
     return parser
 
 
@@ -65,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from melody.bench import main as bench_main
 
         raise SystemExit(bench_main(argv[1:]))
+    if argv[:1] == ["top"]:
+        from melody.top import main as top_main
+
+        raise SystemExit(top_main(argv[1:]))
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,12 +1,16 @@
 """Introspection over the HTTP API (``sessions`` with a limit and a cursor, ``topics``,
-``disconnect``) against a live hub: real sockets, ``websockets`` clients, ``http.client``."""
+``disconnect``) and ``melody top --once`` against a live hub: real sockets, ``websockets``
+clients, ``http.client`` for the API, the real command in a subprocess for ``top``."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import os
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from melody import Melody, Session
 pytestmark = pytest.mark.asyncio
 
 KEY = "introspection-key-0123456789"
+ROOT = Path(__file__).resolve().parent.parent.parent
 Serve = Callable[..., Awaitable[tuple[Melody, str]]]
 Connect = Callable[..., Awaitable[ClientConnection]]
 
@@ -143,3 +148,47 @@ async def test_disconnect_one_session_with_its_code_and_reason(serve_hub: Serve,
     assert await api(url, "disconnect", {"session": session_id}) == (200, {"sessions": 0})
     assert (await api(url, "disconnect", {"session": session_id, "code": 1005}))[0] == 400
     assert (await api(url, "disconnect", {}))[0] == 400
+
+
+async def run_top(*args: str) -> tuple[int, str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "melody", "top", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(WAIT * 6):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_melody_top_once_prints_the_live_numbers(serve_hub: Serve,
+                                                       ws_connect: Connect) -> None:
+    hub, url = await serve_hub(room_hub())
+    clients = [await ws_connect(url + path) for path in ["/a,b", "/a", "/c"]]
+    for ws in clients:
+        await ws.send("hello")
+        async with asyncio.timeout(WAIT):
+            assert await ws.recv() == "hello"
+    await wait_until(lambda: hub.stats()["messages_in"] == 3, "three messages in")
+    code, out, err = await run_top(f"http://{HOST}:{port_of(url)}/api", "--api-key", KEY,
+                                   "--once", "--interval", "0.1", "--topics", "2")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"melody top  http://{HOST}:{port_of(url)}/api")
+    assert "\x1b[" not in out  # not a terminal: no ANSI codes
+    fields = {line[:16].strip(): line[16:].split() for line in lines[1:] if line[:16].strip()}
+    assert fields["sessions"][0] == "3"
+    assert fields["messages in"][-2:] == ["total", "3"]
+    assert fields["messages out"][-2:] == ["total", "3"]
+    assert fields["dropped"][0] == "0"
+    assert fields["backplane"] == ["none"]
+    assert fields["topics"] == ["3", "top", "2", "by", "subscribers:"]
+    assert lines[-2:] == [f"{2:>12}  a", f"{1:>12}  b"]
+
+    # ws:// and a bare host:port work too (the path defaults to /api).
+    code, out, _ = await run_top(f"ws://{HOST}:{port_of(url)}", "--api-key", KEY, "--once",
+                                 "--interval", "0.1")
+    assert code == 0 and "sessions" in out
+    code, out, err = await run_top(url, "--api-key", "wrong-key-wrong-key-0000", "--once")
+    assert code == 1 and "HTTP 401" in err and out == ""
