@@ -7,6 +7,7 @@ connection limit that closes nobody, and every kind of refused settings changing
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import json
 import logging
@@ -232,3 +233,25 @@ async def test_a_section_for_middleware_the_hub_does_not_use_is_refused(
         hub.reconfigure({"connection_limit": {"max_total": 3}})
     with pytest.raises(RuntimeError, match="no configuration source"):
         hub.reload()
+
+
+async def test_the_example_settings_file_applies_to_the_example_hub(
+        serve_hub: Serve, ws_connect: Connect) -> None:
+    import examples.reload.app
+
+    example = importlib.reload(examples.reload.app).hub  # a fresh hub for each loop
+    root = Path(__file__).resolve().parent.parent.parent
+    melody_logger = logging.getLogger("melody")
+    level = melody_logger.level
+    try:
+        changes = example.reload(root / "examples" / "reload" / "settings.toml")
+        assert set(changes) == {"log_level", "allowed_origins", "rate_limit", "jwt.keys"}
+        assert example.config.rate_limit == RateLimit(
+            messages_per_second=20, burst_messages=40, bytes_per_second=65536,
+            burst_bytes=1048576, policy="drop")
+        _, url = await serve_hub(example)
+        ws = await ws_connect(url, origin="https://app.example.com", additional_headers={
+            "Authorization": f"Bearer {token('old-secret-change-me-0123456789abcdef')}"})
+        assert (await request(ws, "join", "lobby"))["data"] == "lobby"
+    finally:
+        melody_logger.setLevel(level)
