@@ -1,5 +1,6 @@
-"""The hub's HTTP API: publish, broadcast, reach users, read presence, history and stats over
-HTTP with an API key (``hub.enable_http_api``). Off unless enabled.
+"""The hub's HTTP API: publish, broadcast, reach users, read presence, history and stats, list
+sessions and topics and disconnect one session, over HTTP with an API key
+(``hub.enable_http_api``). Off unless enabled.
 
 Every endpoint is ``POST <path>/<name>`` with a JSON object as its body (empty for
 ``stats``) and answers JSON; the endpoints, their fields and the errors are in

@@ -173,8 +173,9 @@ class Melody:
                         max_body_bytes: int = 1 << 20) -> HttpApi:
         """Answer the HTTP API under ``path`` (off until called): ``POST <path>/publish``,
         ``broadcast``, ``send_to_user``, ``disconnect_user``, ``presence``,
-        ``presence_stats``, ``history`` and ``stats``, JSON in and out (see
-        ``docs/protocol.md``, "HTTP API").
+        ``presence_stats``, ``history``, ``stats``, and for introspection ``sessions`` (a
+        page at a time), ``topics`` and ``disconnect`` (one session), JSON in and out (see
+        ``docs/protocol.md``, "HTTP API"; ``melody top`` reads it).
 
         Every request carries ``api_key`` as ``Authorization: Bearer <key>`` or ``X-API-Key``
         (compared in constant time; 401 with no detail otherwise); bodies over
@@ -195,7 +196,7 @@ class Melody:
         connection; return what changed, ``{name: (old, new)}`` (empty when nothing did).
 
         ``source`` is a TOML file's path or a function returning the same mapping (see
-        ``melody.reload`` and docs/configuration.md); it is remembered, and ``reload()``
+        ``melody.reload`` and docs/configuration.rst); it is remembered, and ``reload()``
         without one (what SIGHUP does under ``melody serve --config``) reads it again. The
         settings are the allowed origins, the JWT keys and algorithms, the rate limit, the
         connection limits and the log level; a key the source leaves out keeps the value
