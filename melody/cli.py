@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -96,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         hub = load_hub(args.app, factory=args.factory)
         if args.config:
+            if hasattr(signal, "SIGHUP"):
+                # A reload asked for before the server handles SIGHUP must not kill it.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             apply_config(hub, args.config)
     context = ssl_context(args.certfile, args.keyfile)
     if args.metrics:

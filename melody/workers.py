@@ -120,6 +120,7 @@ class _Supervisor:
                  reloads: bool = False) -> None:
         self.command = command
         self.reloads = reloads
+        self.reloads_pending = 0
         self.workers = [_Worker(slot) for slot in range(1, workers + 1)]
         self.listener = listener
         self.inherit = inherit
@@ -130,8 +131,14 @@ class _Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals += 1
 
-    def _forward_sighup(self, signum: int, frame: Any) -> None:
-        # Reload: every running worker reads the configuration again.
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reloads_pending += 1  # forwarded by the supervising loop
+
+    def _forward_reload(self) -> None:
+        # Every running worker reads the configuration again (one starting now reads it
+        # as it is at its start).
+        self.reloads_pending = 0
+        logger.info("SIGHUP: workers reload their configuration")
         for worker in self.workers:
             if worker.process is not None and worker.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -156,7 +163,7 @@ class _Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         if self.reloads:
-            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._forward_sighup)
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_sighup)
         try:
             code = self._supervise()
         finally:
@@ -169,6 +176,8 @@ class _Supervisor:
             self._spawn(worker)
         boot_error = False
         while not self.signals and not boot_error:
+            if self.reloads_pending:
+                self._forward_reload()
             now = time.monotonic()
             for worker in self.workers:
                 process = worker.process
