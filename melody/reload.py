@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from melody._hubstate import state_of
 from melody.config import RateLimit
 from melody.errors import ConfigError
+from melody.middleware import ConnectionLimit, JWTAuth, OriginAllowList
 
 if TYPE_CHECKING:
     import asyncio
@@ -171,8 +172,6 @@ class Reloader:
     """
 
     def __init__(self, hub: Melody) -> None:
-        from melody.middleware import ConnectionLimit, JWTAuth, OriginAllowList
-
         self.hub = hub
         self._state = state_of(hub)
         #: The source ``reload()`` reads (None until one is given).
@@ -233,8 +232,6 @@ class Reloader:
         return plan
 
     def _check_origins(self, origins: list[str]) -> None:
-        from melody.middleware import OriginAllowList
-
         entries = [o for o in origins if o not in ("*", "same-origin")]
         if entries:
             try:
@@ -256,8 +253,6 @@ class Reloader:
             raise ConfigError(f"rate_limit: {exc}") from None
 
     def _connection_limit(self, settings: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        from melody.middleware import ConnectionLimit
-
         fields = _table(settings, "connection_limit", _CONNECTION_KEYS)
         if not self._limits:
             raise ConfigError("[connection_limit] needs a melody.middleware.ConnectionLimit "
@@ -275,8 +270,6 @@ class Reloader:
 
     def _jwt_keys(self, settings: Mapping[str, Any],
                   folder: Path | None) -> list[tuple[Any, list[str]]]:
-        from melody.middleware import JWTAuth
-
         fields = _table(settings, "jwt", _JWT_KEYS)
         if not self._jwt:
             raise ConfigError("[jwt] needs a melody.middleware.JWTAuth registered with hub.use")
