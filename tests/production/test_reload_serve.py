@@ -239,3 +239,33 @@ async def test_workers_both_reload_on_sighup_to_the_supervisor(
         for ws in clients:
             await ws.close()
     assert server.stop() == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing")
+async def test_a_restarted_worker_starts_with_the_file_as_it_is_now(
+        folder: Path, served: list[Served]) -> None:
+    server = Served(folder, "--workers", "2", "--config", "settings.toml")
+    served.append(server)
+    await server.started(SUPERVISOR)
+    await server.wait_for("two workers", lambda text: len(WORKER.findall(text)) == 2)
+    workers = {int(w): int(p) for w, p in WORKER.findall(server.text())}
+    # Edited but not signalled: the running workers keep A; a worker that restarts reads B.
+    (folder / "settings.toml").write_text(f'allowed_origins = ["{B}"]\n')
+    os.kill(workers[1], signal.SIGKILL)
+    await server.wait_for("worker 1 restarted", lambda text: len(WORKER.findall(text)) == 3)
+    restarted = {int(w): int(p) for w, p in WORKER.findall(server.text())}[1]
+    assert restarted != workers[1]
+    accepted: dict[str, set[int]] = {A: set(), B: set()}
+    for attempt in range(64):
+        origin = (A, B)[attempt % 2]
+        try:
+            ws = await open_client(server.url, origin)
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 403
+            continue
+        accepted[origin].add(await pid_of(ws))
+        await ws.close()
+        if accepted[A] and accepted[B]:
+            break
+    assert accepted == {A: {workers[2]}, B: {restarted}}
+    assert server.stop() == 0
