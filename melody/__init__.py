@@ -30,6 +30,7 @@ from melody.client import (
 from melody.config import Compression, Config, RateLimit
 from melody.delivery import HistoryPage, Recovery, StreamPosition, TopicOptions
 from melody.errors import (
+    ConfigError,
     HandshakeError,
     HandshakeTimeout,
     HubClosed,
@@ -61,6 +62,7 @@ __all__ = [
     "Connect",
     "Compression",
     "Config",
+    "ConfigError",
     "HandshakeError",
     "HandshakeTimeout",
     "Headers",

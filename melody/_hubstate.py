@@ -31,7 +31,7 @@ from melody._core.fanout import broadcast_text as _fanout_text
 from melody._core.protocol import Dispatch, WebSocketProtocol, heartbeat
 from melody.codecs import JSON as _JSON
 from melody.codecs import Codec, PacketCodec
-from melody.config import OVERFLOW_POLICIES, Config
+from melody.config import OVERFLOW_POLICIES, Config, RateLimit
 from melody.delivery.presence import Presence
 from melody.delivery.streams import Streams
 from melody.errors import (
@@ -300,25 +300,42 @@ class HubState:
         d.queue_bytes_limit = config.message_buffer_bytes
         d.overflow_policy = OVERFLOW_POLICIES.index(config.overflow_policy)
         d.direct_writes = config.direct_writes
-        limit = config.rate_limit
-        if limit is not None:
-            d.rate_limited = True
-            d.rate_messages = limit.messages_per_second
-            d.burst_messages = limit.burst_messages
-            # No byte limit is an effectively infinite bucket (one double compare per message).
-            d.rate_bytes = limit.bytes_per_second or 1e300
-            if limit.bytes_per_second is None:
-                d.burst_bytes = 1e300
-            else:
-                d.burst_bytes = limit.burst_bytes or 2 * limit.bytes_per_second
-            d.rate_close = limit.policy == "close"
-            d.on_rate_limit = self._rate_limited
+        d.on_rate_limit = self._rate_limited
+        self._set_rate_limit(d, config.rate_limit)
         d.on_disconnect = self.disconnected
         d.on_protocol_error = self._protocol_error
         d.on_timeout = self._timeout
         d.on_handler_error = self.report
         #: What the compiled connections call (the handlers, the limits, the counters).
         self.dispatch = d
+
+    @staticmethod
+    def _set_rate_limit(d: Dispatch, limit: RateLimit | None) -> None:
+        # The buckets are per connection, their rates and bursts the hub's: a new limit
+        # holds from each session's next message on (a bucket over a lower burst is cut to
+        # it then).
+        if limit is None:
+            d.rate_limited = False
+            return
+        d.rate_messages = limit.messages_per_second
+        d.burst_messages = limit.burst_messages
+        # No byte limit is an effectively infinite bucket (one double compare per message).
+        d.rate_bytes = limit.bytes_per_second or 1e300
+        if limit.bytes_per_second is None:
+            d.burst_bytes = 1e300
+        else:
+            d.burst_bytes = limit.burst_bytes or 2 * limit.bytes_per_second
+        d.rate_close = limit.policy == "close"
+        d.rate_limited = True
+
+    def set_config(self, config: Config) -> None:
+        """Make ``config`` the hub's (``hub.config`` too), for a reload (``melody.reload``):
+        read from then on wherever a field is used; the rate limit is handed to the compiled
+        connections at once. Only the fields ``melody.reload`` changes may differ: the others
+        were copied into the connections' dispatch table at construction."""
+        self.config = config
+        self.hub.config = config
+        self._set_rate_limit(self.dispatch, config.rate_limit)
 
     @property
     def codec(self) -> Codec | None:

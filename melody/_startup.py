@@ -1,5 +1,6 @@
 """What the ``melody`` command and its worker processes share: finding the hub to serve
-(:func:`load_hub`) and the TLS context of ``--certfile``/``--keyfile`` (:func:`ssl_context`)."""
+(:func:`load_hub`), the TLS context of ``--certfile``/``--keyfile`` (:func:`ssl_context`) and
+the settings of ``--config`` (:func:`apply_config`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import ssl as _ssl
 import sys
 from typing import Any
 
-__all__ = ["load_hub", "ssl_context"]
+__all__ = ["load_hub", "ssl_context", "apply_config"]
 
 
 def load_hub(spec: str, *, factory: bool = False) -> Any:
@@ -55,3 +56,15 @@ def ssl_context(certfile: str | None, keyfile: str | None) -> _ssl.SSLContext | 
     context = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certfile, keyfile)
     return context
+
+
+def apply_config(hub: Any, spec: str) -> None:
+    """Apply ``--config`` (a ``.toml`` file or ``MODULE:FUNCTION``) to ``hub`` and make it the
+    source SIGHUP reloads. Raises ``SystemExit`` saying why when it is refused."""
+    from melody.errors import ConfigError
+    from melody.reload import load_source
+
+    try:
+        hub.reload(load_source(spec))
+    except ConfigError as exc:
+        raise SystemExit(f"melody: --config {spec}: {exc}") from None

@@ -1,17 +1,20 @@
 """The ``melody`` command (also ``python -m melody``), in the style of uvicorn.
 
     melody serve myapp.chat:hub --host 0.0.0.0 --port 5000
+    melody serve myapp.chat:hub --config settings.toml      # kill -HUP <pid> reloads it
     melody demo --port 5000
+    melody top http://127.0.0.1:5000/api --api-key KEY
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
-from melody._startup import load_hub, ssl_context
+from melody._startup import apply_config, load_hub, ssl_context
 
 __all__ = ["main", "load_hub"]
 
@@ -43,13 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="serve from N processes on one port (see melody.workers; "
                             "broadcasts cross processes only through a backplane)")
+    serve.add_argument("--config", metavar="SOURCE",
+                       help="reloadable settings (origins, JWT keys, rate and connection "
+                            "limits, log level): a .toml file or MODULE:FUNCTION, applied at "
+                            "start and again on SIGHUP (see melody.reload)")
     common(serve, 8000)
 
     demo = commands.add_parser("demo", help="serve the demo chat hub and its page")
     common(demo, 5000)
-    # Parsed by melody.bench itself (see main); listed here so that --help shows it.
+    # Parsed by melody.bench and melody.top themselves (see main); listed here so that
+    # --help shows them.
     commands.add_parser("bench", add_help=False,
                         help="load-test a WebSocket hub: melody bench URL (see melody bench -h)")
+    commands.add_parser("top", add_help=False,
+                        help="a hub's live numbers from its HTTP API: melody top URL "
+                             "--api-key KEY (see melody top -h)")
     return parser
 
 
@@ -60,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from melody.bench import main as bench_main
 
         raise SystemExit(bench_main(argv[1:]))
+    if argv[:1] == ["top"]:
+        from melody.top import main as top_main
+
+        raise SystemExit(top_main(argv[1:]))
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,11 +91,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_workers(
             args.app, args.workers, args.host, args.port, factory=args.factory,
             certfile=args.certfile, keyfile=args.keyfile, use_uvloop=not args.no_uvloop,
-            log_level=args.log_level))
+            log_level=args.log_level, config=args.config))
     if args.command == "demo":
         from melody.demo import hub
     else:
         hub = load_hub(args.app, factory=args.factory)
+        if args.config:
+            if hasattr(signal, "SIGHUP"):
+                # A reload asked for before the server handles SIGHUP must not kill it.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            apply_config(hub, args.config)
     context = ssl_context(args.certfile, args.keyfile)
     if args.metrics:
         try:

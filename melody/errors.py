@@ -52,6 +52,7 @@ __all__ = [
     "RequestError",
     "AckTimeout",
     "TooManyCalls",
+    "ConfigError",
 ]
 
 # RFC 6455 section 7.4.1, and the IANA registry for 1012-1014.
@@ -267,6 +268,12 @@ class AckTimeout(MelodyError):
 class TooManyCalls(MelodyError):
     """``session.call`` was refused: the session already waits for
     ``Config.max_pending_calls`` replies. Nothing was sent; the pending calls go on."""
+
+
+class ConfigError(MelodyError, ValueError):
+    """New settings were refused (``hub.reload``, ``hub.reconfigure``, ``melody serve
+    --config``): an unknown key, a wrong type or value, a file that cannot be read or parsed.
+    The message says which; nothing was changed."""
 
 
 def check_close_code(code: int) -> None:

@@ -1,5 +1,6 @@
-"""The hub's HTTP API: publish, broadcast, reach users, read presence, history and stats over
-HTTP with an API key (``hub.enable_http_api``). Off unless enabled.
+"""The hub's HTTP API: publish, broadcast, reach users, read presence, history and stats, list
+sessions and topics and disconnect one session, over HTTP with an API key
+(``hub.enable_http_api``). Off unless enabled.
 
 Every endpoint is ``POST <path>/<name>`` with a JSON object as its body (empty for
 ``stats``) and answers JSON; the endpoints, their fields and the errors are in
@@ -20,16 +21,19 @@ router (Starlette ``Mount("/api", app=api)``); it answers ``<mount>/<name>``.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from melody.errors import BackplaneError, HubClosed
+from melody.errors import BackplaneError, HubClosed, check_close_code
+from melody.logs import peer_text
 
 if TYPE_CHECKING:
     from melody.hub import Melody
+    from melody.session import Session
 
 __all__ = ["ApiResponse", "HttpApi"]
 
@@ -109,7 +113,8 @@ class HttpApi:
             "publish": self._publish, "broadcast": self._broadcast,
             "send_to_user": self._send_to_user, "disconnect_user": self._disconnect_user,
             "presence": self._presence, "presence_stats": self._presence_stats,
-            "history": self._history, "stats": self._stats}
+            "history": self._history, "stats": self._stats, "sessions": self._sessions,
+            "topics": self._topics, "disconnect": self._disconnect}
 
     # -- deciding a request ---------------------------------------------------------------
 
@@ -272,8 +277,84 @@ class HttpApi:
     async def _stats(self, fields: dict[str, Any]) -> dict[str, int]:
         return self.hub.stats()
 
+    # -- introspection: sessions, topics, disconnecting one session ------------------------
+
+    async def _sessions(self, fields: dict[str, Any]) -> dict[str, Any]:
+        # A page of at most `limit` sessions in the order they connected, after `cursor`
+        # (the `next` of the previous page): one pass over the sessions and a heap of
+        # limit + 1, never a reply or a sort of them all.
+        limit = _limit(fields, SESSIONS_PAGE, MAX_SESSIONS_PAGE)
+        cursor = fields.get("cursor")
+        after: tuple[float, int] | None = None
+        if cursor is not None:
+            after = _parse_cursor(cursor)
+        sessions = self.hub.sessions()
+        keyed = ((s.connected_at, id(s), s) for s in sessions)
+        if after is not None:
+            keyed = (k for k in keyed if (k[0], k[1]) > after)
+        page = heapq.nsmallest(limit + 1, keyed, key=lambda k: (k[0], k[1]))
+        more = len(page) > limit
+        page = page[:limit]
+        result: dict[str, Any] = {"sessions": [_session_info(s) for _, _, s in page],
+                                  "total": len(sessions)}
+        result["next"] = f"{page[-1][0]!r}:{page[-1][1]:x}" if more else None
+        return result
+
+    async def _topics(self, fields: dict[str, Any]) -> dict[str, Any]:
+        # The `limit` topics with the most subscribers here (a heap, not a sort of them all).
+        limit = _limit(fields, TOPICS_PAGE, MAX_TOPICS_PAGE)
+        hub = self.hub
+        names = hub.topics()
+        top = heapq.nlargest(limit, ((hub.topic_len(t), t) for t in names),
+                             key=lambda pair: pair[0])
+        return {"topics": [{"topic": t, "sessions": n} for n, t in top], "total": len(names)}
+
+    async def _disconnect(self, fields: dict[str, Any]) -> dict[str, Any]:
+        session_id = _text(fields, "session")
+        code = fields.get("code", 1000)
+        reason = fields.get("reason", "")
+        if type(code) is not int or not isinstance(reason, str):
+            raise _BadRequest("code is an int and reason a string")
+        check_close_code(code)
+        for session in self.hub.sessions():
+            if session.has_id(session_id) and not session.is_closed:
+                session.close_with_msg(code, reason)
+                return {"sessions": 1}
+        return {"sessions": 0}
+
     def __repr__(self) -> str:
         return f"<HttpApi {self.path}>"
+
+
+#: Sessions per page of ``sessions`` unless ``limit`` says otherwise, and the most.
+SESSIONS_PAGE, MAX_SESSIONS_PAGE = 100, 1000
+#: Topics answered by ``topics`` unless ``limit`` says otherwise, and the most.
+TOPICS_PAGE, MAX_TOPICS_PAGE = 100, 1000
+
+
+def _limit(fields: dict[str, Any], default: int, most: int) -> int:
+    limit = fields.get("limit", default)
+    if type(limit) is not int or not 1 <= limit <= most:
+        raise _BadRequest(f"limit is an int in 1..{most}")
+    return limit
+
+
+def _parse_cursor(cursor: Any) -> tuple[float, int]:
+    # "<connected_at>:<hex>", as the previous page's "next" gave it.
+    if isinstance(cursor, str):
+        stamp, _, ident = cursor.partition(":")
+        try:
+            return float(stamp), int(ident, 16)
+        except ValueError:
+            pass
+    raise _BadRequest("cursor is the 'next' of the previous page")
+
+
+def _session_info(session: Session) -> dict[str, Any]:
+    return {"id": session.id, "user": session.user, "remote": peer_text(session.remote_addr),
+            "path": session.request.path, "topics": sorted(session.topics),
+            "queued": session.queued, "queued_bytes": session.queued_bytes,
+            "connected_at": session.connected_at}
 
 
 def _text(fields: dict[str, Any], name: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from melody._core.fanout import Group
@@ -23,6 +23,7 @@ from melody.errors import (
     check_close_code,
 )
 from melody.http_api import HttpApi
+from melody.reload import Reloader, Source
 from melody.routing import Authorizer, Router
 from melody.server.asgi import AsgiAdapter
 from melody.server.lifecycle import serve as _serve
@@ -64,7 +65,8 @@ class Melody:
 
     def __init__(self, config: Config | None = None, *,
                  backplane: Backplane | None = None, codec: Codec | None = None) -> None:
-        #: The hub's configuration (immutable).
+        #: The hub's configuration (an immutable object; :meth:`reload` replaces it with
+        #: another when the allowed origins or the rate limit change).
         self.config = config if config is not None else Config()
         #: Shares broadcasts and publishes with other hub processes (e.g. RedisBackplane).
         self.backplane = backplane
@@ -73,6 +75,7 @@ class Melody:
         # Everything the hub's layers share (sessions, topics, handlers, tasks, hooks).
         self._state = state = HubState(self, self.config, codec)
         self._backplane_stopping: asyncio.Task[None] | None = None
+        self._reloads: Reloader | None = None
         # Decides each HTTP request its connections read (upgrades, plain GETs).
         self._upgrader = state.dispatch.on_request = Upgrader(state)
         state.rebuild_dispatch()
@@ -170,8 +173,9 @@ class Melody:
                         max_body_bytes: int = 1 << 20) -> HttpApi:
         """Answer the HTTP API under ``path`` (off until called): ``POST <path>/publish``,
         ``broadcast``, ``send_to_user``, ``disconnect_user``, ``presence``,
-        ``presence_stats``, ``history`` and ``stats``, JSON in and out (see
-        ``docs/protocol.md``, "HTTP API").
+        ``presence_stats``, ``history``, ``stats``, and for introspection ``sessions`` (a
+        page at a time), ``topics`` and ``disconnect`` (one session), JSON in and out (see
+        ``docs/protocol.md``, "HTTP API"; ``melody top`` reads it).
 
         Every request carries ``api_key`` as ``Authorization: Bearer <key>`` or ``X-API-Key``
         (compared in constant time; 401 with no detail otherwise); bodies over
@@ -184,6 +188,44 @@ class Melody:
         api = HttpApi(self, api_key, path=path, max_body_bytes=max_body_bytes)
         self._state.http_api = api
         return api
+
+    # -- live reconfiguration (melody.reload) ----------------------------------------------
+
+    def reload(self, source: Source | None = None) -> dict[str, tuple[Any, Any]]:
+        """Read the reloadable settings from ``source`` and apply what changed, closing no
+        connection; return what changed, ``{name: (old, new)}`` (empty when nothing did).
+
+        ``source`` is a TOML file's path or a function returning the same mapping (see
+        ``melody.reload`` and docs/configuration.rst); it is remembered, and ``reload()``
+        without one (what SIGHUP does under ``melody serve --config``) reads it again. The
+        settings are the allowed origins, the JWT keys and algorithms, the rate limit, the
+        connection limits and the log level; a key the source leaves out keeps the value
+        the application gave it. Logs one INFO line listing the changes.
+
+        Raises :class:`~melody.errors.ConfigError` (and logs it at ERROR) when the source
+        cannot be read or a value is refused: then nothing changed. Raises RuntimeError
+        without a source, given now or before. Costs a file read and a few object
+        constructions; call it from the hub's event loop thread.
+        """
+        return self._reloader().reload(source)
+
+    def reconfigure(self, settings: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Apply reloadable ``settings`` given as a mapping (the shape of the TOML file), as
+        :meth:`reload` does from a source; returns what changed. Raises
+        :class:`~melody.errors.ConfigError` and changes nothing when a value is refused."""
+        return self._reloader().apply(settings, None, "hub.reconfigure")
+
+    @property
+    def config_source(self) -> Source | None:
+        """Where :meth:`reload` reads from: the last source given, or None."""
+        return self._reloads.source if self._reloads is not None else None
+
+    def _reloader(self) -> Reloader:
+        # Made at the first reload, once the application registered its middleware: it
+        # records the application's values, which the keys a source leaves out return to.
+        if self._reloads is None:
+            self._reloads = Reloader(self)
+        return self._reloads
 
     def use(self, middleware: M) -> M:
         """Add a handshake middleware, run on every upgrade request before its session exists.

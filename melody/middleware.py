@@ -234,7 +234,11 @@ class JWTAuth:
     ``require`` allows it) never expires.
 
     ``key`` may also be a callable ``key(token) -> key`` (sync or async), e.g. to pick a key by
-    ``kid`` from a JWKS: ``key=lambda t: jwks_client.get_signing_key_from_jwt(t).key``.
+    ``kid`` from a JWKS: ``key=lambda t: jwks_client.get_signing_key_from_jwt(t).key``; or a
+    list of keys, tried in order until one verifies the signature (key rotation: the new key
+    first, the old one until the tokens it signed have expired; a bad token then costs one
+    check per key). ``key`` and ``algorithms`` may be replaced while the hub serves (what
+    ``hub.reload`` does): the next upgrade and the next ``refresh`` use them.
 
     Costs one signature check per upgrade (HS256 a few µs, RS256 tens of µs, ES256 about 100 µs)
     on the event loop. Raises ``RuntimeError`` at construction when PyJWT is not installed
@@ -324,26 +328,25 @@ class JWTAuth:
                     key = await key
             except jwt.PyJWTError:
                 raise InvalidToken("no key for this token") from None
+        keys = key if isinstance(key, (list, tuple)) else (key,)
+        if not keys:
+            raise InvalidToken("no key for this token")
+        for candidate in keys[:-1]:
+            try:
+                return self._decode(token, candidate)
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError):
+                continue  # key rotation: perhaps signed with another of the keys
+            except (jwt.PyJWTError, ValueError, TypeError) as exc:
+                raise _invalid(jwt, exc) from None
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=self.algorithms, audience=self.audience,
-                issuer=self.issuer, leeway=self.leeway, options={"require": self.require})
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise InvalidToken("token not yet valid") from None
-        except jwt.InvalidAudienceError:
-            raise InvalidToken("wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise InvalidToken("wrong issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise InvalidToken(f"missing claim {exc.claim}") from None
-        except jwt.InvalidAlgorithmError:
-            raise InvalidToken("algorithm not allowed") from None
-        except jwt.InvalidSignatureError:
-            raise InvalidToken("bad signature") from None
-        except (jwt.PyJWTError, ValueError, TypeError):
-            raise InvalidToken("malformed token") from None
+            return self._decode(token, keys[-1])
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise _invalid(jwt, exc) from None
+
+    def _decode(self, token: str, key: Any) -> dict[str, Any]:
+        claims: dict[str, Any] = self._jwt.decode(
+            token, key, algorithms=self.algorithms, audience=self.audience,
+            issuer=self.issuer, leeway=self.leeway, options={"require": self.require})
         return claims
 
     async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
@@ -373,6 +376,25 @@ class JWTAuth:
             keys.update(claims)
         else:
             keys[self.claims_key] = claims
+
+
+def _invalid(jwt: Any, exc: Exception) -> InvalidToken:
+    # What PyJWT's error means, in the words of the 401 and of a refused refresh.
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return InvalidToken("token expired")
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return InvalidToken("token not yet valid")
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return InvalidToken("wrong audience")
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return InvalidToken("wrong issuer")
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return InvalidToken(f"missing claim {exc.claim}")
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return InvalidToken("algorithm not allowed")
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return InvalidToken("bad signature")
+    return InvalidToken("malformed token")
 
 
 class InvalidToken(Exception):

@@ -238,6 +238,17 @@ class Session(SessionLink):
         return int(self.proto.queued)
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes of the messages in :attr:`queued`."""
+        return int(self.proto.queued_bytes)
+
+    def has_id(self, session_id: str) -> bool:
+        """Whether ``session_id`` is this session's :attr:`id`, without making one: a session
+        whose id was never read cannot have been named by anyone (what the HTTP API's
+        ``disconnect`` looks sessions up with)."""
+        return self._id is not None and self._id == session_id
+
+    @property
     def dropped(self) -> int:
         """Messages dropped for this session because its queue was full."""
         return int(self.proto.dropped)

@@ -29,6 +29,12 @@ Stopping
     by itself with 0, 1 otherwise, 3 when a worker could not load the hub or bind its socket
     (the supervisor then stops instead of restarting it forever).
 
+Reloading
+    With ``config`` (``melody serve --config``) every worker applies it at start, and SIGHUP to
+    the supervisor is forwarded to every worker, each of which reloads it (``hub.reload``); a
+    restarted worker reads the file as it is then. A worker that cannot apply it at start
+    exits as one that cannot load the hub.
+
 Restarts
     A worker that exits while the supervisor runs is restarted after ``0.1 * 2**(n-1)`` seconds
     (at most ``restart_backoff_max``), ``n`` counting its consecutive short-lived runs (a run of
@@ -68,6 +74,8 @@ _HEALTHY_RUN = 10.0
 _POLL = 0.05
 # Set by a stop signal that arrives in a worker before its event loop handles signals.
 _early_stop = False
+# Set by a SIGHUP that arrives in a worker before its event loop handles it.
+_early_reload = False
 # Where this melody was imported from, and where installed packages live.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SITE_DIRS = {os.path.abspath(p) for p in (*site.getsitepackages(),
@@ -108,8 +116,11 @@ class _Worker:
 
 class _Supervisor:
     def __init__(self, command: list[str], workers: int, listener: socket.socket,
-                 inherit: bool, stop_timeout: float, restart_backoff_max: float) -> None:
+                 inherit: bool, stop_timeout: float, restart_backoff_max: float,
+                 reloads: bool = False) -> None:
         self.command = command
+        self.reloads = reloads
+        self.reloads_pending = 0
         self.workers = [_Worker(slot) for slot in range(1, workers + 1)]
         self.listener = listener
         self.inherit = inherit
@@ -119,6 +130,19 @@ class _Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals += 1
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reloads_pending += 1  # forwarded by the supervising loop
+
+    def _forward_reload(self) -> None:
+        # Every running worker reads the configuration again (one starting now reads it
+        # as it is at its start).
+        self.reloads_pending = 0
+        logger.info("SIGHUP: workers reload their configuration")
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGHUP)
 
     def _spawn(self, worker: _Worker) -> None:
         env = dict(os.environ)
@@ -138,6 +162,8 @@ class _Supervisor:
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
+        if self.reloads:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_sighup)
         try:
             code = self._supervise()
         finally:
@@ -150,6 +176,8 @@ class _Supervisor:
             self._spawn(worker)
         boot_error = False
         while not self.signals and not boot_error:
+            if self.reloads_pending:
+                self._forward_reload()
             now = time.monotonic()
             for worker in self.workers:
                 process = worker.process
@@ -221,6 +249,7 @@ def run_workers(
     keyfile: str | None = None,
     use_uvloop: bool = True,
     log_level: str = "info",
+    config: str | None = None,
     backlog: int = 1024,
     stop_timeout: float = 30.0,
     restart_backoff_max: float = 30.0,
@@ -256,12 +285,14 @@ def run_workers(
         command += ["--keyfile", keyfile]
     if not use_uvloop:
         command.append("--no-uvloop")
+    if config:
+        command += ["--config", config]
     scheme = "wss" if certfile else "ws"
     logger.info("melody supervisor (pid %d): %d workers serving %s on %s://%s:%s (%s)",
                 os.getpid(), workers, app, scheme, bound[0], bound[1],
                 "SO_REUSEPORT" if reuse_port else "one shared socket")
     supervisor = _Supervisor(command, workers, listener, inherit, stop_timeout,
-                             restart_backoff_max)
+                             restart_backoff_max, reloads=bool(config))
     return supervisor.run()
 
 
@@ -270,6 +301,8 @@ def run_workers(
 
 async def _serve_worker(hub: Melody, sock: socket.socket, ssl: _ssl.SSLContext | None,
                         worker_id: int, backlog: int) -> None:
+    from melody.reload import install_sighup, reload_logged
+
     loop = asyncio.get_running_loop()
     parent = os.getppid()
     await hub.serve(sock=sock, ssl=ssl, backlog=backlog)  # hub.shutdown closes it
@@ -278,6 +311,8 @@ async def _serve_worker(hub: Melody, sock: socket.socket, ssl: _ssl.SSLContext |
         loop.add_signal_handler(sig, stop.set)
     if _early_stop:
         stop.set()
+    if install_sighup(hub, loop) and _early_reload:
+        reload_logged(hub)  # a SIGHUP came while the hub was loading
     name = sock.getsockname()
     logger.info("worker %d (pid %d) serving on %s://%s:%s", worker_id, os.getpid(),
                 "wss" if ssl else "ws", name[0], name[1])
@@ -317,23 +352,33 @@ def _worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keyfile")
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--config")
     args = parser.parse_args(argv)
 
     def early_stop(signum: int, frame: Any) -> None:
         global _early_stop
         _early_stop = True
 
-    # Until the event loop takes over, a stop signal must not kill the import half-way.
+    def early_reload(signum: int, frame: Any) -> None:
+        global _early_reload
+        _early_reload = True
+
+    # Until the event loop takes over, a stop signal must not kill the import half-way,
+    # nor a SIGHUP (a reload) kill it at all.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, early_stop)
+    if args.config:
+        signal.signal(signal.SIGHUP, early_reload)
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [worker {args.worker_id}]: %(message)s")
-    from melody._startup import load_hub, ssl_context
+    from melody._startup import apply_config, load_hub, ssl_context
     from melody.server import install_uvloop
 
     try:
         hub = load_hub(args.app, factory=args.factory)
+        if args.config:
+            apply_config(hub, args.config)
         context = ssl_context(args.certfile, args.keyfile)
         if args.fd is not None:
             sock = socket.socket(fileno=args.fd)

@@ -14,6 +14,7 @@ from melody._core.protocol import WebSocketProtocol
 from melody._hubstate import state_of
 from melody.errors import CLOSE_GOING_AWAY
 from melody.metrics import enable as enable_metrics
+from melody.reload import install_sighup
 from melody.server.native import Upgrader
 
 if TYPE_CHECKING:
@@ -213,6 +214,8 @@ async def serve_until_stopped(
 
     ``ready(server)`` is called once listening (``server.sockets`` gives the real port when
     ``port=0``). A second signal during the shutdown drops the remaining connections at once.
+    SIGHUP reloads the hub's settings from ``hub.config_source`` when it has one (``melody
+    serve --config``; see ``melody.reload``); without one SIGHUP keeps its default action.
     """
     loop = asyncio.get_running_loop()
     server = await serve(hub, host, port, ssl=ssl, reuse_port=reuse_port, metrics=metrics)
@@ -233,6 +236,8 @@ async def serve_until_stopped(
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # Windows: Ctrl-C arrives as KeyboardInterrupt instead.
+    if install_sighup(hub, loop):
+        installed.append(signal.SIGHUP)
     for s in getattr(server, "sockets", None) or ():
         name = s.getsockname()
         scheme = "wss" if ssl else "ws"
