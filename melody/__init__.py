@@ -46,6 +46,7 @@ from melody.server import install_uvloop, run, serve
 from melody.session import Session
 
 if TYPE_CHECKING:
+    from melody.backplane.nats import NatsBackplane as NatsBackplane
     from melody.publisher import AsyncPublisher as AsyncPublisher
     from melody.publisher import Publisher as Publisher
     from melody.redis_backplane import RedisBackplane as RedisBackplane
@@ -95,9 +96,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisBackplane and the publishers need the optional redis package: imported on first
-    # use, so that
-    # `import melody` works without redis. (Not in __all__: a star-import would need redis.)
+    # RedisBackplane and the publishers need the optional redis package, NatsBackplane the
+    # nats-py package: imported on first use, so that
+    # `import melody` works without either. (Not in __all__: a star-import would need redis.)
     if name in ("Publisher", "AsyncPublisher"):
         try:
             from melody import publisher
@@ -115,4 +116,12 @@ def __getattr__(name: str) -> Any:
                 "melody.RedisBackplane needs the redis package: pip install 'melody[redis]'"
             ) from exc
         return RedisBackplane
+    if name == "NatsBackplane":
+        try:
+            from melody.backplane.nats import NatsBackplane
+        except ImportError as exc:
+            raise AttributeError(
+                "melody.NatsBackplane needs the nats-py package: pip install 'melody[nats]'"
+            ) from exc
+        return NatsBackplane
     raise AttributeError(f"module 'melody' has no attribute {name!r}")
