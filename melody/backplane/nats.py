@@ -501,6 +501,9 @@ class NatsBackplane(Backplane):
                 and subject in self._subs):
             lingering = self._lingering
             lingering[subject] = loop.time() + self._linger
+            wake = self._control_wake
+            if wake is not None:
+                wake.set()  # the control task lets it go at its deadline
             if len(lingering) > self._max_lingering:
                 oldest = next(iter(lingering))
                 del lingering[oldest]
@@ -796,6 +799,9 @@ class NatsBackplane(Backplane):
 
         options: dict[str, Any] = {
             "servers": self._urls, "allow_reconnect": False, "no_echo": True,
+            # nats-py retries a refused first connect until each server failed more than
+            # max_reconnect_attempts times (0 means forever): fail fast, this class retries.
+            "max_reconnect_attempts": 1, "reconnect_time_wait": 0,
             "connect_timeout": self._timeout, "ping_interval": self._health_interval,
             "max_outstanding_pings": 2, "closed_cb": on_closed, "disconnected_cb": on_closed,
             "error_cb": on_error, "name": f"melody-{self.node_id.hex()[:12]}",
