@@ -32,7 +32,8 @@ Delivery
     publication stored before the read may still be on its way): the join in
     ``melody.delivery.streams`` then hands over page and live stream with no gap and no
     duplicate. A follower whose heartbeats stop (a stream deleted under it, a consumer lost)
-    is made again from the next sequence it expects; after a reconnect every follower is.
+    is made again from the next sequence it expects (from 1 when the stream was made again:
+    another epoch); after a reconnect every follower is.
 
 Reads
     A history read asks the stream's state (first and last sequence, epoch), then fetches
@@ -361,10 +362,14 @@ class NatsStreams:
         loop = self._loop
         assert loop is not None
         epoch, state = await self.ensure(follower.topic, options)
-        if follower.epoch != epoch:
-            # New follower, or the stream was made again: from its next publication.
-            follower.epoch = epoch
+        if follower.epoch is None:
+            # A new follower: from the stream's next publication.
             follower.next = state.last_seq + 1
+        elif follower.epoch != epoch:
+            # The stream was made again while followed: every publication of the new epoch
+            # is one this node has not delivered.
+            follower.next = 1
+        follower.epoch = epoch
         follower.generation += 1
         generation = follower.generation
 

@@ -80,13 +80,16 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
 
-    def start(self, timeout: float = WAIT) -> None:
+    def start(self, timeout: float = WAIT, keep_store: bool = False) -> None:
+        """Start (again); with ``keep_store``, on the store of the last start (a restart
+        that loses nothing JetStream wrote to disk)."""
         binary = shutil.which("nats-server") or (
             "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
         if binary is None:
             raise RuntimeError("nats-server is not installed (Debian: apt-get install "
                                "nats-server) and MELODY_NATS_URL is not set")
-        self.starts += 1
+        if not keep_store or not self.starts:
+            self.starts += 1
         store = self.dir / f"nats-store-{self.port}-{self.starts}"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
