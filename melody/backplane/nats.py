@@ -396,6 +396,14 @@ class NatsBackplane(Backplane):
             self._counters["dropped_outgoing_queue_full"] += 1
             raise BackplaneError(f"outgoing history queue full ({self._max_queue} "
                                  "publications): publication not stored")
+        size = len(data.encode("utf-8"))
+        limit = min(self.max_message_bytes, self._max_payload)
+        if size > limit:
+            # The server would refuse it (max_payload); nats-py raises before sending.
+            self._counters["dropped_outgoing"] += 1
+            self._counters["dropped_outgoing_too_large"] += 1
+            raise BackplaneError(f"publication of {size} bytes over the limit of {limit} "
+                                 "bytes: not stored")
         self._streams.add(topic, data, options)
 
     async def read_stream(self, topic: str, since: int | None, limit: int | None,

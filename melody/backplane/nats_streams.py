@@ -60,7 +60,7 @@ from melody.errors import BackplaneError
 
 try:
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-    from nats.js.errors import BadRequestError, NotFoundError
+    from nats.js.errors import APIError, BadRequestError, NotFoundError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "melody.NatsBackplane needs the nats-py package: pip install 'melody[nats]'") from exc
@@ -257,9 +257,7 @@ class NatsStreams:
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
             for attempt in range(2):
-                for topic, _, options in batch:
-                    if topic not in self._epochs:
-                        await self.ensure(topic, options)
+                batch = await self._with_streams(batch, report)
                 futures = []
                 for topic, data, _ in batch:
                     number += 1
@@ -290,6 +288,27 @@ class NatsStreams:
                 if not missing:
                     break
                 batch = missing
+
+    async def _with_streams(self, batch: list[tuple[str, bytes, TopicOptions]],
+                            report: Callable[[BaseException], None]
+                            ) -> list[tuple[str, bytes, TopicOptions]]:
+        # The publications of ``batch`` whose stream exists (made when missing); those whose
+        # stream JetStream refuses to make (a limit of the account, a name in use by another
+        # kind of stream) are counted and reported, not sent.
+        refused: dict[str, BaseException] = {}
+        for topic, _, options in batch:
+            if topic not in self._epochs and topic not in refused:
+                try:
+                    await self.ensure(topic, options)
+                except (APIError, BackplaneError) as exc:
+                    refused[topic] = exc
+        if not refused:
+            return batch
+        for topic, error in refused.items():
+            report(BackplaneError(f"publications to {topic!r} not stored: {error}"))
+        kept = [item for item in batch if item[0] not in refused]
+        self.counters["stream_errors"] += len(batch) - len(kept)
+        return kept
 
     @staticmethod
     def _ack_error(msg: Any) -> str | None:
