@@ -47,6 +47,8 @@ from melody.session import Session
 
 if TYPE_CHECKING:
     from melody.backplane.nats import NatsBackplane as NatsBackplane
+    from melody.nats_publisher import AsyncNatsPublisher as AsyncNatsPublisher
+    from melody.nats_publisher import NatsPublisher as NatsPublisher
     from melody.publisher import AsyncPublisher as AsyncPublisher
     from melody.publisher import Publisher as Publisher
     from melody.redis_backplane import RedisBackplane as RedisBackplane
@@ -116,6 +118,14 @@ def __getattr__(name: str) -> Any:
                 "melody.RedisBackplane needs the redis package: pip install 'melody[redis]'"
             ) from exc
         return RedisBackplane
+    if name in ("NatsPublisher", "AsyncNatsPublisher"):
+        try:
+            from melody import nats_publisher
+        except ImportError as exc:
+            raise AttributeError(
+                f"melody.{name} needs the nats-py package: pip install 'melody[nats]'"
+            ) from exc
+        return getattr(nats_publisher, name)
     if name == "NatsBackplane":
         try:
             from melody.backplane.nats import NatsBackplane

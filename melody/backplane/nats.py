@@ -27,8 +27,7 @@ What it does not
     Core NATS is at-most-once, like Redis pub/sub: a message reaches the nodes subscribed
     when the server routes it. Order is kept per subject (per topic, and for broadcasts),
     not across subjects: nats-py hands each subscription's messages to its own task.
-    Topic options are not shared with publishers through NATS (``melody.Publisher`` speaks
-    Redis only). Each topic with history is a JetStream stream, and a node following it
+    Each topic with history is a JetStream stream, and a node following it
     holds one consumer per topic: fine for thousands of such topics, not for millions;
     streams are not deleted when a topic goes quiet (use a new prefix to start over).
 
@@ -89,6 +88,7 @@ from melody.backplane.base import (
     is_from,
     new_node_id,
 )
+from melody.backplane.nats_options import write_topic_options
 from melody.backplane.nats_presence import NatsPresence
 from melody.backplane.nats_streams import NatsStreams
 from melody.backplane.nats_subjects import NatsNames
@@ -444,6 +444,22 @@ class NatsBackplane(Backplane):
         away or does not deliver within ``timeout``."""
         self._require_up()
         await self._streams.wait_caught_up()
+
+    # -- topic options, shared with publishers (melody.NatsPublisher) -------------------------
+
+    def share_topic_options(self, pattern: str, options: TopicOptions) -> None:
+        """Write ``pattern``'s options to the options stream (``hub.configure_topic`` calls
+        it; see ``melody.backplane.nats_options``). Never blocks: written in a task when
+        connected, else with the whole table when the connection is made."""
+        if not self._up or self._loop is None or self._state is None:
+            return
+        self._state.spawn(self._share_options({pattern: options}), self._loop)
+
+    async def _share_options(self, patterns: dict[str, TopicOptions]) -> None:
+        try:
+            await write_topic_options(self._nc, self.names, patterns, self._timeout)
+        except Exception as exc:
+            self._complain(BackplaneError(f"writing the topic options failed: {exc}"), exc)
 
     # -- presence (melody.delivery.presence's PresenceStore) -----------------------------------
 
@@ -822,6 +838,11 @@ class NatsBackplane(Backplane):
                                                              cb=self._on_broadcast),
                     self.names.user: await nc.subscribe(self.names.user, cb=self._on_user)}
             await self._presence.bind(nc)
+            # Before start() returns: a publisher reads the hubs' topics with history.
+            state = self._state
+            if state is not None:
+                await write_topic_options(nc, self.names, state.streams.table.patterns(),
+                                          self._timeout)
             await nc.flush(timeout=self._timeout)
         except BaseException:
             with contextlib.suppress(Exception):

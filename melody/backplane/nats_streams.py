@@ -65,7 +65,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "melody.NatsBackplane needs the nats-py package: pip install 'melody[nats]'") from exc
 
-__all__ = ["NatsStreams", "fetch"]
+__all__ = ["NatsStreams", "ack_error", "ensure_stream", "fetch"]
 
 _EPOCH_TAG = "melody epoch="
 # JetStream's error code for "a stream of that name exists with another configuration".
@@ -122,6 +122,47 @@ async def fetch(nc: Any, js: Any, stream: str, timeout: float, batch: int | None
         if name is not None:
             # Fire and forget: the server deletes it anyway once inactive.
             await nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
+
+
+async def ensure_stream(js: Any, names: NatsNames, topic: str, options: TopicOptions,
+                        storage: StorageType = StorageType.FILE) -> tuple[str, Any]:
+    """The epoch and state (``first_seq``, ``last_seq``) of ``topic``'s stream, made with
+    ``options`` and a new epoch if missing (what hubs and ``melody.NatsPublisher`` both do).
+    One round trip (two when it is made)."""
+    stream, subject = names.history(topic)
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        config = StreamConfig(
+            name=stream, subjects=[subject], description=_EPOCH_TAG + new_epoch(),
+            max_msgs=options.history_size, max_age=options.history_ttl or None,
+            storage=storage)
+        try:
+            info = await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+            info = await js.stream_info(stream)  # another node made it first
+    description = info.config.description or ""
+    if not description.startswith(_EPOCH_TAG):
+        raise BackplaneError(f"stream {stream} was not made by melody (no epoch in its "
+                             "description)")
+    return description[len(_EPOCH_TAG):], info.state
+
+
+def ack_error(msg: Any) -> str | None:
+    """What went wrong with a publication, from JetStream's answer (None: it is stored):
+    a status (``"503"``: no stream takes the subject) or the error's description."""
+    status = _status(msg)
+    if status is not None:
+        return status
+    try:
+        answer = json.loads(msg.data)
+    except ValueError:
+        return f"unreadable answer {msg.data[:100]!r}"
+    if "error" in answer:
+        return str(answer["error"].get("description", answer["error"]))
+    return None
 
 
 class _Follower:
@@ -195,30 +236,12 @@ class NatsStreams:
     async def ensure(self, topic: str, options: TopicOptions) -> tuple[str, Any]:
         """The epoch and state of ``topic``'s stream, made if missing. One round trip (two
         when it is made)."""
-        js = self._js
-        if js is None:
+        if self._js is None:
             raise BackplaneError("nats is unreachable")
-        stream, subject = self._names.history(topic)
-        try:
-            info = await js.stream_info(stream)
-        except NotFoundError:
-            config = StreamConfig(
-                name=stream, subjects=[subject], description=_EPOCH_TAG + new_epoch(),
-                max_msgs=options.history_size, max_age=options.history_ttl or None,
-                storage=self._storage)
-            try:
-                info = await js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code != _STREAM_NAME_IN_USE:
-                    raise
-                info = await js.stream_info(stream)  # another node made it first
-        description = info.config.description or ""
-        if not description.startswith(_EPOCH_TAG):
-            raise BackplaneError(f"stream {stream} was not made by melody (no epoch in its "
-                                 "description)")
-        epoch = description[len(_EPOCH_TAG):]
+        epoch, state = await ensure_stream(self._js, self._names, topic, options,
+                                           self._storage)
         self._epochs[topic] = epoch
-        return epoch, info.state
+        return epoch, state
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -275,7 +298,7 @@ class NatsStreams:
                 self.counters["stream_batches"] += 1
                 missing = []
                 for item, answer in zip(batch, answers):
-                    error = self._ack_error(answer)
+                    error = ack_error(answer)
                     if error is None:
                         self.counters["stream_published"] += 1
                     elif error == "503" and attempt == 0:
@@ -309,19 +332,6 @@ class NatsStreams:
         kept = [item for item in batch if item[0] not in refused]
         self.counters["stream_errors"] += len(batch) - len(kept)
         return kept
-
-    @staticmethod
-    def _ack_error(msg: Any) -> str | None:
-        status = _status(msg)
-        if status is not None:
-            return status
-        try:
-            answer = json.loads(msg.data)
-        except ValueError:
-            return f"unreadable answer {msg.data[:100]!r}"
-        if "error" in answer:
-            return str(answer["error"].get("description", answer["error"]))
-        return None
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ backplane maps the subjects it subscribed back to their topics, so it never deco
                               ``P_h_<digest>``, one per topic: see ``nats_streams``)
 ``P.presence.<token>.<sid>``  one session's presence entry (stream ``P_presence``)
 ``P.count.<node>.<token>``    one node's subscriber count of a topic (same stream)
+``P.options.<digest>``        one ``configure_topic`` pattern and its options (stream
+                              ``P_options``: what ``melody.NatsPublisher`` reads)
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def topic_token(topic: str) -> str:
 class NatsNames:
     """The subjects and stream names of one ``channel_prefix``."""
 
-    __slots__ = ("broadcast", "prefix", "presence_stream", "user")
+    __slots__ = ("broadcast", "options_stream", "prefix", "presence_stream", "user")
 
     def __init__(self, channel_prefix: str) -> None:
         if not _PREFIX.fullmatch(channel_prefix):
@@ -52,6 +54,8 @@ class NatsNames:
         self.user = channel_prefix + ".user"
         #: The stream of presence entries and node counts.
         self.presence_stream = channel_prefix + "_presence"
+        #: The stream of the hubs' topic options.
+        self.options_stream = channel_prefix + "_options"
 
     def topic(self, topic: str) -> str:
         """The core subject of ``topic``'s messages."""
@@ -71,6 +75,14 @@ class NatsNames:
     def count(self, node_hex: str | None, topic: str) -> str:
         """The subject of a node's count of ``topic`` (None: every node's, a wildcard)."""
         return f"{self.prefix}.count.{node_hex or '*'}.{topic_token(topic)}"
+
+    def options(self, pattern: str | None) -> str:
+        """The subject of one ``configure_topic`` pattern's options (None: all, a
+        wildcard)."""
+        if pattern is None:
+            return f"{self.prefix}.options.>"
+        digest = hashlib.sha256(pattern.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return f"{self.prefix}.options.{digest}"
 
     def presence_subjects(self) -> list[str]:
         """The subjects the presence stream holds."""

@@ -1,31 +1,48 @@
 """What only NatsBackplane has to get right: topic names NATS subjects cannot hold, JetStream
-streams lost or kept across restarts. A real nats-server with JetStream (the session's, or one
-of the test's own), two hubs in this process, melody's client. (The contract tests, shared with
-RedisBackplane, run on NATS through the ``broker`` fixture.)
-"""
+streams lost or kept across restarts; and melody.NatsPublisher. A real nats-server with
+JetStream (the session's, or one of the test's own), two hubs in this process, melody's
+client. (The contract tests, shared with RedisBackplane, run on NATS through the ``broker``
+fixture.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import nats
 import pytest
 import pytest_asyncio
-from cluster_support import NatsServer, wait_until
+from cluster_support import NatsServer, free_port, wait_until
 
 import melody
 from melody import Melody
 from melody.backplane.nats import NatsBackplane
 from melody.backplane.nats_subjects import NatsNames, topic_token
+from melody.errors import BackplaneError
+from melody.middleware import CallNext, Handshake
+from melody.nats_publisher import AsyncNatsPublisher
 
 WAIT = 10.0
+ROOT = Path(__file__).resolve().parents[2]
 Nodes = Callable[..., Awaitable[list[tuple[Melody, str]]]]
 
 #: Topics with what NATS subjects forbid or give a meaning to: dots (token separators),
 #: wildcards, spaces, non-ASCII, one of the longest a hub takes by default (256 bytes: 512 hex
 #: digits), and a topic that is another's first token.
 ODD_TOPICS = ["a.b", "a.*", ">", "chat room", "å:ü", "x" * 256, "a"]
+
+
+async def name_user(handshake: Handshake, call_next: CallNext) -> None:
+    values = handshake.request.query_params.get("user")
+    if values:
+        handshake.user = values[0]
+    await call_next(handshake)
 
 
 @pytest_asyncio.fixture
@@ -40,6 +57,7 @@ async def nodes(prefix: str) -> AsyncIterator[Nodes]:
                 url, channel_prefix=prefix, reconnect_min=0.05, reconnect_max=0.2,
                 timeout=2.0, health_check_interval=0.2, presence_interval=0.1))
             hub.authorize(lambda session, action, topic: True)
+            hub.use(name_user)
             hub.configure_topic("room*", history_size=100)
             server = await hub.serve("127.0.0.1", 0)
             started.append(hub)
@@ -164,3 +182,66 @@ async def test_a_restart_that_keeps_the_store_keeps_the_epoch_and_the_offsets(
         got = [await sub.get(WAIT) for _ in range(2)]
         assert [(p.offset, p.data) for p in got] == [(4, "live after the restart"),
                                                     (5, "while away")]
+
+
+PUBLISHER = textwrap.dedent("""
+    import json, sys
+    import melody
+    with melody.NatsPublisher(sys.argv[1], channel_prefix=sys.argv[2]) as pub:
+        position = pub.publish_json("room:p", {"from": "publisher"})
+        plain = pub.publish("news", "hello")
+        pub.broadcast("to all")
+        pub.send_to_user("ada", "mail")
+        print(json.dumps({"offset": position.offset, "epoch": position.epoch,
+                          "plain": plain}))
+""")
+
+
+@pytest.mark.asyncio
+async def test_a_nats_publisher_in_another_process_reaches_both_nodes(
+        nats_url: str, nodes: Nodes, prefix: str) -> None:
+    (a, url_a), (b, url_b) = await nodes(nats_url)
+    async with melody.connect(url_a + "?user=ada") as on_a, \
+            melody.connect(url_b + "?user=bob") as on_b:
+        subs = [await conn.subscribe("room:p") for conn in (on_a, on_b)]
+        for conn in (on_a, on_b):
+            await conn.subscribe("news")
+        a.publish_json("room:p", "from a hub")
+        for sub in subs:
+            assert (await sub.get(WAIT)).offset == 1
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", PUBLISHER, nats_url, prefix],
+            capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        # The hubs' configuration said room:* keeps history: the next offset, same epoch.
+        assert (result["offset"], result["epoch"]) == (2, subs[0].epoch)
+        assert result["plain"] is None  # NATS does not count a message's receivers
+        for sub in subs:
+            got = await sub.get(WAIT)
+            assert (got.offset, got.data) == (2, {"from": "publisher"})
+        async with asyncio.timeout(WAIT):
+            assert sorted([await on_a.recv() for _ in range(3)]) == ["hello", "mail", "to all"]
+            assert sorted([await on_b.recv() for _ in range(2)]) == ["hello", "to all"]
+    page = await b.history("room:p", since=0)
+    assert [p.offset for p in page.publications] == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_an_async_nats_publisher_raises_when_nats_is_unreachable_or_closed(
+        nats_url: str, nodes: Nodes, prefix: str) -> None:
+    await nodes(nats_url, 1)  # a hub: it writes the topic options
+    async with AsyncNatsPublisher(nats_url, channel_prefix=prefix) as pub:
+        assert "room*" in await pub.refresh_topic_options()
+        position = await pub.publish_json("room:q", [1])
+        assert position is not None and position.offset == 1
+        with pytest.raises(TypeError):
+            await pub.publish_binary("room:q", b"history is JSON")
+    with pytest.raises(BackplaneError):
+        await pub.broadcast("closed")
+    nowhere = AsyncNatsPublisher(f"nats://127.0.0.1:{free_port()}", timeout=1.0)
+    with pytest.raises(BackplaneError):
+        await nowhere.broadcast("nobody")
+    await nowhere.aclose()
