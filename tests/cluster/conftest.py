@@ -100,7 +100,10 @@ def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
     server.stop()
 
 
-@pytest.fixture(params=["redis", "nats"])
+ENGINES = ["redis", pytest.param("nats", marks=pytest.mark.nats)]
+
+
+@pytest.fixture(params=ENGINES)
 def broker(request: pytest.FixtureRequest) -> str:
     """The URL of a shared broker, once per backplane engine: the contract tests take this
     one, and ``cluster_support.make_backplane`` (or ``HubNode``) turns it into a
@@ -110,7 +113,7 @@ def broker(request: pytest.FixtureRequest) -> str:
     return url
 
 
-@pytest.fixture(params=["redis", "nats"])
+@pytest.fixture(params=ENGINES)
 def own_broker(request: pytest.FixtureRequest) -> RedisServer | NatsServer:
     """A broker of this test's own (``own_redis`` or ``own_nats``), once per engine."""
     name = "own_redis" if request.param == "redis" else "own_nats"

@@ -28,6 +28,8 @@ from melody.errors import BackplaneError
 from melody.middleware import CallNext, Handshake
 from melody.nats_publisher import AsyncNatsPublisher
 
+pytestmark = pytest.mark.nats
+
 WAIT = 10.0
 ROOT = Path(__file__).resolve().parents[2]
 Nodes = Callable[..., Awaitable[list[tuple[Melody, str]]]]

@@ -261,7 +261,8 @@ async def test_a_broker_restart_keeps_hubs_alive_and_delivery_resumes(
     assert a.alive() and b.alive()
 
 
-@pytest.mark.parametrize("engine", [RedisServer, NatsServer])
+@pytest.mark.parametrize("engine", [RedisServer,
+                                    pytest.param(NatsServer, marks=pytest.mark.nats)])
 async def test_a_hub_started_while_the_broker_is_down_reports_it_then_connects(
         tmp_path: Path, engine: type[RedisServer | NatsServer]) -> None:
     server = engine(tmp_path)  # not started yet
