@@ -420,6 +420,10 @@ class NatsBackplane(Backplane):
         confirm within ``timeout``."""
         subject = self.names.topic(topic)
         if subject in self._confirmed:
+            options = self._history_options(topic)
+            if options is not None and not self._streams.follows(topic):
+                # Subscribed before the topic was configured with history: follow it now.
+                await self._guard(self._streams.follow(topic, options))
             return
         self._require_up()
         assert self._loop is not None
@@ -454,6 +458,23 @@ class NatsBackplane(Backplane):
         if not self._up or self._loop is None or self._state is None:
             return
         self._state.spawn(self._share_options({pattern: options}), self._loop)
+        if options.history:
+            # Topics subscribed here before they kept history: their publications now go to
+            # a stream, which this node must follow to deliver them.
+            for topic in set(self._sub_topics.values()):
+                if (self._history_options(topic) is not None
+                        and not self._streams.follows(topic)):
+                    self._state.spawn(self._follow(topic), self._loop)
+
+    async def _follow(self, topic: str) -> None:
+        options = self._history_options(topic)
+        if options is None:
+            return
+        try:
+            await self._streams.follow(topic, options)
+        except Exception as exc:
+            self._complain(BackplaneError(f"cannot follow the history of {topic!r}: {exc}"),
+                           exc)
 
     async def _share_options(self, patterns: dict[str, TopicOptions]) -> None:
         try:
@@ -584,10 +605,13 @@ class NatsBackplane(Backplane):
                         added.append(subject)
                         counters["subscribed_channels"] += 1
                     elif not wanted and subject in self._subs:
-                        await self._subs.pop(subject).unsubscribe()
+                        # Unconfirmed before the first await: a join meanwhile must wait for
+                        # the subscription made again, not take this one for live.
+                        sub = self._subs.pop(subject)
                         self._confirmed.discard(subject)
-                        counters["unsubscribed_channels"] += 1
                         gone = self._sub_topics.pop(subject, None)
+                        counters["unsubscribed_channels"] += 1
+                        await sub.unsubscribe()
                         if gone is not None:
                             await self._streams.unfollow(gone)
                 counters["subscribe_batches"] += 1

@@ -218,14 +218,23 @@ class NatsStreams:
         self._deliver = deliver
         self._epochs.clear()
         self._goals.clear()
+        now = self._loop.time()
         for follower in self._followers.values():
-            follower.sub = None  # gone with the old connection; made again by refollow
+            # Gone with the old connection; the backplane follows again every topic it
+            # subscribes again (not a stale one yet: the refresh must not race it).
+            follower.sub = None
+            follower.generation += 1
+            follower.last_seen = now
 
     def clear(self) -> int:
         """Forget the queue (the connection went away); how many publications were in it."""
         lost = len(self.queue)
         self.queue.clear()
         return lost
+
+    def follows(self, topic: str) -> bool:
+        """True when this node follows ``topic``'s stream."""
+        return topic in self._followers
 
     def following(self) -> list[str]:
         """The topics this node follows."""

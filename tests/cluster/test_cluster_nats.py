@@ -116,6 +116,24 @@ async def test_topics_nats_subjects_cannot_hold_reach_exactly_their_subscribers(
 
 
 @pytest.mark.asyncio
+async def test_a_topic_configured_with_history_after_it_was_subscribed_is_followed(
+        nats_url: str, nodes: Nodes) -> None:
+    (a, _), (b, url_b) = await nodes(nats_url)
+    async with melody.connect(url_b) as conn:
+        sub = await conn.subscribe("late:1")  # no history yet: a plain subscription on b
+        backplane = b.backplane
+        assert isinstance(backplane, NatsBackplane)
+        await wait_until(lambda: backplane.stats()["channels"] == 2, "node b subscribed")
+        for hub in (a, b):
+            hub.configure_topic("late:*", history_size=10)
+        await wait_until(lambda: backplane.stats()["stream_followers"] == 1,
+                         "node b follows the topic's new stream")
+        a.publish_json("late:1", {"n": 1})
+        got = await sub.get(WAIT)
+        assert (got.offset, got.data) == (1, {"n": 1})
+
+
+@pytest.mark.asyncio
 async def test_a_stream_deleted_under_its_followers_gets_a_new_epoch_and_flows_again(
         nats_url: str, nodes: Nodes, prefix: str) -> None:
     (a, _), (b, url_b) = await nodes(nats_url)
