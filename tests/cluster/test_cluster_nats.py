@@ -126,7 +126,8 @@ async def test_a_topic_configured_with_history_after_it_was_subscribed_is_follow
         await wait_until(lambda: backplane.stats()["channels"] == 2, "node b subscribed")
         for hub in (a, b):
             hub.configure_topic("late:*", history_size=10)
-        await wait_until(lambda: backplane.stats()["stream_followers"] == 1,
+        # Its consumer made: from then on every publication of the stream reaches node b.
+        await wait_until(lambda: backplane.stats()["stream_followers_made"] == 1,
                          "node b follows the topic's new stream")
         a.publish_json("late:1", {"n": 1})
         got = await sub.get(WAIT)
@@ -180,6 +181,9 @@ async def test_a_restart_that_keeps_the_store_keeps_the_epoch_and_the_offsets(
         got = [await sub.get(WAIT) for _ in range(3)]
         assert [p.offset for p in got] == [1, 2, 3]
         position = (sub.offset, sub.epoch)
+        b_backplane = b.backplane
+        assert isinstance(b_backplane, NatsBackplane)
+        made = b_backplane.stats()["stream_followers_made"]
         own_nats.kill()
         own_nats.start(keep_store=True)  # file storage: JetStream kept the stream
         for hub in (a, b):
@@ -187,8 +191,7 @@ async def test_a_restart_that_keeps_the_store_keeps_the_epoch_and_the_offsets(
             assert isinstance(backplane, NatsBackplane)
             await wait_until(lambda bp=backplane: bp.connected and bp.stats()["reconnects"] >= 1,
                              "reconnected")
-        await wait_until(lambda: a.backplane is not None and b.backplane is not None
-                         and b.backplane.stats()["stream_followers"] == 1,
+        await wait_until(lambda: b_backplane.stats()["stream_followers_made"] > made,
                          "node b follows the stream again")
         a.publish_json("room:1", "live after the restart")
         live = await sub.get(WAIT)
@@ -247,6 +250,12 @@ async def test_a_nats_publisher_in_another_process_reaches_both_nodes(
             assert sorted([await on_b.recv() for _ in range(2)]) == ["hello", "to all"]
     page = await b.history("room:p", since=0)
     assert [p.offset for p in page.publications] == [1, 2]
+
+
+def test_the_redis_publisher_points_a_nats_url_to_the_nats_publisher() -> None:
+    for cls in (melody.Publisher, melody.AsyncPublisher):
+        with pytest.raises(ValueError, match="NatsPublisher"):
+            cls("nats://127.0.0.1:4222")
 
 
 @pytest.mark.asyncio
