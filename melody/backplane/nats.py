@@ -34,8 +34,9 @@ What it does not
 While NATS is unreachable
     As with Redis: the hub keeps serving its own sessions; what this node publishes meanwhile
     is lost (``lost_while_down``, with what was queued when the connection broke), and so is
-    what others publish while this node is away (publications with history are kept by
-    JetStream and recovered by clients that resubscribe with a position). The outage is
+    what others publish while this node is away, except publications with history: JetStream
+    keeps them, and after the reconnect this node's followers resume at the offset they
+    expect next (same epoch), so its sessions get them late but in order. The outage is
     logged, reported to ``handle_error(None, BackplaneError)`` at most once per
     ``report_interval``, counted (``outages``, ``connect_failures``); the backplane
     reconnects with exponential backoff and jitter from ``reconnect_min`` to
@@ -56,6 +57,11 @@ Publishing never blocks
     (``dropped_outgoing_queue_full``, ``dropped_outgoing_queue_bytes``,
     ``dropped_outgoing_too_large``: over ``max_message_bytes`` or the server's
     ``max_payload``, 1 MiB by default).
+
+Topic options
+    What ``configure_topic`` set is written to the stream ``P_options`` when the backplane
+    connects and when ``configure_topic`` is called (``melody.backplane.nats_options``):
+    ``melody.NatsPublisher`` reads it to know which topics keep history.
 
 Subscription churn
     ``subscribe``/``unsubscribe`` only mark a subject; one task sends the net changes, then
