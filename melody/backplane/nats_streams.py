@@ -9,7 +9,9 @@ Offsets
     store numbers. (One stream for all topics would number them all together, leaving gaps
     in every topic's offsets.) The stream is made with ``max_msgs = history_size`` and,
     with ``history_ttl``, ``max_age = history_ttl``: JetStream trims and expires; the
-    sequence keeps counting when entries go, so offsets never restart within an epoch.
+    sequence keeps counting when entries go, so offsets never restart within an epoch. The
+    limits are those of the node that made the stream; a later ``configure_topic`` with other
+    limits leaves an existing stream as it is.
 
 Epochs
     The stream's ``description`` holds its epoch (``melody epoch=<random>``), chosen by the
