@@ -65,6 +65,8 @@ autodoc_mock_imports: list[str] = []
 SKIP_MODULES = {"melody.cli", "melody.demo", "melody.bench", "melody.__main__"}
 #: Modules still importable at their old path (thin re-exports), documented where the code is.
 MOVED = {"melody.asgi": "melody.server.asgi", "melody.redis_backplane": "melody.backplane.redis"}
+#: Modules documented though not top-level (a backplane that has no old path to move from).
+EXTRA_MODULES = ["melody.backplane.nats"]
 # Sections in reading order; any other public module follows, in name order.
 TITLES = {
     "melody.hub": "The hub",
@@ -79,6 +81,7 @@ TITLES = {
     "melody.server.asgi": "ASGI",
     "melody.backplane": "Backplanes",
     "melody.backplane.redis": "Redis backplane",
+    "melody.backplane.nats": "NATS backplane",
     "melody.workers": "Worker processes",
     "melody.logs": "Structured logs",
 }
@@ -107,6 +110,7 @@ def _public_modules() -> list[str]:
     found = [f"melody.{info.name}" for info in pkgutil.iter_modules(melody.__path__)
              if not info.name.startswith("_")]
     found = [MOVED.get(name, name) for name in found if name not in SKIP_MODULES]
+    found += EXTRA_MODULES
     order = list(TITLES)
     return sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
 

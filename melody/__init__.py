@@ -47,6 +47,9 @@ from melody.server import install_uvloop, run, serve
 from melody.session import Session
 
 if TYPE_CHECKING:
+    from melody.backplane.nats import NatsBackplane as NatsBackplane
+    from melody.nats_publisher import AsyncNatsPublisher as AsyncNatsPublisher
+    from melody.nats_publisher import NatsPublisher as NatsPublisher
     from melody.publisher import AsyncPublisher as AsyncPublisher
     from melody.publisher import Publisher as Publisher
     from melody.redis_backplane import RedisBackplane as RedisBackplane
@@ -97,9 +100,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisBackplane and the publishers need the optional redis package: imported on first
-    # use, so that
-    # `import melody` works without redis. (Not in __all__: a star-import would need redis.)
+    # RedisBackplane and the publishers need the optional redis package, NatsBackplane the
+    # nats-py package: imported on first use, so that
+    # `import melody` works without either. (Not in __all__: a star-import would need redis.)
     if name in ("Publisher", "AsyncPublisher"):
         try:
             from melody import publisher
@@ -117,4 +120,20 @@ def __getattr__(name: str) -> Any:
                 "melody.RedisBackplane needs the redis package: pip install 'melody[redis]'"
             ) from exc
         return RedisBackplane
+    if name in ("NatsPublisher", "AsyncNatsPublisher"):
+        try:
+            from melody import nats_publisher
+        except ImportError as exc:
+            raise AttributeError(
+                f"melody.{name} needs the nats-py package: pip install 'melody[nats]'"
+            ) from exc
+        return getattr(nats_publisher, name)
+    if name == "NatsBackplane":
+        try:
+            from melody.backplane.nats import NatsBackplane
+        except ImportError as exc:
+            raise AttributeError(
+                "melody.NatsBackplane needs the nats-py package: pip install 'melody[nats]'"
+            ) from exc
+        return NatsBackplane
     raise AttributeError(f"module 'melody' has no attribute {name!r}")

@@ -85,6 +85,9 @@ class _Publishing:
 
     def __init__(self, url: str, channel_prefix: str, options_refresh: float,
                  history_meta_ttl: float, timeout: float) -> None:
+        if isinstance(url, str) and url.startswith(("nats://", "tls://")):
+            raise ValueError(f"{url!r} is a NATS URL: hubs with a NatsBackplane are published "
+                             "to with melody.NatsPublisher (or AsyncNatsPublisher)")
         check_seconds("options_refresh", options_refresh, allow_zero=True)
         check_seconds("history_meta_ttl", history_meta_ttl, low=1.0)
         check_seconds("timeout", timeout)

@@ -22,5 +22,5 @@ def backplane_keeping(state: HubState, capability: str, feature: str) -> Any:
     if not getattr(backplane, capability, False):
         raise BackplaneError(
             f"{type(backplane).__name__} does not keep {feature}: topics with {feature} "
-            "across nodes need a backplane that does (RedisBackplane)")
+            "across nodes need a backplane that does (RedisBackplane, NatsBackplane)")
     return backplane

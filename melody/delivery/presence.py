@@ -15,7 +15,8 @@ Without a backplane the entries live in this process. With ``RedisBackplane`` th
 Redis (``melody.backplane.redis_presence``): each node writes its own sessions' entries and
 refreshes them every ``presence_interval``; an entry not refreshed for ``presence_ttl``
 seconds is gone from every read, so the sessions of a node that died drop out within
-``presence_ttl`` (15 s by default) of its last refresh.
+``presence_ttl`` (15 s by default) of its last refresh. ``NatsBackplane`` does the same in a
+JetStream stream whose ``max_age`` is ``presence_ttl`` (``melody.backplane.nats_presence``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ __all__ = ["Presence", "PresenceStore"]
 
 
 class PresenceStore(Protocol):
-    """What a backplane that keeps presence offers (``RedisBackplane`` does)."""
+    """What a backplane that keeps presence offers (``RedisBackplane`` and
+    ``NatsBackplane`` do)."""
 
     keeps_presence: bool
 

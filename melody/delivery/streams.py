@@ -22,7 +22,9 @@ publications of the topic for that session, reads the history, waits until it ha
 message Redis had queued for it by then (publications older than the page may still be on
 their way on the other connection), and then, in one step, hands
 the session the history after its position, the collected publications after the history's
-end, and adds it to the group: every offset once, in order.
+end, and adds it to the group: every offset once, in order. ``NatsBackplane`` keeps the same
+steps on JetStream: its stream's sequence numbers the publications, and every node delivers
+them from a consumer in that order (see ``melody.backplane.nats_streams``).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class Recovery(NamedTuple):
 
 
 class HistoryStore(Protocol):
-    """What a backplane that stores history offers (``RedisBackplane`` does)."""
+    """What a backplane that stores history offers (``RedisBackplane`` and
+    ``NatsBackplane`` do)."""
 
     stores_history: bool
 

@@ -1,7 +1,8 @@
 """The hub the cluster tests run in their own processes: a command relay over WebSocket.
 
-Configured by the environment: ``MELODY_REDIS_URL`` (no backplane when unset) and
-``MELODY_CHANNEL_PREFIX``. The backplane uses short intervals so that outages and presence
+Configured by the environment: ``MELODY_BACKPLANE_URL`` (``redis://`` for a RedisBackplane,
+``nats://`` for a NatsBackplane; else ``MELODY_REDIS_URL``; no backplane when neither is
+set) and ``MELODY_CHANNEL_PREFIX``. The backplane uses short intervals so that outages and presence
 settle quickly. Served two ways:
 
 - ``python cluster_hub.py --loop uvloop|asyncio``: one node on 127.0.0.1, port 0; prints
@@ -32,6 +33,8 @@ import signal
 import sys
 from typing import Any
 
+from cluster_support import make_backplane
+
 import melody
 from melody._hubstate import state_of
 
@@ -39,12 +42,12 @@ HOST = "127.0.0.1"
 
 
 def make_hub() -> melody.Melody:
-    url = os.environ.get("MELODY_REDIS_URL")
+    url = os.environ.get("MELODY_BACKPLANE_URL") or os.environ.get("MELODY_REDIS_URL")
     backplane = None
     if url:
-        backplane = melody.RedisBackplane(
+        backplane = make_backplane(
             url,
-            channel_prefix=os.environ.get("MELODY_CHANNEL_PREFIX", "melody-test"),
+            os.environ.get("MELODY_CHANNEL_PREFIX", "melody-test"),
             timeout=2.0,
             reconnect_min=0.05,
             reconnect_max=0.5,

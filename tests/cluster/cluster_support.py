@@ -47,6 +47,101 @@ def redis_ping(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def nats_ping(port: int, timeout: float = 1.0) -> bool:
+    """True if a nats-server answers PING on 127.0.0.1:port (raw protocol: the server sends
+    its INFO line first, then answers PONG)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+            seen = b""
+            while b"PONG" not in seen and len(seen) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                seen += chunk
+            return True
+    except OSError:
+        return False
+
+
+class NatsServer:
+    """A ``nats-server -js`` subprocess on 127.0.0.1, restartable on its port. Each start gets
+    an empty JetStream store: a restart loses everything, as a Redis without persistence
+    does (what the epoch tests need)."""
+
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.port = port if port is not None else free_port()
+        self.dir = log_dir
+        self.log = log_dir / f"nats-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    def start(self, timeout: float = WAIT, keep_store: bool = False) -> None:
+        """Start (again); with ``keep_store``, on the store of the last start (a restart
+        that loses nothing JetStream wrote to disk)."""
+        binary = shutil.which("nats-server") or (
+            "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
+        if binary is None:
+            raise RuntimeError("nats-server is not installed (Debian: apt-get install "
+                               "nats-server) and MELODY_NATS_URL is not set")
+        if not keep_store or not self.starts:
+            self.starts += 1
+        store = self.dir / f"nats-store-{self.port}-{self.starts}"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [binary, "-js", "-a", HOST, "-p", str(self.port), "-sd", str(store)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not nats_ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nats-server did not start on port {self.port}:\n"
+                                   + self.log.read_text(errors="replace")[-2000:])
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes without a goodbye, as in a crash."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=WAIT)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+#: A broker a test may kill and restart: a RedisServer or a NatsServer.
+Broker = Any
+
+
+def is_nats(url: str) -> bool:
+    """True for a NATS URL (the backplane is then a NatsBackplane)."""
+    return url.startswith(("nats://", "tls://"))
+
+
+def make_backplane(url: str, prefix: str, **settings: Any) -> Any:
+    """The backplane of ``url``: a NatsBackplane for ``nats://``, else a RedisBackplane,
+    with ``settings`` (the names both take)."""
+    if is_nats(url):
+        from melody.backplane.nats import NatsBackplane
+
+        return NatsBackplane(url, channel_prefix=prefix, **settings)
+    from melody.backplane.redis import RedisBackplane
+
+    return RedisBackplane(url, channel_prefix=prefix, **settings)
+
+
 class RedisServer:
     """A ``redis-server`` subprocess on 127.0.0.1 with no persistence, restartable on its port."""
 
@@ -108,7 +203,8 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> int:
 
 
 class HubNode:
-    """One ``cluster_hub.py`` process (a hub with a RedisBackplane) on its own port."""
+    """One ``cluster_hub.py`` process (a hub with the backplane of ``redis_url``, which may
+    also be a ``nats://`` URL) on its own port."""
 
     def __init__(self, redis_url: str, prefix: str, log_dir: Path, name: str,
                  loop: str = "asyncio", script: Path | None = None) -> None:
@@ -116,8 +212,12 @@ class HubNode:
         ``--loop`` and print ``READY <port>`` as ``cluster_hub.py`` does."""
         self.name = name
         self.log = log_dir / f"hub-{name}.log"
-        env = dict(os.environ, MELODY_REDIS_URL=redis_url, MELODY_CHANNEL_PREFIX=prefix,
+        env = dict(os.environ, MELODY_BACKPLANE_URL=redis_url, MELODY_CHANNEL_PREFIX=prefix,
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        if is_nats(redis_url):
+            env.pop("MELODY_REDIS_URL", None)
+        else:
+            env["MELODY_REDIS_URL"] = redis_url
         program = script if script is not None else HERE / "cluster_hub.py"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(

@@ -1,8 +1,9 @@
-"""Presence and join/leave across nodes: a real redis-server, hub processes, real sockets.
+"""Presence and join/leave across nodes: a real broker (redis-server, and nats-server with
+JetStream: the test runs on both), hub processes, real sockets.
 
 A hub process (``cluster_hub.py``: presence_interval 0.1 s, presence_ttl 3 s) holds the
 sessions; a node in this process reads presence and receives join/leave. Killing the hub
-process with SIGKILL (no goodbye to Redis) must make its sessions leave presence within
+process with SIGKILL (no goodbye to the broker) must make its sessions leave presence within
 ``presence_ttl`` of its last refresh.
 """
 
@@ -16,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from cluster_support import Client, HubNode, wait_until
+from cluster_support import Client, HubNode, make_backplane, wait_until
 from websockets.asyncio.client import connect
 
 import melody
 from melody import Melody
-from melody.backplane.redis import RedisBackplane
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,10 +30,10 @@ Clients = Callable[..., Awaitable[Client]]
 
 
 @pytest_asyncio.fixture
-async def reader(redis_url: str, prefix: str) -> AsyncIterator[Melody]:
-    """A node in this process on the same Redis and prefix, serving nothing but reads."""
-    hub = Melody(codec=melody.codecs.JSON, backplane=RedisBackplane(
-        redis_url, channel_prefix=prefix, presence_interval=0.1, presence_ttl=PRESENCE_TTL))
+async def reader(broker: str, prefix: str) -> AsyncIterator[Melody]:
+    """A node in this process on the same broker and prefix, serving nothing but reads."""
+    hub = Melody(codec=melody.codecs.JSON, backplane=make_backplane(
+        broker, prefix, presence_interval=0.1, presence_ttl=PRESENCE_TTL))
     hub.authorize(lambda session, action, topic: True)
     hub.configure_topic("pres:*", presence=True, join_leave=True)
     server = await hub.serve("127.0.0.1", 0)
@@ -45,10 +45,10 @@ async def reader(redis_url: str, prefix: str) -> AsyncIterator[Melody]:
 
 
 async def test_presence_is_cluster_wide_and_a_killed_node_drops_out_within_the_ttl(
-        redis_url: str, prefix: str, tmp_path: Path, clients: Clients,
+        broker: str, prefix: str, tmp_path: Path, clients: Clients,
         reader: Melody) -> None:
     # Not the hub_nodes fixture: that one wants its nodes to exit cleanly, this one is killed.
-    node = HubNode(redis_url, prefix, tmp_path, "doomed")
+    node = HubNode(broker, prefix, tmp_path, "doomed")
     try:
         node.wait_ready()
         await _presence_across_a_killed_node(node, clients, reader)

@@ -1,4 +1,6 @@
-"""Hub processes sharing one real Redis through RedisBackplane.
+"""Hub processes sharing one real broker through a backplane: Redis (RedisBackplane) and, for
+the tests of the contract, NATS too (NatsBackplane: those tests take ``broker`` or
+``own_broker`` and run once per engine).
 
 Each hub runs in its own process (``cluster_hub.py``) on its own port; clients are ``websockets``
 connections. Counts are exact: a fence (see ``cluster_support.fence``) makes sure every copy of
@@ -11,10 +13,22 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import Client, HubNode, RedisServer, fence, node_stats, wait_until
+from cluster_support import (
+    Broker,
+    Client,
+    HubNode,
+    NatsServer,
+    RedisServer,
+    fence,
+    is_nats,
+    make_backplane,
+    node_stats,
+    wait_until,
+)
 
 import melody
 from melody.redis_backplane import BackplaneError, RedisBackplane
@@ -41,8 +55,8 @@ async def _subscribed_everywhere(nodes_clients: list[Client], channels: int) -> 
 
 @pytest.mark.parametrize("node_count", [2, 3])
 async def test_every_message_arrives_exactly_once_at_every_matching_client(
-        redis_url: str, hub_nodes: Nodes, clients: Clients, node_count: int) -> None:
-    nodes = hub_nodes(redis_url, node_count)
+        broker: str, hub_nodes: Nodes, clients: Clients, node_count: int) -> None:
+    nodes = hub_nodes(broker, node_count)
     # Per node: two subscribers of "room" (s1 publishes, s2 uses publish_others) and one
     # client subscribed elsewhere (u: broadcasts, and must get no "room" message).
     s1: list[Client] = []
@@ -82,14 +96,16 @@ async def test_every_message_arrives_exactly_once_at_every_matching_client(
                         expected[f"m:po:{j}"] = 1
             assert client.received() == expected, client.name
 
-    # Published once per message (not once per node), and every node ignored its own echoes.
+    # Published once per message (not once per node), and every node ignored its own echoes
+    # (NATS sends none: no_echo).
     shared = 2 * ROUNDS + 4  # pub, bc, pubo, pubb, bco and the fence
+    echoes = 0 if is_nats(broker) else shared
     for i in range(node_count):
         stats = await node_stats(s1[i])
         assert stats["backplane_published"] == shared
 
         async def echoes_ignored(client: Client = s1[i]) -> bool:
-            return (await node_stats(client))["backplane_ignored_own"] == shared
+            return (await node_stats(client))["backplane_ignored_own"] == echoes
 
         await wait_until(echoes_ignored, f"node {i} ignored its {shared} own messages")
         assert stats["backplane_dropped_outgoing"] == 0
@@ -97,26 +113,31 @@ async def test_every_message_arrives_exactly_once_at_every_matching_client(
     assert all(node.alive() for node in nodes)
 
 
-async def test_topics_route_by_interest(redis_url: str, hub_nodes: Nodes, clients: Clients,
+async def test_topics_route_by_interest(broker: str, hub_nodes: Nodes, clients: Clients,
                                         prefix: str) -> None:
-    a, b = hub_nodes(redis_url, 2)
+    a, b = hub_nodes(broker, 2)
     alice = await clients(a.url, "alice")
     bob = await clients(b.url, "bob")
     carol = await clients(b.url, "carol")
-    r = aioredis.from_url(redis_url)
+    r = None if is_nats(broker) else aioredis.from_url(broker)
     channel = f"{prefix}:topic:lonely".encode()
 
-    async def subscribers_in_redis() -> int:
-        numsub = await r.pubsub_numsub(channel)
-        return int(numsub[0][1])
+    async def nodes_subscribed() -> int:
+        # Redis: its own count of the channel's subscribers. NATS has no client command
+        # for that: the topic subscriptions the server acknowledged to each node (its
+        # confirmed channels, the hub-wide one left out).
+        if r is not None:
+            numsub = await r.pubsub_numsub(channel)
+            return int(numsub[0][1])
+        return sum([(await node_stats(c))["backplane_channels"] - 1 for c in (alice, bob)])
 
     def nodes_on_channel(count: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
-            return await subscribers_in_redis() == count
+            return await nodes_subscribed() == count
         return check
 
     try:
-        assert await subscribers_in_redis() == 0
+        assert await nodes_subscribed() == 0
         await bob.subscribe("lonely")
         await wait_until(nodes_on_channel(1), "node b on the channel")
         await carol.subscribe("lonely")   # a second local subscriber: still one node
@@ -125,8 +146,8 @@ async def test_topics_route_by_interest(redis_url: str, hub_nodes: Nodes, client
         await alice.unsubscribe("lonely")
         await wait_until(nodes_on_channel(1), "node a left")
         await bob.unsubscribe("lonely")
-        assert await subscribers_in_redis() == 1    # carol is still there
-        await carol.close()                          # subscriptions end with the session
+        assert await nodes_subscribed() == 1    # carol is still there
+        await carol.close()                      # subscriptions end with the session
         await wait_until(nodes_on_channel(0), "node b left")
         # A publish to a topic nobody subscribes to reaches no node.
         before = (await node_stats(bob))["backplane_received"]
@@ -135,12 +156,13 @@ async def test_topics_route_by_interest(redis_url: str, hub_nodes: Nodes, client
         assert (await node_stats(bob))["backplane_received"] == before + 1  # the fence only
         assert bob.received() == Counter() and alice.received() == Counter()
     finally:
-        await r.aclose()
+        if r is not None:
+            await r.aclose()
 
 
 async def test_cluster_topic_len_sums_over_the_live_nodes(
-        redis_url: str, hub_nodes: Nodes, clients: Clients) -> None:
-    nodes = hub_nodes(redis_url, 3)
+        broker: str, hub_nodes: Nodes, clients: Clients) -> None:
+    nodes = hub_nodes(broker, 3)
     members: list[list[Client]] = []
     for n, node in enumerate(nodes):
         members.append([await clients(node.url, f"{n}.{k}") for k in range(n + 1)])
@@ -168,9 +190,9 @@ async def test_cluster_topic_len_sums_over_the_live_nodes(
     await wait_until(everyone_counts(2), "2 after node 2 stopped")
 
 
-async def test_redis_restart_keeps_hubs_alive_and_delivery_resumes(
-        own_redis: RedisServer, hub_nodes: Nodes, clients: Clients) -> None:
-    a, b = hub_nodes(own_redis.url, 2)
+async def test_a_broker_restart_keeps_hubs_alive_and_delivery_resumes(
+        own_broker: Broker, hub_nodes: Nodes, clients: Clients) -> None:
+    a, b = hub_nodes(own_broker.url, 2)
     a1, a2 = await clients(a.url, "a1"), await clients(a.url, "a2")
     b1, b2 = await clients(b.url, "b1"), await clients(b.url, "b2")
     everyone = [a1, a2, b1, b2]
@@ -181,7 +203,7 @@ async def test_redis_restart_keeps_hubs_alive_and_delivery_resumes(
     await fence([a1, b1], everyone)
     assert all(c.received() == Counter({"m:before": 1}) for c in everyone)
 
-    own_redis.kill()
+    own_broker.kill()
 
     def disconnected(client: Client) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -199,9 +221,9 @@ async def test_redis_restart_keeps_hubs_alive_and_delivery_resumes(
     await wait_until(lambda: all(b2.counts[f"m:down:b:{k}"] == 1 for k in range(5)),
                      "local broadcasts on node b")
     assert a.alive() and b.alive()
-    assert await a1.cluster_topic_len("room") == "error"  # no cluster count without Redis
+    assert await a1.cluster_topic_len("room") == "error"  # no cluster count without a broker
 
-    own_redis.start()
+    own_broker.start()
 
     def back(client: Client) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -230,7 +252,7 @@ async def test_redis_restart_keeps_hubs_alive_and_delivery_resumes(
         assert stats["backplane_reconnects"] >= 1
         info = await client.info()
         assert any("BackplaneError" in e for e in info["errors"]), info["errors"]
-    # Presence is rewritten after the restart (the new Redis started empty).
+    # Presence is rewritten after the restart (the new broker started empty).
 
     async def presence_back() -> bool:
         return await a1.cluster_topic_len("room") == "4"
@@ -239,10 +261,12 @@ async def test_redis_restart_keeps_hubs_alive_and_delivery_resumes(
     assert a.alive() and b.alive()
 
 
-async def test_a_hub_started_while_redis_is_down_reports_it_then_connects(
-        tmp_path: Path) -> None:
-    server = RedisServer(tmp_path)  # not started yet
-    backplane = RedisBackplane(server.url, channel_prefix=f"late-{server.port}", timeout=1.0,
+@pytest.mark.parametrize("engine", [RedisServer,
+                                    pytest.param(NatsServer, marks=pytest.mark.nats)])
+async def test_a_hub_started_while_the_broker_is_down_reports_it_then_connects(
+        tmp_path: Path, engine: type[RedisServer | NatsServer]) -> None:
+    server = engine(tmp_path)  # not started yet
+    backplane = make_backplane(server.url, f"late-{server.port}", timeout=1.0,
                                reconnect_min=0.05, reconnect_max=0.2)
     hub = melody.Melody(backplane=backplane)
     reported: list[BaseException] = []
@@ -257,7 +281,7 @@ async def test_a_hub_started_while_redis_is_down_reports_it_then_connects(
         hub.broadcast("nobody else hears this")
         assert backplane.stats()["lost_while_down"] == 1
         server.start()
-        await wait_until(lambda: backplane.connected, "connected once Redis is up")
+        await wait_until(lambda: backplane.connected, "connected once the broker is up")
         assert backplane.stats()["channels"] == 1
         assert backplane.stats()["reconnects"] == 1
         assert await hub.cluster_topic_len("t") == 0
@@ -268,8 +292,8 @@ async def test_a_hub_started_while_redis_is_down_reports_it_then_connects(
         server.stop()
 
 
-async def test_a_full_queue_drops_and_counts(redis_url: str, prefix: str) -> None:
-    backplane = RedisBackplane(redis_url, channel_prefix=prefix, max_queue=3)
+async def test_a_full_queue_drops_and_counts(broker: str, prefix: str) -> None:
+    backplane = make_backplane(broker, prefix, max_queue=3)
     hub = melody.Melody(backplane=backplane)
     await backplane.start(hub)
     try:
@@ -278,27 +302,36 @@ async def test_a_full_queue_drops_and_counts(redis_url: str, prefix: str) -> Non
         stats = backplane.stats()
         assert stats["queued"] == 3 and stats["dropped_outgoing"] == 7
         await wait_until(lambda: backplane.stats()["published"] == 3, "the queue drained")
-        assert backplane.stats()["publish_batches"] == 1  # three PUBLISHes, one round trip
+        assert backplane.stats()["publish_batches"] == 1  # three publishes, one round trip
     finally:
         await backplane.stop()
 
 
-async def test_malformed_messages_are_counted_and_ignored(redis_url: str, prefix: str) -> None:
-    backplane = RedisBackplane(redis_url, channel_prefix=prefix)
+async def test_malformed_messages_are_counted_and_ignored(broker: str, prefix: str) -> None:
+    backplane = make_backplane(broker, prefix)
     hub = melody.Melody(backplane=backplane)
     reported: list[BaseException] = []
     hub.handle_error(lambda session, error: reported.append(error))
     await backplane.start(hub)
-    r = aioredis.from_url(redis_url)
+    messages = [b"short", b"n" * 16 + b"\x80" + b"bad flags", b"n" * 16 + b"\x00" + b"fine"]
+    if is_nats(broker):
+        import nats
+
+        nc = await nats.connect(broker)
+        for message in messages:
+            await nc.publish(f"{prefix}.all", message)
+        close: Any = nc.close
+    else:
+        r = aioredis.from_url(broker)
+        for message in messages:
+            await r.publish(f"{prefix}:all", message)
+        close = r.aclose
     try:
-        await r.publish(f"{prefix}:all", b"short")
-        await r.publish(f"{prefix}:all", b"n" * 16 + b"\x80" + b"bad flags")
-        await r.publish(f"{prefix}:all", b"n" * 16 + b"\x00" + b"fine")
         await wait_until(lambda: backplane.stats()["received"] == 1, "the good message")
         assert backplane.stats()["malformed"] == 2
         assert any(isinstance(e, BackplaneError) for e in reported)
     finally:
-        await r.aclose()
+        await close()
         await backplane.stop()
 
 
@@ -314,15 +347,26 @@ async def test_bad_settings_fail_at_construction() -> None:
     assert melody.RedisBackplane is RedisBackplane
 
 
+async def test_bad_nats_settings_fail_at_construction() -> None:
+    from melody.backplane.nats import NatsBackplane
+
+    for bad in ({"url": "127.0.0.1:4222"}, {"channel_prefix": ""},
+                {"channel_prefix": "has.dot"}, {"channel_prefix": "has space"},
+                {"max_queue": 0}, {"presence_interval": 5, "presence_ttl": 5},
+                {"history_storage": "disk"}):
+        with pytest.raises(ValueError):
+            NatsBackplane(**bad)
+    assert melody.NatsBackplane is NatsBackplane
+
+
 async def test_a_cancelled_presence_query_leaves_the_connection_usable(
-        redis_url: str, prefix: str) -> None:
+        broker: str, prefix: str) -> None:
     from melody._core.constants import STATE_OPEN
     from melody._core.protocol import WebSocketProtocol
     from melody._hubstate import state_of
     from melody.handshake import parse_request
 
-    nodes = [melody.Melody(backplane=RedisBackplane(redis_url, channel_prefix=prefix,
-                                                    presence_interval=0.05))
+    nodes = [melody.Melody(backplane=make_backplane(broker, prefix, presence_interval=0.05))
              for _ in range(2)]
     request = parse_request(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     for _ in range(3):  # three subscribers on the second node, no sockets needed
@@ -331,7 +375,7 @@ async def test_a_cancelled_presence_query_leaves_the_connection_usable(
         proto.session = melody.Session(nodes[1], proto, request)
         state_of(nodes[1]).connections.add(proto)
         nodes[1].subscribe(proto.session, "x")
-    backplanes = [node.backplane for node in nodes if isinstance(node.backplane, RedisBackplane)]
+    backplanes = [node.backplane for node in nodes if node.backplane is not None]
     for node, backplane in zip(nodes, backplanes, strict=True):
         await backplane.start(node)
     first = nodes[0]
