@@ -17,6 +17,9 @@ A client sends one command per text message; replies start with the command's na
 ``info``             reply ``info {json}``: pid, worker id, topics of this session, hub.stats()
 ``ctl T``            reply ``ctl T N``: ``await hub.cluster_topic_len(T)`` (``N`` is ``error``
                      when it raised)
+``user U``           ``session.user = U``; reply ``user U``
+``touser U M``       ``hub.send_to_user(U, M)``; ``kick U``: ``hub.disconnect_user(U, 4000)``
+``pres T``           reply ``pres T {json}``: ``await hub.presence(T)`` (``error`` if it raised)
 ==================== ==========================================================================
 
 ``GET /info`` answers the same JSON (without the session's topics) over plain HTTP.
@@ -95,6 +98,20 @@ def make_hub() -> melody.Melody:
             except melody.MelodyError:
                 count = "error"
             session.write(f"ctl {rest} {count}")
+        elif command == "user":
+            session.user = rest
+            session.write(f"user {rest}")
+        elif command == "touser":
+            user, _, msg = rest.partition(" ")
+            hub.send_to_user(user, msg)
+        elif command == "kick":
+            hub.disconnect_user(rest, 4000, "kicked")
+        elif command == "pres":
+            try:
+                entries: object = json.dumps(await hub.presence(rest))
+            except melody.MelodyError:
+                entries = "error"
+            session.write(f"pres {rest} {entries}")
         else:
             session.write(f"unknown {command}")
 
