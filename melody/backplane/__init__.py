@@ -34,9 +34,12 @@ Messages are framed once per node (each node's fan-out builds one frame for all 
 and published once per message (not once per node). The envelope: 16 bytes of node id, one
 flags byte (bit 0: binary), then the payload.
 
-The code: ``melody.backplane.base`` (:class:`Backplane`, the envelope) and
+The code: ``melody.backplane.base`` (:class:`Backplane`, the envelope),
 ``melody.backplane.redis`` (``RedisBackplane``, over Redis pub/sub; needs the ``redis`` package;
-also importable as ``melody.RedisBackplane`` and ``melody.redis_backplane``).
+also importable as ``melody.RedisBackplane`` and ``melody.redis_backplane``) and
+``melody.backplane.local`` (``WorkerBus``: the workers of ``melody serve --workers N`` on one
+machine, over Unix sockets, no broker; made by the workers themselves when the hub has no
+backplane; it frames its own messages instead of carrying the envelope).
 """
 
 from __future__ import annotations
