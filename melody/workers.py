@@ -25,8 +25,9 @@ One hub across the workers
     the workers with subscribers for it), ``cluster_topic_len``, presence and
     ``send_to_user``/``disconnect_user`` span them, and a restarted worker links again.
     ``len(hub)`` and ``topic_len`` still count one worker's sessions. Topics with history are
-    not kept across workers by this bus (publishing to one raises ``BackplaneError``): use a
-    ``RedisBackplane`` for those. A hub configured with a backplane
+    kept by one owner worker each (in its memory; a restarted owner starts them over with a
+    new epoch, and while it is down their publications raise ``BackplaneError``). A hub
+    configured with a backplane
     (``Melody(backplane=melody.RedisBackplane(url))``) keeps it: its workers then share over
     Redis, with the other machines on it, and no bus is made. ``run_workers(bus=False)``
     (``melody serve --no-worker-bus``) gives the old behaviour: workers that share nothing.
@@ -342,16 +343,10 @@ async def _serve_worker(hub: Melody, sock: socket.socket, ssl: _ssl.SSLContext |
 
 def _join_bus(hub: Melody, bus_dir: str, worker_id: int) -> None:
     # The hub has no backplane: the workers share over the machine-local bus.
-    from melody._hubstate import state_of
     from melody.backplane.local import WorkerBus
 
-    hub.backplane = WorkerBus(bus_dir, worker_id)
-    history = [pattern for pattern, options in state_of(hub).streams.table.patterns().items()
-               if options.history]
-    if history:
-        logger.warning("worker %d: topics with history (%s) are not kept across workers "
-                       "without a RedisBackplane: publishing to them raises BackplaneError",
-                       worker_id, ", ".join(history))
+    slots = int(os.environ.get("MELODY_WORKERS", worker_id))
+    hub.backplane = WorkerBus(bus_dir, worker_id, max(slots, worker_id))
 
 
 def _worker_main(argv: Sequence[str] | None = None) -> int:

@@ -44,9 +44,21 @@ Counts and presence
     dead worker's entries are gone as soon as its link closes.
 
 History
-    Not kept across workers: topics configured with ``history_size`` raise ``BackplaneError``
-    when published or read under ``--workers`` without Redis (each worker numbering its own
-    would give each client another history). Use a ``RedisBackplane`` for those.
+    A topic with history (``hub.configure_topic(..., history_size=N)``) has one owner worker,
+    a stable hash of the topic over the slots (:meth:`WorkerBus.owner`; the same on every
+    worker, since all know ``slots``). The owner numbers and keeps the topic's publications
+    in its memory (``MemoryHistory``): a publication made on another worker goes to it (an
+    APPEND on their link), it numbers it, delivers it to its own subscribers and sends it
+    (a STREAM) to every worker with subscribers, the publishing one included, which deliver
+    it when it comes: one order of offsets on every worker. History reads and recoveries
+    (``hub.history``, ``hub.subscribe_from``) ask the owner on the same link as its STREAMs,
+    so a page never overtakes a publication sent before it: no gap, no duplicate. While the
+    owner is down (dead, restarting) its topics' publications and reads raise
+    ``BackplaneError``; the restarted owner starts their streams over with a new epoch, so a
+    client at an old position is told to refetch (the memory engine's rule for a restart).
+    The history lives in one process: it is lost with it, and bounded by its memory only
+    (``history_size``/``history_ttl``). A bus made without ``slots`` keeps no history:
+    publishing to such topics raises ``BackplaneError``.
 
 Publishing never blocks
     Each peer has its own outgoing queue: frames wait there while the socket's send buffer is
@@ -72,6 +84,7 @@ import contextlib
 import functools
 import logging
 import os
+import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -88,11 +101,13 @@ from melody.backplane.base import (
     encode_user_envelope,
     new_node_id,
 )
+from melody.delivery.history import HistoryPage, MemoryHistory, StoredPublication, StreamPosition
 from melody.errors import BackplaneError
 from melody.limits import MAX_BUFFER_BYTES, MAX_COUNT, MAX_MESSAGE_SIZE, check_int, check_seconds
 
 if TYPE_CHECKING:
     from melody._hubstate import HubState
+    from melody.delivery.options import TopicOptions
     from melody.hub import Melody
 
 __all__ = ["WorkerBus", "BUS_DIR_ENV", "socket_path"]
@@ -209,7 +224,9 @@ class WorkerBus(Backplane):
     module docstring).
 
     ``directory`` holds the workers' sockets (at most 90 bytes: Unix socket paths are short);
-    ``slot`` is this worker's number (1..65535, ``MELODY_WORKER_ID``). Durations are seconds:
+    ``slot`` is this worker's number (1..65535, ``MELODY_WORKER_ID``); ``slots`` how many
+    workers there are (``MELODY_WORKERS``; needed for topics with history, which it spreads
+    over the workers; None: no history). Durations are seconds:
 
     - ``max_queue`` / ``max_queue_bytes``: messages / bytes held at most for one peer, in
       this bus's queue and the transport's buffer (1..2**31 / 64 KiB..64 GiB).
@@ -227,12 +244,15 @@ class WorkerBus(Backplane):
     #: Presence is kept by each worker for its own sessions and read from all.
     keeps_presence = True
 
-    def __init__(self, directory: str, slot: int, *, max_queue: int = 10_000,
+    def __init__(self, directory: str, slot: int, slots: int | None = None, *,
+                 max_queue: int = 10_000,
                  max_queue_bytes: int = 8 << 20, max_message_bytes: int = 4 << 20,
                  timeout: float = 5.0, reconnect_interval: float = 0.1,
                  report_interval: float = 10.0) -> None:
         super().__init__()
         check_int("slot", slot, 1, 0xFFFF)
+        if slots is not None:
+            check_int("slots", slots, slot, 0xFFFF)
         check_int("max_queue", max_queue, 1, MAX_COUNT)
         check_int("max_queue_bytes", max_queue_bytes, 64 << 10, MAX_BUFFER_BYTES)
         check_int("max_message_bytes", max_message_bytes, 1 << 10,
@@ -245,6 +265,12 @@ class WorkerBus(Backplane):
             raise ValueError(f"bus socket path {path!r} too long for a Unix socket")
         self.directory = directory
         self.slot = slot
+        #: How many worker slots there are (``MELODY_WORKERS``): what picks a topic's owner.
+        self.slots = slots
+        #: Topics with history are kept (by their owner worker) when the slots are known.
+        self.stores_history = slots is not None
+        # The streams of the topics this worker owns.
+        self._history = MemoryHistory()
         self.path = path
         self.max_queue_bytes = max_queue_bytes
         self.max_message_bytes = max_message_bytes
@@ -277,7 +303,7 @@ class WorkerBus(Backplane):
             ("published", "written", "skipped_uninterested", "received", "ignored_unwanted",
              "malformed", "dropped_outgoing", *_DROP_REASONS, "interest_sent",
              "subscribe_coalesced", "peer_links", "peer_losses", "dial_failures", "asked",
-             "ask_timeouts"), 0)
+             "ask_timeouts", "stream_published", "stream_forwarded", "stream_received"), 0)
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -415,14 +441,26 @@ class WorkerBus(Backplane):
             link.topics.discard(body.decode("utf-8", "surrogatepass"))
         elif kind == frames.USER:
             self._user_message(state, body)
+        elif kind == frames.STREAM:
+            topic, offset, text = frames.parse_stream(body)
+            self._counters["stream_received"] += 1
+            try:
+                state.streams.deliver(topic, offset, text)
+            except Exception as exc:
+                state.report(None, exc)
+        elif kind == frames.APPEND:
+            topic, size, ttl, text = frames.parse_append(body)
+            if self.slots is None or self.owner(topic) != self.slot:
+                raise frames.FrameError(f"APPEND of {topic!r} to a worker that does not own it")
+            self._append(topic, size, ttl, text)
         elif kind == frames.ASK:
             self._answer(link, *frames.parse_ask(body))
         elif kind == frames.ANSWER:
-            request, data = frames.parse_answer(body)
+            request, answer = frames.parse_answer(body)
             entry = self._questions.get(request)
             link.asked.discard(request)
             if entry is not None and not entry[1].done():
-                entry[1].set_result(data)
+                entry[1].set_result(answer)
         else:
             raise frames.FrameError(f"unexpected frame kind {kind}")
 
@@ -443,14 +481,21 @@ class WorkerBus(Backplane):
         except Exception as exc:
             state.report(None, exc)
 
-    def _answer(self, link: _Link, request: int, what: int, topic: str) -> None:
+    def _answer(self, link: _Link, request: int, what: int, topic: str, since: int | None,
+                limit: int | None) -> None:
         hub = self._hub
         state = self._state
         assert hub is not None and state is not None
         if what == frames.ASK_TOPIC_LEN:
             data = str(hub.topic_len(topic)).encode()
-        else:
+        elif what == frames.ASK_PRESENCE:
             data = orjson.dumps(state.presence.local().get(topic, {}))
+        elif what == frames.ASK_HISTORY:
+            page = self._read_here(topic, since, limit)
+            data = orjson.dumps([page.position.offset, page.position.epoch,
+                                 [list(p) for p in page.publications]])
+        else:
+            data = b""  # ASK_SYNC: the answer itself is the point
         self._flush_interest()  # the answer comes after every interest change made before it
         link.push(frames.answer(request, data))
         link.flush()
@@ -586,18 +631,34 @@ class WorkerBus(Backplane):
 
     async def _ask_all(self, what: int, topic: str) -> list[bytes]:
         # One question to every live peer; the answers of those still alive at the end.
+        answers = await self._ask(list(self._peers.values()), what, topic)
+        return [data for data in answers if data is not None]
+
+    async def _ask_owner(self, owner: int, what: int, topic: str, since: int | None = None,
+                         limit: int | None = None) -> bytes:
+        link = self._peers.get(owner)
+        if link is not None:
+            (data,) = await self._ask([link], what, topic, since, limit)
+            if data is not None:
+                return data
+        raise BackplaneError(f"worker {owner}, which keeps the history of {topic!r}, is not "
+                             "linked to this one (restarting?)")
+
+    async def _ask(self, links: list[_Link], what: int, topic: str, since: int | None = None,
+                   limit: int | None = None) -> list[bytes | None]:
+        # One question to each of ``links``; each answer, or None for a link that died.
         loop = self._loop
         if loop is None:
             raise BackplaneError("worker bus not started")
         self._flush_interest()
         waiting: list[asyncio.Future[bytes | None]] = []
         requests: list[int] = []
-        for link in list(self._peers.values()):
+        for link in links:
             self._next_request = request = (self._next_request + 1) & 0xFFFFFFFF
             future: asyncio.Future[bytes | None] = loop.create_future()
             self._questions[request] = (link, future)
             link.asked.add(request)
-            link.push(frames.ask(request, what, topic))
+            link.push(frames.ask(request, what, topic, since, limit))
             link.flush()
             waiting.append(future)
             requests.append(request)
@@ -617,7 +678,7 @@ class WorkerBus(Backplane):
                 entry = self._questions.pop(request, None)
                 if entry is not None:
                     entry[0].asked.discard(request)
-        return [data for f in waiting if (data := f.result()) is not None]
+        return [f.result() for f in waiting]
 
     def _fail_questions(self, result: bytes | None) -> None:
         for _, future in self._questions.values():
@@ -648,6 +709,91 @@ class WorkerBus(Backplane):
         for data in await self._ask_all(frames.ASK_PRESENCE, topic):
             entries.update(orjson.loads(data))
         return entries
+
+    # -- topics with history (melody.delivery.streams' HistoryStore) -------------------------
+
+    def owner(self, topic: str) -> int:
+        """The slot of the worker that numbers and keeps ``topic``'s history: a stable hash
+        of the topic over the slots (the same on every worker). ValueError without ``slots``."""
+        if self.slots is None:
+            raise ValueError("WorkerBus made without slots keeps no history")
+        return zlib.crc32(topic.encode("utf-8", "surrogatepass")) % self.slots + 1
+
+    def publish_stream(self, topic: str, data: str, options: TopicOptions) -> None:
+        """Have ``topic``'s owner number, keep and deliver one publication: at once when this
+        worker owns it, else in an APPEND on the link to the owner. Every worker with
+        subscribers, this one included, delivers it when the owner sends it. Never blocks.
+
+        Raises ``BackplaneError`` when the owner is not linked (it died and is restarting) or
+        its queue is full: a publication that would be numbered is never dropped in silence."""
+        owner = self.owner(topic)
+        if owner == self.slot:
+            self._append(topic, options.history_size, options.history_ttl, data)
+            return
+        link = self._peers.get(owner)
+        if link is None:
+            raise BackplaneError(f"worker {owner}, which keeps the history of {topic!r}, is "
+                                 "not linked to this one (restarting?): publication not stored")
+        frame = frames.append(topic, options.history_size, options.history_ttl, data)
+        if not self._admit(link, len(frame)):
+            raise BackplaneError(f"queue for worker {owner} full: publication to {topic!r} "
+                                 "not stored")
+        link.push(frame, message=True)
+        self._counters["stream_forwarded"] += 1
+        self._schedule_flush()
+
+    def _append(self, topic: str, size: int, ttl: float | None, data: str) -> None:
+        # This worker owns ``topic``: number and keep the publication, deliver it here, and
+        # send it to every peer with subscribers (before any later answer on those links).
+        state = self._state
+        assert state is not None
+        position = self._history.append(topic, data, size, ttl)
+        self._counters["stream_published"] += 1
+        frame: bytes | None = None
+        for link in self._peers.values():
+            if topic not in link.topics:
+                continue
+            if frame is None:
+                frame = frames.stream(topic, position.offset, data)
+            if self._admit(link, len(frame)):
+                link.push(frame, message=True)
+        if frame is not None:
+            self._schedule_flush()
+        try:
+            state.streams.deliver(topic, position.offset, data)
+        except Exception as exc:
+            state.report(None, exc)
+
+    def _read_here(self, topic: str, since: int | None, limit: int | None) -> HistoryPage:
+        if since is None:
+            return HistoryPage([], self._history.position(topic))
+        return self._history.read(topic, since, limit)
+
+    async def read_stream(self, topic: str, since: int | None, limit: int | None,
+                          options: TopicOptions) -> HistoryPage:
+        """The history of ``topic`` after ``since`` (None: the position only), from its
+        owner. Raises ``BackplaneError`` when the owner is not linked or does not answer
+        within ``timeout``."""
+        owner = self.owner(topic)
+        if owner == self.slot:
+            return self._read_here(topic, since, limit)
+        data = await self._ask_owner(owner, frames.ASK_HISTORY, topic, since, limit)
+        offset, epoch, entries = orjson.loads(data)
+        return HistoryPage([StoredPublication(o, d) for o, d in entries],
+                           StreamPosition(offset, epoch))
+
+    async def wait_subscribed(self, topic: str) -> None:
+        """Return once ``topic``'s owner has read this worker's interest in it (subscribe it
+        first): from then on it sends this worker every publication. ``BackplaneError`` when
+        the owner is not linked or does not answer within ``timeout``."""
+        owner = self.owner(topic)
+        if owner != self.slot:
+            await self._ask_owner(owner, frames.ASK_SYNC, topic)
+
+    async def wait_caught_up(self) -> None:
+        """Nothing to wait for: a topic's publications and its history pages come from its
+        owner on one link, in order, so the publications sent before a page have been
+        delivered here when the page arrives."""
 
     def _complain(self, error: BackplaneError) -> None:
         loop = self._loop
@@ -680,7 +826,8 @@ class WorkerBus(Backplane):
         ``dropped_outgoing_too_large``; ``interest_sent`` (topic changes announced),
         ``subscribe_coalesced`` (changes cancelled within one turn), ``peer_links`` (links
         made), ``peer_losses``, ``dial_failures``, ``asked`` (questions to peers),
-        ``ask_timeouts``.
+        ``ask_timeouts``. Topics with history: ``stream_published`` (numbered here, as their
+        owner), ``stream_forwarded`` (sent to their owner), ``stream_received`` (from owners).
         """
         stats = dict(self._counters)
         stats["connected"] = int(self._server is not None and not self._stopping)

@@ -11,9 +11,14 @@ SUBSCRIBE  topic: the sender has subscribers for it now (interest)
 UNSUBSCRIBE topic: the sender's last subscriber left
 USER       a user envelope (``melody.backplane.base.encode_user_envelope`` and
            ``encode_disconnect_envelope``)
-ASK        request id (4 bytes), what (1 byte: 1 topic_len, 2 presence), topic
+ASK        request id (4 bytes), what (1 byte: 1 topic_len, 2 presence, 3 history, 4 sync),
+           since and limit (8 bytes each, signed; -1 for none: history only), topic
 ANSWER     request id (4 bytes), the answer (topic_len: the count in ASCII; presence: a JSON
-           object session id -> info JSON)
+           object session id -> info JSON; history: JSON ``[offset, epoch, [[offset, data],
+           ...]]``; sync: empty)
+APPEND     to a topic's owner: history_size (4 bytes), history_ttl (8 bytes, a double; NaN
+           for none), topic length (2 bytes), topic, data (JSON text)
+STREAM     from a topic's owner: offset (8 bytes), topic length (2 bytes), topic, data
 =========  ===============================================================================
 
 A message frame is built as a head (length, kind, flags, topic) and the payload apart, so that
@@ -23,12 +28,16 @@ peer.
 
 from __future__ import annotations
 
+import math
+import struct
+
 from melody.backplane.base import NODE_ID_SIZE
 
 __all__ = ["FrameDecoder", "FrameError", "HELLO", "MESSAGE", "SUBSCRIBE", "UNSUBSCRIBE",
-           "USER", "ASK", "ANSWER", "ASK_TOPIC_LEN", "ASK_PRESENCE", "VERSION", "hello",
-           "message_head", "interest", "user", "ask", "answer", "parse_hello",
-           "parse_message", "parse_ask", "parse_answer"]
+           "USER", "ASK", "ANSWER", "APPEND", "STREAM", "ASK_TOPIC_LEN", "ASK_PRESENCE",
+           "ASK_HISTORY", "ASK_SYNC", "VERSION", "hello", "message_head", "interest", "user",
+           "ask", "answer", "append", "stream", "parse_hello", "parse_message", "parse_ask",
+           "parse_answer", "parse_append", "parse_stream"]
 
 HELLO = 1
 MESSAGE = 2
@@ -37,10 +46,18 @@ UNSUBSCRIBE = 4
 USER = 5
 ASK = 6
 ANSWER = 7
-_KINDS = frozenset((HELLO, MESSAGE, SUBSCRIBE, UNSUBSCRIBE, USER, ASK, ANSWER))
+APPEND = 8
+STREAM = 9
+_KINDS = frozenset((HELLO, MESSAGE, SUBSCRIBE, UNSUBSCRIBE, USER, ASK, ANSWER, APPEND, STREAM))
 
 ASK_TOPIC_LEN = 1
 ASK_PRESENCE = 2
+ASK_HISTORY = 3
+ASK_SYNC = 4
+_ASKS = (ASK_TOPIC_LEN, ASK_PRESENCE, ASK_HISTORY, ASK_SYNC)
+_ASK_HEAD = struct.Struct(">IBqq")
+_APPEND_HEAD = struct.Struct(">IdH")
+_STREAM_HEAD = struct.Struct(">QH")
 
 #: The protocol version a HELLO carries; a peer speaking another one is refused.
 VERSION = 1
@@ -88,9 +105,48 @@ def user(envelope: bytes) -> bytes:
     return _frame(USER, envelope)
 
 
-def ask(request: int, what: int, topic: str) -> bytes:
-    """An ASK frame (``what``: :data:`ASK_TOPIC_LEN` or :data:`ASK_PRESENCE`)."""
-    return _frame(ASK, request.to_bytes(4, "big") + bytes((what,)) + _topic_bytes(topic))
+def ask(request: int, what: int, topic: str, since: int | None = None,
+        limit: int | None = None) -> bytes:
+    """An ASK frame (``what``: one of the ``ASK_*``; ``since``/``limit`` for history)."""
+    return _frame(ASK, _ASK_HEAD.pack(request, what, -1 if since is None else since,
+                                      -1 if limit is None else limit) + _topic_bytes(topic))
+
+
+def append(topic: str, size: int, ttl: float | None, data: str) -> bytes:
+    """An APPEND frame: a publication for the owner of ``topic``'s history to number."""
+    return _frame(APPEND, _APPEND_HEAD.pack(size, math.nan if ttl is None else ttl,
+                                            len(name := _topic_bytes(topic)))
+                  + name + data.encode("utf-8"))
+
+
+def stream(topic: str, offset: int, data: str) -> bytes:
+    """A STREAM frame: publication ``offset`` of ``topic``, numbered by its owner."""
+    name = _topic_bytes(topic)
+    return _frame(STREAM, _STREAM_HEAD.pack(offset, len(name)) + name + data.encode("utf-8"))
+
+
+def parse_append(body: bytes) -> tuple[str, int, float | None, str]:
+    """``(topic, history_size, history_ttl, data)`` of an APPEND."""
+    head = _APPEND_HEAD.size
+    if len(body) < head:
+        raise FrameError("APPEND too short")
+    size, ttl, length = _APPEND_HEAD.unpack_from(body)
+    if len(body) < head + length:
+        raise FrameError("APPEND shorter than its topic")
+    topic = body[head:head + length].decode("utf-8", "surrogatepass")
+    return topic, size, None if math.isnan(ttl) else ttl, body[head + length:].decode("utf-8")
+
+
+def parse_stream(body: bytes) -> tuple[str, int, str]:
+    """``(topic, offset, data)`` of a STREAM."""
+    head = _STREAM_HEAD.size
+    if len(body) < head:
+        raise FrameError("STREAM too short")
+    offset, length = _STREAM_HEAD.unpack_from(body)
+    if len(body) < head + length:
+        raise FrameError("STREAM shorter than its topic")
+    topic = body[head:head + length].decode("utf-8", "surrogatepass")
+    return topic, offset, body[head + length:].decode("utf-8")
 
 
 def answer(request: int, data: bytes) -> bytes:
@@ -121,11 +177,14 @@ def parse_message(body: bytes) -> tuple[str | None, bool, bytes]:
     return topic, bool(flags & _FLAG_BINARY), body[3 + size:]
 
 
-def parse_ask(body: bytes) -> tuple[int, int, str]:
-    """``(request id, what, topic)`` of an ASK."""
-    if len(body) < 5 or body[4] not in (ASK_TOPIC_LEN, ASK_PRESENCE):
+def parse_ask(body: bytes) -> tuple[int, int, str, int | None, int | None]:
+    """``(request id, what, topic, since, limit)`` of an ASK."""
+    head = _ASK_HEAD.size
+    if len(body) < head or body[4] not in _ASKS:
         raise FrameError("malformed ASK")
-    return int.from_bytes(body[:4], "big"), body[4], body[5:].decode("utf-8", "surrogatepass")
+    request, what, since, limit = _ASK_HEAD.unpack_from(body)
+    return (request, what, body[head:].decode("utf-8", "surrogatepass"),
+            None if since < 0 else since, None if limit < 0 else limit)
 
 
 def parse_answer(body: bytes) -> tuple[int, bytes]:

@@ -22,6 +22,10 @@ def _stream() -> tuple[bytes, list[tuple[int, bytes]]]:
         frames.user(encode_user_envelope(NODE, "bob", False, b"hi")),
         frames.ask(7, frames.ASK_PRESENCE, "pres:x"),
         frames.answer(7, b"{}"),
+        frames.append("hist:1", 100, None, '{"n":1}'),
+        frames.append("hist:1", 5, 2.5, "[]"),
+        frames.stream("hist:1", 42, '"é"'),
+        frames.ask(8, frames.ASK_HISTORY, "hist:1", 3, 10),
     ]
     decoded = frames.FrameDecoder(1 << 20).feed(b"".join(wire))
     return b"".join(wire), decoded
@@ -31,13 +35,18 @@ def test_every_frame_round_trips() -> None:
     _, decoded = _stream()
     kinds = [kind for kind, _ in decoded]
     assert kinds == [frames.HELLO, frames.MESSAGE, frames.MESSAGE, frames.SUBSCRIBE,
-                     frames.UNSUBSCRIBE, frames.USER, frames.ASK, frames.ANSWER]
+                     frames.UNSUBSCRIBE, frames.USER, frames.ASK, frames.ANSWER, frames.APPEND,
+                     frames.APPEND, frames.STREAM, frames.ASK]
     assert frames.parse_hello(decoded[0][1]) == (3, NODE)
     assert frames.parse_message(decoded[1][1]) == ("room:1", False, "é€😀".encode())
     assert frames.parse_message(decoded[2][1]) == (None, True, b"\x00\x01\x02")
     assert decoded[3][1] == b"room:1"
-    assert frames.parse_ask(decoded[6][1]) == (7, frames.ASK_PRESENCE, "pres:x")
+    assert frames.parse_ask(decoded[6][1]) == (7, frames.ASK_PRESENCE, "pres:x", None, None)
     assert frames.parse_answer(decoded[7][1]) == (7, b"{}")
+    assert frames.parse_append(decoded[8][1]) == ("hist:1", 100, None, '{"n":1}')
+    assert frames.parse_append(decoded[9][1]) == ("hist:1", 5, 2.5, "[]")
+    assert frames.parse_stream(decoded[10][1]) == ("hist:1", 42, '"é"')
+    assert frames.parse_ask(decoded[11][1]) == (8, frames.ASK_HISTORY, "hist:1", 3, 10)
 
 
 def test_a_stream_split_anywhere_gives_the_same_frames() -> None:
@@ -76,6 +85,8 @@ def test_malformed_bodies_are_refused() -> None:
     with pytest.raises(frames.FrameError):
         frames.parse_message(b"\x00\x00\x09ab")  # topic longer than the body
     with pytest.raises(frames.FrameError):
-        frames.parse_ask(b"\x00\x00\x00\x01\x09t")
+        frames.parse_ask(b"\x00\x00\x00\x01\x09" + bytes(16) + b"t")
+    with pytest.raises(frames.FrameError):
+        frames.parse_stream(b"\x00" * 9 + b"\x05ab")
     with pytest.raises(ValueError):
         frames.interest("x" * 70_000, True)

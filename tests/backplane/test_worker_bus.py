@@ -220,3 +220,26 @@ def test_settings_are_checked(bus_dir: str) -> None:
     with pytest.raises(ValueError):
         WorkerBus("/tmp/" + "d" * 120, 1)
     assert Path(WorkerBus(bus_dir, 4).path).name == "4.sock"
+
+
+def test_a_bus_without_slots_refuses_history(run: Runner, bus_dir: str) -> None:
+    async def main() -> None:
+        bus = WorkerBus(bus_dir, 1)
+        hub = Melody(backplane=bus)
+        hub.configure_topic("hist:*", history_size=10)
+        await bus.start(hub)
+        try:
+            with pytest.raises(BackplaneError, match="does not keep history"):
+                hub.publish_json("hist:1", {"n": 1})
+        finally:
+            await bus.stop()
+
+    run(main)
+
+
+def test_the_owner_of_a_topic_is_the_same_for_every_worker(bus_dir: str) -> None:
+    buses = [WorkerBus(bus_dir, slot, 3) for slot in (1, 2, 3)]
+    owners = {bus.owner(f"hist:{n}") for bus in buses for n in range(100)}
+    assert owners == {1, 2, 3}
+    for n in range(100):
+        assert len({bus.owner(f"hist:{n}") for bus in buses}) == 1

@@ -31,6 +31,8 @@ from cluster_support import (
     wait_until,
 )
 
+from melody.backplane.local import WorkerBus
+
 pytestmark = pytest.mark.asyncio
 
 Clients = Callable[..., Awaitable[Client]]
@@ -145,6 +147,13 @@ async def test_a_killed_worker_is_replaced_and_rejoins_the_bus(
     await on[victim].subscribe("pres:room")
     await on[survivor].subscribe("pres:room")
     assert len(await _presence(on[survivor], "pres:room")) == 2
+    # A topic whose history the victim keeps (its owner: the lower slot).
+    kept = _owned_topics(2)[1]
+    publications: list[dict[str, Any]] = []
+    before = await _hsub(on[survivor], kept, publications)
+    await on[survivor].send(f"pubj {kept} first")
+    await _publications(on[survivor], lambda seen: len(seen) == 1, publications)
+    assert publications[0]["offset"] == before["offset"] + 1 == 1
 
     os.kill(victim, signal.SIGKILL)
     await wait_until(lambda: on[victim].closed.is_set(), "the victim's client dropped")
@@ -152,6 +161,9 @@ async def test_a_killed_worker_is_replaced_and_rejoins_the_bus(
     await wait_until(lambda: _presence_size(on[survivor], "pres:room", 1),
                      "the dead worker's presence dropped")
     assert await _count(on[survivor], "pres:room") == 1
+    # While the owner is down, its topics' publications are refused, not lost in silence.
+    reply = await on[survivor].command(f"pubj {kept} second")
+    assert reply.startswith("pubj error") and "not linked" in reply, reply
     await wait_until(lambda: supervisor.workers().get(1, victim) != victim,
                      "worker 1 restarted")
     reborn = supervisor.workers()[1]
@@ -178,5 +190,105 @@ async def test_a_killed_worker_is_replaced_and_rejoins_the_bus(
     assert len(await _presence(old, "pres:room")) == 2  # old: not in the room, no join
     stats = await node_stats(old)
     assert stats["backplane_peer_losses"] == 1
+    # The restarted owner starts the topic's history over, with a new epoch: a client at
+    # the old position is told to refetch (the memory engine's rule).
+    after = await _hsub(old, kept, [], f"1 {before['epoch']}")
+    assert after["recovered"] is False and after["epoch"] != before["epoch"], after
     assert await pid_of(new) == reborn
+    assert await supervisor.stop() == 0, supervisor.text()[-3000:]
+
+
+def _owned_topics(slots: int) -> dict[int, str]:
+    """One ``hist:`` topic owned by each slot (the bus's stable hash)."""
+    found: dict[int, str] = {}
+    for n in range(1000):
+        topic = f"hist:{n}"
+        found.setdefault(WorkerBus("/tmp", 1, slots).owner(topic), topic)
+        if len(found) == slots:
+            return found
+    raise AssertionError("no topic for every slot")
+
+
+async def _publications(client: Client, until: Callable[[list[dict[str, Any]]], bool],
+                        seen: list[dict[str, Any]]) -> str | None:
+    """Read ``client``'s uncounted messages into ``seen`` (the publications) until
+    ``until(seen)``; returns the first other reply met (or None)."""
+    other: str | None = None
+    while not until(seen):
+        message = await asyncio.wait_for(client.replies.get(), WAIT)
+        if message.startswith('{"type":"publish"'):
+            seen.append(json.loads(message))
+        elif other is None:
+            other = message
+    return other
+
+
+async def _client_on(url: str, clients: Clients, pid: int, limit: int = 64) -> Client:
+    for n in range(limit):
+        client = await clients(url, f"on{pid}-{n}")
+        if await pid_of(client) == pid:
+            return client
+    raise AssertionError(f"{limit} connections, none on pid {pid}")
+
+
+async def _hsub(client: Client, topic: str, seen: list[dict[str, Any]],
+                position: str = "") -> dict[str, Any]:
+    await client.send(f"hsub {topic} {position}".rstrip())
+    reply: str | None = None
+    while reply is None:
+        message = await asyncio.wait_for(client.replies.get(), WAIT)
+        if message.startswith('{"type":"publish"'):
+            seen.append(json.loads(message))
+        else:
+            reply = message
+    prefix = f"hsub {topic} "
+    assert reply.startswith(prefix), reply
+    result: dict[str, Any] = json.loads(reply[len(prefix):])
+    return result
+
+
+async def test_history_is_kept_by_one_owner_worker_per_topic(
+        tmp_path: Path, prefix: str, clients: Clients, supervisors: list[Supervisor]) -> None:
+    supervisor = Supervisor(tmp_path, None, prefix)
+    supervisors.append(supervisor)
+    workers = await supervisor.started()
+    on = await clients_on(supervisor.url, clients, set(workers.values()))
+    for client in on.values():
+        await wait_until(_linked(client, 1), "the workers linked")
+    x, y = on[workers[1]], on[workers[2]]
+    for owner, topic in _owned_topics(2).items():
+        seen: dict[Client, list[dict[str, Any]]] = {x: [], y: []}
+        for client in (x, y):
+            result = await _hsub(client, topic, seen[client])
+            assert result["recovered"] is False and result["offset"] == 0, result
+        # Both workers publish; the owner numbers: one order, every offset once, everywhere.
+        for i in range(5):
+            await x.send(f"pubj {topic} x{i}")
+            await y.send(f"pubj {topic} y{i}")
+
+        def ten(publications: list[dict[str, Any]]) -> bool:
+            return len(publications) >= 10
+
+        def ended(publications: list[dict[str, Any]]) -> bool:
+            return any(p["data"] == "end" for p in publications)
+
+        for client in (x, y):
+            assert await _publications(client, ten, seen[client]) is None
+        # Offset 11, sent on the owner's links after 1..10: once it is in, a duplicate of an
+        # earlier one would be in too.
+        await x.send(f"pubj {topic} end")
+        for client in (x, y):
+            assert await _publications(client, ended, seen[client]) is None
+            assert [p["offset"] for p in seen[client]] == list(range(1, 12)), owner
+        assert seen[x] == seen[y]
+        assert sorted(p["data"] for p in seen[x][:10]) == sorted(
+            [f"x{i}" for i in range(5)] + [f"y{i}" for i in range(5)])
+        # A session on either worker recovers from a position, from the owner's history.
+        epoch = (await _hsub(x, topic, []))["epoch"]
+        for n, worker in enumerate((1, 2)):
+            late = await _client_on(supervisor.url, clients, workers[worker])
+            got: list[dict[str, Any]] = []
+            result = await _hsub(late, topic, got, f"3 {epoch}")
+            assert result == {"recovered": True, "offset": 11, "epoch": epoch, "n": 8}, n
+            assert [p["offset"] for p in got] == list(range(4, 12))
     assert await supervisor.stop() == 0, supervisor.text()[-3000:]
