@@ -1,6 +1,6 @@
-"""``WorkerBus`` in one process: buses of unserved hubs linked over real Unix sockets in a
-temporary directory, every body on asyncio and uvloop. What needs worker processes (sessions,
-a supervisor, SIGKILL) is in ``tests/cluster/test_worker_bus.py``."""
+"""``WorkerBus`` (``melody/backplane/local.py``) in one process: buses of unserved hubs linked
+over real Unix sockets in a temporary directory, every body on asyncio and uvloop. What needs
+worker processes (sessions, a supervisor, SIGKILL) is in ``tests/cluster/test_worker_bus.py``."""
 
 from __future__ import annotations
 
