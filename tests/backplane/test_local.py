@@ -243,3 +243,26 @@ def test_the_owner_of_a_topic_is_the_same_for_every_worker(bus_dir: str) -> None
     assert owners == {1, 2, 3}
     for n in range(100):
         assert len({bus.owner(f"hist:{n}") for bus in buses}) == 1
+
+
+def test_history_of_a_topic_whose_owner_is_down_is_refused(run: Runner, bus_dir: str) -> None:
+    async def main() -> None:
+        bus = WorkerBus(bus_dir, 2, 2, timeout=0.5)
+        hub = Melody(backplane=bus)
+        hub.configure_topic("hist:*", history_size=10)
+        await bus.start(hub)  # slot 1, the other owner, is not there
+        try:
+            topic = next(t for t in (f"hist:{n}" for n in range(100)) if bus.owner(t) == 1)
+            with pytest.raises(BackplaneError, match="not linked"):
+                hub.publish_json(topic, {"n": 1})
+            with pytest.raises(BackplaneError, match="not linked"):
+                await hub.history(topic)
+            # A topic it owns works alone: numbered here.
+            mine = next(t for t in (f"hist:{n}" for n in range(100)) if bus.owner(t) == 2)
+            hub.publish_json(mine, {"n": 1})
+            page = await hub.history(mine)
+            assert [p.offset for p in page.publications] == [1]
+        finally:
+            await bus.stop()
+
+    run(main)
