@@ -27,10 +27,10 @@ One hub across the workers
     ``len(hub)`` and ``topic_len`` still count one worker's sessions. Topics with history are
     kept by one owner worker each (in its memory; a restarted owner starts them over with a
     new epoch, and while it is down their publications raise ``BackplaneError``). A hub
-    configured with a backplane
-    (``Melody(backplane=melody.RedisBackplane(url))``) keeps it: its workers then share over
-    Redis, with the other machines on it, and no bus is made. ``run_workers(bus=False)``
-    (``melody serve --no-worker-bus``) gives the old behaviour: workers that share nothing.
+    configured with a backplane (``Melody(backplane=melody.RedisBackplane(url))``) keeps it:
+    its workers then share over Redis, with the other machines on it, and no bus is made.
+    ``run_workers(bus=False)`` (``melody serve --no-worker-bus``) gives the old behaviour:
+    workers that share nothing. Windows has no ``--workers``, hence no bus.
 
 Stopping
     SIGTERM or SIGINT to the supervisor is forwarded to the workers as SIGTERM; each closes its
