@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="ATTRIBUTE is a function returning the hub")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="serve from N processes on one port (see melody.workers; "
-                            "broadcasts cross processes only through a backplane)")
+                            "without a backplane of its own the workers share over a "
+                            "machine-local bus)")
+    serve.add_argument("--no-worker-bus", action="store_true",
+                       help="with --workers: do not link the workers (each is a hub of its "
+                            "own unless the hub has a backplane)")
     serve.add_argument("--config", metavar="SOURCE",
                        help="reloadable settings (origins, JWT keys, rate and connection "
                             "limits, log level): a .toml file or MODULE:FUNCTION, applied at "
@@ -91,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_workers(
             args.app, args.workers, args.host, args.port, factory=args.factory,
             certfile=args.certfile, keyfile=args.keyfile, use_uvloop=not args.no_uvloop,
-            log_level=args.log_level, config=args.config))
+            log_level=args.log_level, config=args.config,
+            bus=not args.no_worker_bus))
     if args.command == "demo":
         from melody.demo import hub
     else:

@@ -16,11 +16,21 @@ Sharing the port
     Windows is not supported: run one process per port behind a load balancer. Either way the
     first address ``host`` resolves to is bound (use ``0.0.0.0`` or ``::`` for all).
 
-Workers share nothing
-    Each worker is a separate hub with its own sessions. ``broadcast*`` and ``publish*`` reach
-    the sessions of other workers only through a backplane (``Melody(backplane=
-    melody.RedisBackplane(url))``); without one, a broadcast reaches only the sessions of the
-    worker that made it, and ``len(hub)``/``topic_len`` count that worker's sessions.
+One hub across the workers
+    Each worker is a separate process with its own sessions; together they act as one hub.
+    Without a backplane of the application's own, the supervisor makes a private directory
+    (mode 0700, removed when it stops) and the workers link to each other there over Unix
+    sockets (``melody.backplane.local.WorkerBus``): ``broadcast*`` and ``publish*`` in any
+    worker reach the sessions of every worker (framed once per worker; a topic only reaches
+    the workers with subscribers for it), ``cluster_topic_len``, presence and
+    ``send_to_user``/``disconnect_user`` span them, and a restarted worker links again.
+    ``len(hub)`` and ``topic_len`` still count one worker's sessions. Topics with history are
+    kept by one owner worker each (in its memory; a restarted owner starts them over with a
+    new epoch, and while it is down their publications raise ``BackplaneError``). A hub
+    configured with a backplane (``Melody(backplane=melody.RedisBackplane(url))``) keeps it:
+    its workers then share over Redis, with the other machines on it, and no bus is made.
+    ``run_workers(bus=False)`` (``melody serve --no-worker-bus``) gives the old behaviour:
+    workers that share nothing. Windows has no ``--workers``, hence no bus.
 
 Stopping
     SIGTERM or SIGINT to the supervisor is forwarded to the workers as SIGTERM; each closes its
@@ -48,15 +58,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import site
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from melody.backplane.local import BUS_DIR_ENV
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -117,10 +131,11 @@ class _Worker:
 class _Supervisor:
     def __init__(self, command: list[str], workers: int, listener: socket.socket,
                  inherit: bool, stop_timeout: float, restart_backoff_max: float,
-                 reloads: bool = False) -> None:
+                 reloads: bool = False, bus_dir: str | None = None) -> None:
         self.command = command
         self.reloads = reloads
         self.reloads_pending = 0
+        self.bus_dir = bus_dir
         self.workers = [_Worker(slot) for slot in range(1, workers + 1)]
         self.listener = listener
         self.inherit = inherit
@@ -148,6 +163,9 @@ class _Supervisor:
         env = dict(os.environ)
         env["MELODY_WORKER_ID"] = str(worker.slot)
         env["MELODY_WORKERS"] = str(len(self.workers))
+        env.pop(BUS_DIR_ENV, None)
+        if self.bus_dir is not None:
+            env[BUS_DIR_ENV] = self.bus_dir
         if _PACKAGE_ROOT not in _SITE_DIRS:
             # A source checkout: the worker must import this same melody.
             path = env.get("PYTHONPATH")
@@ -253,9 +271,13 @@ def run_workers(
     backlog: int = 1024,
     stop_timeout: float = 30.0,
     restart_backoff_max: float = 30.0,
+    bus: bool = True,
 ) -> int:
     """Serve ``app`` (``module:attribute``) from ``workers`` processes on one port; block until
     SIGTERM/SIGINT, then stop them and return the exit code (see the module docstring).
+
+    ``bus``: link the workers into one hub when the hub has no backplane of its own (see "One
+    hub across the workers" in the module docstring).
 
     Raises ValueError for ``workers < 1`` and ``OSError`` when the port cannot be bound; on
     Windows, raises ``SystemExit`` (not supported).
@@ -291,9 +313,25 @@ def run_workers(
     logger.info("melody supervisor (pid %d): %d workers serving %s on %s://%s:%s (%s)",
                 os.getpid(), workers, app, scheme, bound[0], bound[1],
                 "SO_REUSEPORT" if reuse_port else "one shared socket")
+    bus_dir = _make_bus_dir() if bus and workers > 1 else None
     supervisor = _Supervisor(command, workers, listener, inherit, stop_timeout,
-                             restart_backoff_max, reloads=bool(config))
-    return supervisor.run()
+                             restart_backoff_max, reloads=bool(config),
+                             bus_dir=bus_dir)
+    try:
+        return supervisor.run()
+    finally:
+        if bus_dir is not None:
+            shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+def _make_bus_dir() -> str:
+    # Unix socket paths are short (104 bytes on macOS, 108 on Linux) and macOS's TMPDIR is
+    # long: past 64 bytes, /tmp is used instead. mkdtemp makes it 0700: only this user's
+    # processes can reach the workers' sockets.
+    base = tempfile.gettempdir()
+    if len(base) > 64 and os.path.isdir("/tmp"):
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix="melody-", dir=base)
 
 
 # -- the worker process ---------------------------------------------------------------------
@@ -336,6 +374,14 @@ async def _serve_worker(hub: Melody, sock: socket.socket, ssl: _ssl.SSLContext |
         # The same drain as ``melody serve`` without workers: 1001 to every session, the
         # hub's tasks (the backplane's stop: presence removal) awaited, all within the timeout.
         await hub.shutdown()
+
+
+def _join_bus(hub: Melody, bus_dir: str, worker_id: int) -> None:
+    # The hub has no backplane: the workers share over the machine-local bus.
+    from melody.backplane.local import WorkerBus
+
+    slots = int(os.environ.get("MELODY_WORKERS", worker_id))
+    hub.backplane = WorkerBus(bus_dir, worker_id, max(slots, worker_id))
 
 
 def _worker_main(argv: Sequence[str] | None = None) -> int:
@@ -390,6 +436,9 @@ def _worker_main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         logger.exception("worker %d could not start", args.worker_id)
         return EXIT_BOOT_ERROR
+    bus_dir = os.environ.get(BUS_DIR_ENV)
+    if bus_dir and hub.backplane is None:
+        _join_bus(hub, bus_dir, args.worker_id)
     if not args.no_uvloop:
         install_uvloop()
     try:

@@ -38,7 +38,10 @@ The code: ``melody.backplane.base`` (:class:`Backplane`, the envelope),
 ``melody.backplane.redis`` (``RedisBackplane``, over Redis pub/sub; needs the ``redis`` package;
 also importable as ``melody.RedisBackplane`` and ``melody.redis_backplane``) and
 ``melody.backplane.nats`` (``NatsBackplane``, over NATS with JetStream; needs the ``nats-py``
-package; also importable as ``melody.NatsBackplane``).
+package; also importable as ``melody.NatsBackplane``) and
+``melody.backplane.local`` (``WorkerBus``: the workers of ``melody serve --workers N`` on one
+machine, over Unix sockets, no broker; made by the workers themselves when the hub has no
+backplane; it frames its own messages instead of carrying the envelope).
 """
 
 from __future__ import annotations

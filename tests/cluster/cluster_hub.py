@@ -18,6 +18,12 @@ A client sends one command per text message; replies start with the command's na
 ``info``             reply ``info {json}``: pid, worker id, topics of this session, hub.stats()
 ``ctl T``            reply ``ctl T N``: ``await hub.cluster_topic_len(T)`` (``N`` is ``error``
                      when it raised)
+``user U``           ``session.user = U``; reply ``user U``
+``touser U M``       ``hub.send_to_user(U, M)``; ``kick U``: ``hub.disconnect_user(U, 4000)``
+``pres T``           reply ``pres T {json}``: ``await hub.presence(T)`` (``error`` if it raised)
+``pubj T M``         ``hub.publish_json(T, M)`` (``hist:*`` keeps history); reply only on error
+``hsub T [O E]``     ``await hub.subscribe_from(session, T, O, E)``; reply ``hsub T {json}``
+                     (recovered, offset, epoch, n) after the missed publications
 ==================== ==========================================================================
 
 ``GET /info`` answers the same JSON (without the session's topics) over plain HTTP.
@@ -59,6 +65,8 @@ def make_hub() -> melody.Melody:
     hub = melody.Melody(backplane=backplane)
     # Topics whose subscribers are tracked cluster-wide (test_cluster_presence.py).
     hub.configure_topic("pres:*", presence=True, join_leave=True)
+    # Topics with history (tests/cluster/test_worker_bus.py: history across workers).
+    hub.configure_topic("hist:*", history_size=50)
     errors: list[str] = []
 
     def info(session: melody.Session | None) -> dict[str, Any]:
@@ -98,6 +106,38 @@ def make_hub() -> melody.Melody:
             except melody.MelodyError:
                 count = "error"
             session.write(f"ctl {rest} {count}")
+        elif command == "user":
+            session.user = rest
+            session.write(f"user {rest}")
+        elif command == "touser":
+            user, _, msg = rest.partition(" ")
+            hub.send_to_user(user, msg)
+        elif command == "kick":
+            hub.disconnect_user(rest, 4000, "kicked")
+        elif command == "pres":
+            try:
+                entries: object = json.dumps(await hub.presence(rest))
+            except melody.MelodyError:
+                entries = "error"
+            session.write(f"pres {rest} {entries}")
+        elif command == "pubj":
+            topic, _, msg = rest.partition(" ")
+            try:
+                hub.publish_json(topic, msg)
+            except melody.MelodyError as exc:
+                session.write(f"pubj error {exc}")
+        elif command == "hsub":
+            topic, *position = rest.split(" ")
+            offset, epoch = (int(position[0]), position[1]) if position else (None, None)
+            try:
+                result = await hub.subscribe_from(session, topic, offset, epoch)
+                answer = json.dumps({"recovered": result.recovered,
+                                     "offset": result.position.offset,
+                                     "epoch": result.position.epoch,
+                                     "n": len(result.publications)})
+            except melody.MelodyError as exc:
+                answer = f"error {exc}"
+            session.write(f"hsub {topic} {answer}")
         else:
             session.write(f"unknown {command}")
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -392,3 +393,86 @@ async def fence(senders: Iterable[Client], receivers: Iterable[Client]) -> None:
 async def node_stats(client: Client) -> dict[str, int]:
     stats: dict[str, int] = (await client.info())["stats"]
     return stats
+
+
+# -- melody serve --workers N ------------------------------------------------------------
+
+SERVING = re.compile(r"workers serving cluster_hub:hub on ws://127\.0\.0\.1:(\d+) \((.+)\)")
+WORKER = re.compile(r"worker (\d+) \(pid (\d+)\) serving on ws://")
+
+
+class Supervisor:
+    """``python -m melody serve cluster_hub:hub --workers N`` with its log in a file."""
+
+    def __init__(self, tmp_path: Path, redis_url: str | None, prefix: str, *args: str,
+                 app: str = "cluster_hub:hub", env: dict[str, str] | None = None,
+                 workers: int = 2) -> None:
+        self.count = workers
+        self.log = tmp_path / "supervisor.log"
+        environment = dict(os.environ, MELODY_CHANNEL_PREFIX=prefix,
+                           PYTHONPATH=os.pathsep.join([str(ROOT),
+                                                       os.environ.get("PYTHONPATH", "")]))
+        environment.pop("MELODY_REDIS_URL", None)
+        if redis_url:
+            environment["MELODY_REDIS_URL"] = redis_url
+        environment.update(env or {})
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "melody", "serve", app, "--workers", str(workers),
+                 "--host", HOST, "--port", "0", *args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=HERE,
+                env=environment)
+        self.port = 0
+        self.mode = ""
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def started(self) -> dict[int, int]:
+        """Wait for the port and every worker; returns worker id -> pid."""
+        await wait_until(lambda: SERVING.search(self.text()) is not None,
+                         "the supervisor's port", every=0.05)
+        match = SERVING.search(self.text())
+        assert match is not None
+        self.port, self.mode = int(match.group(1)), match.group(2)
+        await wait_until(lambda: len(self.workers()) == self.count, "every worker serving",
+                         every=0.05)
+        return self.workers()
+
+    def workers(self) -> dict[int, int]:
+        """Worker id -> pid of the latest start of each."""
+        return {int(w): int(p) for w, p in WORKER.findall(self.text())}
+
+    @property
+    def url(self) -> str:
+        return f"ws://{HOST}:{self.port}/"
+
+    async def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.process.wait, WAIT)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def pid_of(client: Client) -> int:
+    return int((await client.info())["pid"])
+
+
+async def clients_on(url: str, clients: Callable[..., Awaitable[Client]], pids: set[int],
+                      limit: int = 64) -> dict[int, Client]:
+    """Open clients until one is on each of ``pids``; returns pid -> one client there."""
+    found: dict[int, Client] = {}
+    for n in range(limit):
+        client = await clients(url, f"c{n}")
+        pid = await pid_of(client)
+        assert pid in pids, (pid, pids)
+        found.setdefault(pid, client)
+        if set(found) == pids:
+            return found
+    raise AssertionError(f"{limit} connections all went to {set(found)}, not to all of {pids}")

@@ -25,7 +25,15 @@ from urllib.parse import urlparse
 
 import pytest
 import pytest_asyncio
-from cluster_support import Client, HubNode, NatsServer, RedisServer, nats_ping, redis_ping
+from cluster_support import (
+    Client,
+    HubNode,
+    NatsServer,
+    RedisServer,
+    Supervisor,
+    nats_ping,
+    redis_ping,
+)
 
 # The cluster tests fork hub processes and run a local redis-server: POSIX only. Windows CI
 # covers the rest of the suite; the backplane itself is pure asyncio and portable.
@@ -171,3 +179,13 @@ async def clients() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
     for client in opened:
         await client.close()
 
+
+@pytest.fixture
+def supervisors(tmp_path: Path) -> Iterator[list[Supervisor]]:
+    started: list[Supervisor] = []
+    yield started
+    for supervisor in started:
+        if supervisor.process.poll() is None:
+            supervisor.process.kill()
+            supervisor.process.wait()
+            pytest.fail("the supervisor was still running:\n" + supervisor.text()[-3000:])

@@ -1,4 +1,5 @@
-"""``melody serve cluster_hub:hub --workers 2``: one port, two worker processes, a Redis backplane.
+"""``melody serve cluster_hub:hub --workers 2``: one port, two worker processes, sharing over a
+Redis backplane, over the machine-local bus (none configured), or not at all (--no-worker-bus).
 
 The supervisor runs as the real command (``python -m melody serve``) with its log in a file;
 the workers' pids come from their log lines and from what each client's worker reports.
@@ -9,106 +10,33 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from cluster_support import HERE, HOST, ROOT, WAIT, Client, fence, node_stats, wait_until
+from cluster_support import (
+    WAIT,
+    Client,
+    Supervisor,
+    clients_on,
+    fence,
+    gone,
+    node_stats,
+    pid_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.asyncio
 
 Clients = Callable[..., Awaitable[Client]]
 
-SERVING = re.compile(r"workers serving cluster_hub:hub on ws://127\.0\.0\.1:(\d+) \((.+)\)")
-WORKER = re.compile(r"worker (\d+) \(pid (\d+)\) serving on ws://")
 
-
-class Supervisor:
-    def __init__(self, tmp_path: Path, redis_url: str | None, prefix: str, *args: str,
-                 app: str = "cluster_hub:hub", env: dict[str, str] | None = None) -> None:
-        self.log = tmp_path / "supervisor.log"
-        environment = dict(os.environ, MELODY_CHANNEL_PREFIX=prefix,
-                           PYTHONPATH=os.pathsep.join([str(ROOT),
-                                                       os.environ.get("PYTHONPATH", "")]))
-        environment.pop("MELODY_REDIS_URL", None)
-        if redis_url:
-            environment["MELODY_REDIS_URL"] = redis_url
-        environment.update(env or {})
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "melody", "serve", app, "--workers", "2",
-                 "--host", HOST, "--port", "0", *args],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=HERE,
-                env=environment)
-        self.port = 0
-        self.mode = ""
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def started(self) -> dict[int, int]:
-        """Wait for the port and both workers; returns worker id -> pid."""
-        await wait_until(lambda: SERVING.search(self.text()) is not None,
-                         "the supervisor's port", every=0.05)
-        match = SERVING.search(self.text())
-        assert match is not None
-        self.port, self.mode = int(match.group(1)), match.group(2)
-        await wait_until(lambda: len(self.workers()) == 2, "two workers serving", every=0.05)
-        return self.workers()
-
-    def workers(self) -> dict[int, int]:
-        """Worker id -> pid of the latest start of each."""
-        return {int(w): int(p) for w, p in WORKER.findall(self.text())}
-
-    @property
-    def url(self) -> str:
-        return f"ws://{HOST}:{self.port}/"
-
-    async def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, WAIT)
-
-
-@pytest.fixture
-def supervisors(tmp_path: Path) -> Iterator[list[Supervisor]]:
-    started: list[Supervisor] = []
-    yield started
-    for supervisor in started:
-        if supervisor.process.poll() is None:
-            supervisor.process.kill()
-            supervisor.process.wait()
-            pytest.fail("the supervisor was still running:\n" + supervisor.text()[-3000:])
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-async def _pid(client: Client) -> int:
-    return int((await client.info())["pid"])
-
-
-async def _clients_on(url: str, clients: Clients, pids: set[int],
-                      limit: int = 64) -> dict[int, Client]:
-    """Open clients until one is on each of ``pids``; returns pid -> one client there."""
-    found: dict[int, Client] = {}
-    for n in range(limit):
-        client = await clients(url, f"c{n}")
-        pid = await _pid(client)
-        assert pid in pids, (pid, pids)
-        found.setdefault(pid, client)
-        if set(found) == pids:
-            return found
-    raise AssertionError(f"{limit} connections all went to {set(found)}, not to all of {pids}")
+def _bus_linked(client: Client, peers: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await node_stats(client)).get("backplane_peers") == peers
+    return check
 
 
 def _backplane_up(client: Client) -> Callable[[], Awaitable[bool]]:
@@ -129,11 +57,13 @@ async def test_two_workers_share_the_port_restart_and_stop_cleanly(
     assert len(pids) == 2
 
     # Connections spread over both workers (the kernel hashes each connection to one).
-    on = await _clients_on(supervisor.url, clients, pids)
+    on = await clients_on(supervisor.url, clients, pids)
     everyone = [await clients(supervisor.url, f"extra{n}") for n in range(6)] + list(on.values())
-    where = {client: await _pid(client) for client in everyone}
+    where = {client: await pid_of(client) for client in everyone}
     for client in on.values():
         await wait_until(_backplane_up(client), "the worker's backplane")
+    # With a RedisBackplane configured the workers share over Redis: no bus is made.
+    assert "backplane_peers" not in await node_stats(next(iter(on.values())))
 
     # A broadcast from either worker reaches every client once.
     for pid, client in on.items():
@@ -154,7 +84,7 @@ async def test_two_workers_share_the_port_restart_and_stop_cleanly(
                      "the worker restarted")
     reborn = supervisor.workers()[victim_id]
     survivor = (pids - {victim}).pop()
-    on = await _clients_on(supervisor.url, clients, {reborn, survivor})
+    on = await clients_on(supervisor.url, clients, {reborn, survivor})
     await wait_until(_backplane_up(on[reborn]), "the new worker's backplane")
     living = [c for c in everyone if where[c] != victim] + list(on.values())
     await on[reborn].send("bc m:reborn")
@@ -165,7 +95,7 @@ async def test_two_workers_share_the_port_restart_and_stop_cleanly(
     assert await supervisor.stop() == 0, supervisor.text()[-3000:]
     await wait_until(lambda: all(c.closed.is_set() for c in living), "clients closed")
     assert all(c.ws.close_code == 1001 for c in living)
-    assert _gone(reborn) and _gone(survivor)
+    assert gone(reborn) and gone(survivor)
     assert "Traceback" not in supervisor.text(), supervisor.text()[-3000:]
 
 
@@ -180,7 +110,7 @@ async def test_shared_socket_fallback_serves_and_shares_broadcasts(
     # Which worker accepts is up to the kernel here: only membership is checked.
     senders: dict[int, Client] = {}
     for client in everyone:
-        pid = await _pid(client)
+        pid = await pid_of(client)
         assert pid in pids
         senders.setdefault(pid, client)
         await wait_until(_backplane_up(client), "the backplane")
@@ -192,12 +122,31 @@ async def test_shared_socket_fallback_serves_and_shares_broadcasts(
     assert await supervisor.stop() == 0, supervisor.text()[-3000:]
 
 
-async def test_without_a_backplane_a_broadcast_stays_in_its_worker(
+async def test_without_a_backplane_the_workers_share_over_the_bus(
         tmp_path: Path, prefix: str, clients: Clients, supervisors: list[Supervisor]) -> None:
+    # Before issue 15 a broadcast stayed in its worker here; now the workers link over the
+    # machine-local bus (tests/cluster/test_worker_bus.py covers it in depth).
     supervisor = Supervisor(tmp_path, None, prefix)
     supervisors.append(supervisor)
     pids = set((await supervisor.started()).values())
-    on = await _clients_on(supervisor.url, clients, pids)
+    on = await clients_on(supervisor.url, clients, pids)
+    first, second = on.values()
+    for client in (first, second):
+        await wait_until(_bus_linked(client, 1), "the workers linked")
+    await first.send("bc m:shared")
+    await fence([first], [first, second])
+    assert first.received() == second.received() == Counter({"m:shared": 1})
+    info = json.loads((await first.command("info"))[5:])
+    assert "backplane_channels" not in info["stats"]  # no Redis
+    assert await supervisor.stop() == 0
+
+
+async def test_no_worker_bus_keeps_each_worker_a_hub_of_its_own(
+        tmp_path: Path, prefix: str, clients: Clients, supervisors: list[Supervisor]) -> None:
+    supervisor = Supervisor(tmp_path, None, prefix, "--no-worker-bus")
+    supervisors.append(supervisor)
+    pids = set((await supervisor.started()).values())
+    on = await clients_on(supervisor.url, clients, pids)
     first, second = on.values()
     await first.send("bc m:local")
     await first.send("info")  # a reply after the broadcast: it has been handed out
