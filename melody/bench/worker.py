@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import sys
 import time
 import traceback
 from array import array
@@ -39,6 +41,9 @@ SLOT = {
 }
 
 _monotonic_ns = time.monotonic_ns
+# Linux's IP_BIND_ADDRESS_NO_PORT (24; Python names it from 3.12 on): see _connect_from.
+_BIND_ADDRESS_NO_PORT: int | None = getattr(
+    socket, "IP_BIND_ADDRESS_NO_PORT", 24 if sys.platform.startswith("linux") else None)
 
 
 class Target(NamedTuple):
@@ -231,14 +236,15 @@ class Worker:
             target = self.targets[self.next_target % len(self.targets)]
             self.next_target += 1
         client = BenchClient(self, target)
-        local_addr: tuple[str, int] | None = None
         if self.sources is not None:
-            local_addr = (self.sources[self.next_source % len(self.sources)], 0)
+            source = self.sources[self.next_source % len(self.sources)]
             self.next_source += 1
-        await asyncio.wait_for(
-            self.loop.create_connection(lambda: client, target.host, target.port,
-                                        local_addr=local_addr),
-            self.timeout)
+            sock = await asyncio.wait_for(self._connect_from(source, target), self.timeout)
+            await self.loop.create_connection(lambda: client, sock=sock)
+        else:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: client, target.host, target.port),
+                self.timeout)
         try:
             await asyncio.wait_for(client.opened, self.timeout)
         except BaseException:
@@ -246,6 +252,28 @@ class Worker:
                 client.transport.abort()
             raise
         return client
+
+    async def _connect_from(self, source: str, target: Target) -> socket.socket:
+        """A socket connected to ``target`` from the address ``source``.
+
+        bind() with port 0 picks the port at once, searching the whole ephemeral range for
+        one free on that address: with tens of thousands bound it costs more per connection
+        the more there are (measured: 600 connections/s at 50,000, 270/s at 80,000, all of it
+        in the kernel's bind-conflict search). IP_BIND_ADDRESS_NO_PORT (Linux 4.2) leaves the
+        port to connect(), which picks it by the whole address quadruple, in constant time.
+        """
+        family = socket.AF_INET6 if ":" in source else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if _BIND_ADDRESS_NO_PORT is not None and family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, _BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+            await self.loop.sock_connect(sock, (target.host, target.port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def cmd_connect(self, count: int, concurrency: int) -> dict[str, Any]:
         """Open ``count`` connections, at most ``concurrency`` handshakes in flight."""
