@@ -393,15 +393,21 @@ def reload_logged(hub: Melody) -> bool:
     return True
 
 
-def install_sighup(hub: Melody, loop: asyncio.AbstractEventLoop) -> bool:
+def install_sighup(hub: Melody, loop: asyncio.AbstractEventLoop,
+                   on_reloaded: Callable[[], None] | None = None) -> bool:
     """Reload ``hub`` from its source on SIGHUP (``melody serve`` and its workers); a refused
-    reload is logged (ERROR) and changes nothing. False, and nothing installed, when the hub
-    has no source or the platform has no SIGHUP."""
+    reload is logged (ERROR) and changes nothing; ``on_reloaded`` is called after one that
+    applied. False, and nothing installed, when the hub has no source or the platform has no
+    SIGHUP."""
     if hub.config_source is None or not hasattr(signal, "SIGHUP"):
         return False
 
+    def reload() -> None:
+        if reload_logged(hub) and on_reloaded is not None:
+            on_reloaded()
+
     try:
-        loop.add_signal_handler(signal.SIGHUP, reload_logged, hub)
+        loop.add_signal_handler(signal.SIGHUP, reload)
     except (NotImplementedError, RuntimeError, ValueError):
         return False
     return True

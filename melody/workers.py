@@ -42,8 +42,12 @@ Stopping
 Reloading
     With ``config`` (``melody serve --config``) every worker applies it at start, and SIGHUP to
     the supervisor is forwarded to every worker, each of which reloads it (``hub.reload``); a
-    restarted worker reads the file as it is then. A worker that cannot apply it at start
-    exits as one that cannot load the hub.
+    restarted worker reads the file as it is then. A worker that cannot apply it at its first
+    start exits as one that cannot load the hub (the supervisor stops: a broken deployment
+    fails at once). A *restarted* worker that finds the file broken (edited, not yet
+    signalled) logs why and applies the last settings a worker accepted instead, which the
+    workers keep in the supervisor's private directory: a crash never turns a bad edit into
+    a stopped service, and the next SIGHUP after the fix brings it in line.
 
 Restarts
     A worker that exits while the supervisor runs is restarted after ``0.1 * 2**(n-1)`` seconds
@@ -81,6 +85,10 @@ __all__ = ["run_workers", "reuse_port_balances", "EXIT_BOOT_ERROR"]
 
 logger = logging.getLogger("melody.workers")
 
+#: Where a worker keeps the last settings file a worker accepted (set by the supervisor).
+LAST_GOOD_ENV = "MELODY_CONFIG_LAST_GOOD"
+#: Set for a worker that the supervisor started again after it exited.
+RESTARTED_ENV = "MELODY_WORKER_RESTARTED"
 #: A worker's exit code when it cannot load the hub or bind: the supervisor gives up.
 EXIT_BOOT_ERROR = 3
 #: A run at least this long (seconds) resets a worker's crash count.
@@ -126,13 +134,16 @@ class _Worker:
     started: float = 0.0
     failures: int = 0
     restart_at: float = 0.0
+    spawned: int = 0
 
 
 class _Supervisor:
     def __init__(self, command: list[str], workers: int, listener: socket.socket,
                  inherit: bool, stop_timeout: float, restart_backoff_max: float,
-                 reloads: bool = False, bus_dir: str | None = None) -> None:
+                 reloads: bool = False, bus_dir: str | None = None,
+                 last_good: str | None = None) -> None:
         self.command = command
+        self.last_good = last_good
         self.reloads = reloads
         self.reloads_pending = 0
         self.bus_dir = bus_dir
@@ -166,6 +177,13 @@ class _Supervisor:
         env.pop(BUS_DIR_ENV, None)
         if self.bus_dir is not None:
             env[BUS_DIR_ENV] = self.bus_dir
+        env.pop(LAST_GOOD_ENV, None)
+        env.pop(RESTARTED_ENV, None)
+        if self.last_good is not None:
+            env[LAST_GOOD_ENV] = self.last_good
+        if worker.spawned:
+            env[RESTARTED_ENV] = "1"
+        worker.spawned += 1
         if _PACKAGE_ROOT not in _SITE_DIRS:
             # A source checkout: the worker must import this same melody.
             path = env.get("PYTHONPATH")
@@ -314,14 +332,82 @@ def run_workers(
                 os.getpid(), workers, app, scheme, bound[0], bound[1],
                 "SO_REUSEPORT" if reuse_port else "one shared socket")
     bus_dir = _make_bus_dir() if bus and workers > 1 else None
+    # The last settings file a worker accepted, for a restarted worker that finds the file
+    # broken (see "Reloading"): in the bus's private directory, or one of its own.
+    private_dir: str | None = None
+    last_good: str | None = None
+    if config and config.endswith(".toml"):
+        private_dir = bus_dir or _make_bus_dir()
+        last_good = os.path.join(private_dir, "settings.last-good.toml")
     supervisor = _Supervisor(command, workers, listener, inherit, stop_timeout,
                              restart_backoff_max, reloads=bool(config),
-                             bus_dir=bus_dir)
+                             bus_dir=bus_dir, last_good=last_good)
     try:
         return supervisor.run()
     finally:
-        if bus_dir is not None:
-            shutil.rmtree(bus_dir, ignore_errors=True)
+        for folder in {bus_dir, private_dir}:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _apply_config(hub: Melody, spec: str, apply: Any) -> None:
+    """``--config`` at a worker's start; for a restarted worker, the last good settings when
+    the file is refused (raises SystemExit, as ``apply``, when there are none)."""
+    last_good = os.environ.get(LAST_GOOD_ENV)
+    try:
+        before = _read_bytes(spec)
+        apply(hub, spec)
+    except SystemExit as exc:
+        if os.environ.get(RESTARTED_ENV) != "1" or last_good is None or not os.path.exists(
+                last_good):
+            raise
+        import tomllib
+        from pathlib import Path
+
+        from melody.errors import ConfigError
+        try:
+            with open(last_good, "rb") as f:
+                settings = tomllib.load(f)
+            # Relative key_files resolve against the real file's folder, as they did.
+            reloader = hub._reloader()
+            reloader.apply(settings, Path(os.path.abspath(spec)).parent,
+                           f"{spec} (the last settings the workers accepted)")
+            reloader.source = os.path.abspath(spec)  # SIGHUP reads the file again
+        except (OSError, ValueError, ConfigError):
+            raise exc from None
+        logger.error("%s; this restarted worker applies the last settings the workers "
+                     "accepted instead: fix the file and send SIGHUP", exc)
+        return
+    if last_good is not None and before is not None and before == _read_bytes(spec):
+        _save_atomically(last_good, before)
+
+
+def _remember_settings(spec: str, last_good: str) -> None:
+    # After a reload that applied: the file's bytes, if they did not change meanwhile (the
+    # reload read them an instant ago; a file being rewritten is left for the next SIGHUP).
+    data = _read_bytes(spec)
+    if data is not None:
+        _save_atomically(last_good, data)
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _save_atomically(path: str, data: bytes) -> None:
+    # Several workers write the same content: each through its own temporary file, renamed
+    # over the target, so a reader never sees half a file.
+    tmp = f"{path}.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("cannot keep the last good settings in %s: %s", path, exc)
 
 
 def _make_bus_dir() -> str:
@@ -349,8 +435,16 @@ async def _serve_worker(hub: Melody, sock: socket.socket, ssl: _ssl.SSLContext |
         loop.add_signal_handler(sig, stop.set)
     if _early_stop:
         stop.set()
-    if install_sighup(hub, loop) and _early_reload:
-        reload_logged(hub)  # a SIGHUP came while the hub was loading
+    last_good = os.environ.get(LAST_GOOD_ENV)
+    config = hub.config_source
+
+    def remember() -> None:
+        if last_good is not None and isinstance(config, str):
+            _remember_settings(config, last_good)
+
+    if install_sighup(hub, loop, on_reloaded=remember) and _early_reload:
+        if reload_logged(hub):  # a SIGHUP came while the hub was loading
+            remember()
     name = sock.getsockname()
     logger.info("worker %d (pid %d) serving on %s://%s:%s", worker_id, os.getpid(),
                 "wss" if ssl else "ws", name[0], name[1])
@@ -424,7 +518,7 @@ def _worker_main(argv: Sequence[str] | None = None) -> int:
     try:
         hub = load_hub(args.app, factory=args.factory)
         if args.config:
-            apply_config(hub, args.config)
+            _apply_config(hub, args.config, apply_config)
         context = ssl_context(args.certfile, args.keyfile)
         if args.fd is not None:
             sock = socket.socket(fileno=args.fd)

@@ -269,3 +269,45 @@ async def test_a_restarted_worker_starts_with_the_file_as_it_is_now(
             break
     assert accepted == {A: {workers[2]}, B: {restarted}}
     assert server.stop() == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing")
+async def test_a_restarted_worker_that_finds_the_file_broken_keeps_the_last_good_settings(
+        folder: Path, served: list[Served]) -> None:
+    """A bad edit, not yet signalled, then a worker crash: the restarted worker must not
+    stop the service (a first start with a broken file does); it logs why and serves with
+    the last settings the workers accepted, and a SIGHUP after the fix applies the fix."""
+    server = Served(folder, "--workers", "2", "--config", "settings.toml")
+    served.append(server)
+    await server.started(SUPERVISOR)
+    await server.wait_for("two workers", lambda text: len(WORKER.findall(text)) == 2)
+    workers = {int(w): int(p) for w, p in WORKER.findall(server.text())}
+    # B accepted by a reload first: the last good settings are then B's, not the start's.
+    (folder / "settings.toml").write_text(f'allowed_origins = ["{B}"]\n')
+    server.process.send_signal(signal.SIGHUP)
+    await server.wait_for("both reloads", lambda text: text.count("reloaded") == 4)
+
+    (folder / "settings.toml").write_text("allowed_origins = [\n")  # broken, no SIGHUP
+    os.kill(workers[1], signal.SIGKILL)
+    await server.wait_for("worker 1 restarted", lambda text: len(WORKER.findall(text)) == 3)
+    restarted = {int(w): int(p) for w, p in WORKER.findall(server.text())}[1]
+    assert server.process.poll() is None, server.text()
+    assert "applies the last settings the workers accepted instead" in server.text()
+    clients: list[ClientConnection] = []
+    try:
+        # Both workers, the restarted one included, accept B and refuse A.
+        await connections_to_both(server.url, B, {workers[2], restarted}, clients)
+        for _ in range(8):
+            assert await refused_status(server.url, A) == 403
+
+        # Fixed and signalled: every worker, the restarted one too, reads the file again.
+        (folder / "settings.toml").write_text(f'allowed_origins = ["{A}"]\n')
+        reloads = server.count("reloaded")
+        server.process.send_signal(signal.SIGHUP)
+        await server.wait_for("both reloads",
+                              lambda text: text.count("reloaded") == reloads + 2)
+        await connections_to_both(server.url, A, {workers[2], restarted}, clients)
+    finally:
+        for ws in clients:
+            await ws.close()
+    assert server.stop() == 0
