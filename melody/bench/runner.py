@@ -604,6 +604,17 @@ class Runner:
             for k, v in r["errors"].items():
                 errors[k] = errors.get(k, 0) + v
         merged["errors"] = errors
+        closed = merged["receivers"] - merged["still_open"]
+        merged["closed_note"] = None
+        if closed > 0:
+            # Not a silent loss: the frames such a connection missed are counted as lost (the
+            # check fails), and this says why. A server closes a reader that stopped reading
+            # for longer than its write timeout (melody and Go melody: write_wait, 10 s),
+            # which an overloaded load generator can look like.
+            merged["closed_note"] = (
+                f"{closed:,} of {merged['receivers']:,} receiving connections were closed"
+                " during the phase (by the server, e.g. a slow reader past its write timeout,"
+                " or by the network): the frames they missed count as lost")
         return merged
 
     def _check(self, lost: int, out_of_order: int, drops: int | None,
@@ -773,6 +784,8 @@ class Runner:
                     " phase: the receivers, not the server, set the latency")
         if not complete:
             phase.notes.append("drain incomplete: some broadcasts never arrived")
+        if end["closed_note"]:
+            phase.notes.append(end["closed_note"])
         if end["errors"]:
             phase.notes.append(f"errors: {end['errors']}")
         lat = phase.figures["latency_ms"]
@@ -830,6 +843,8 @@ class Runner:
         self._flag(phase, cpu_used)
         if not complete:
             phase.notes.append("drain incomplete: some broadcasts never arrived")
+        if end["closed_note"]:
+            phase.notes.append(end["closed_note"])
         if end["errors"]:
             phase.notes.append(f"errors: {end['errors']}")
         self.say(f"[{tag}] {fps:,.0f} frames/s; lost {end['lost']}")
