@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from melody.middleware import Middleware
     from melody.routing import Router
     from melody.session import Session
+    from melody.tracing import Tracing
 
 __all__ = ["HubState", "SessionLink", "Deliver", "HandlerProbe", "Lease", "state_of"]
 
@@ -340,6 +341,8 @@ class HubState:
         #: The connect and disconnect handlers as run (wrapped for the probe, if any).
         self.run_connect: Callable[..., Any] | None = None
         self.run_disconnect: Callable[..., Any] | None = None
+        #: The hub's OpenTelemetry tracing once ``melody.tracing.enable`` ran, else None.
+        self.tracing: Tracing | None = None
 
         d = Dispatch()
         d.write_wait = config.write_wait
