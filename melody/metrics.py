@@ -10,7 +10,8 @@ The message and byte counters are the compiled core's own (``hub.stats()``), rea
 time by a custom collector. Python records what happens rarely or once per broadcast (handshake
 refusals by HTTP status, disconnects by close-code class, the duration of each broadcast's
 fan-out) and, per handler call, its duration and outcome: two clock reads, a bucket search and
-two additions in plain Python objects (no lock, no label lookup), exported at scrape time. The
+a few increments in the engine (``melody._core.timing``: no lock, no label lookup), exported at
+scrape time. The
 ``bench/handler_overhead.py`` figures in ``bench/README.md`` say what that costs an echo.
 
 The ``handler`` label is bounded by the application's code, never by what clients send: a
@@ -58,11 +59,11 @@ Served from a registry of the hub's own (with the process and GC collectors) unl
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from melody._core.timing import Histogram, Timed
 from melody._hubstate import state_of
 
 if TYPE_CHECKING:
@@ -83,9 +84,6 @@ FANOUT_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e
 #: take microseconds, async ones that wait on a database or a service up to seconds.
 HANDLER_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
                    5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-# The outcomes that count as errors of a handler (see melody._hubstate.OUTCOMES).
-_ERRORS = ("exception", "timeout", "unknown_route")
 
 _CODE_CLASSES = {1000: "normal", 1001: "going_away", 1005: "no_status", 1006: "abnormal",
                  1002: "protocol", 1003: "protocol", 1007: "protocol", 1009: "protocol",
@@ -152,31 +150,36 @@ class _CoreCollector:
                                         value=value)
 
 
-class _HandlerStats:
-    """One handler's histogram (counts per bucket, not yet cumulative) and error counts."""
-
-    __slots__ = ("counts", "errors", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(HANDLER_BUCKETS) + 1)
-        self.sum = 0.0
-        self.errors = dict.fromkeys(_ERRORS, 0)
-
-
 class HandlerMetrics:
     """Times every handler call and counts its errors, by ``handler`` label (a
     :class:`~melody._hubstate.HandlerProbe`, installed by :class:`HubMetrics`).
 
-    Plain Python state read at scrape time: no lock and no label lookup per call (the hub's
-    handlers all run on its one loop). ``handlers`` has one entry per label seen, so its size
-    is bounded by the routes and handler kinds the application registered.
+    One engine :class:`~melody._core.timing.Histogram` per label, read at scrape time: no lock
+    and no label lookup per call (the hub's handlers all run on its one loop). A synchronous
+    handler or route is wrapped in a compiled :class:`~melody._core.timing.Timed`.
+    ``histograms`` has one entry per label seen, so its size is bounded by the routes and
+    handler kinds the application registered.
     """
 
-    __slots__ = ("handlers",)
+    __slots__ = ("errors", "histograms")
 
     def __init__(self) -> None:
-        #: The stats of each handler label seen.
-        self.handlers: dict[str, _HandlerStats] = {}
+        #: The duration histogram (and count of exceptions) of each handler label seen.
+        self.histograms: dict[str, Histogram] = {}
+        #: Timeouts and unknown routes, by handler label.
+        self.errors: dict[tuple[str, str], int] = {}
+
+    def histogram(self, handler: str) -> Histogram:
+        """The histogram of ``handler`` (made on first use)."""
+        histogram = self.histograms.get(handler)
+        if histogram is None:
+            histogram = self.histograms[handler] = Histogram(HANDLER_BUCKETS)
+        return histogram
+
+    def wrap(self, handler: str, fn: Callable[..., Any],
+             ignored: tuple[type[BaseException], ...] = ()) -> Callable[..., Any]:
+        """``fn``, a synchronous handler, timed by the engine (the probe's fast path)."""
+        return Timed(fn, self.histogram(handler), ignored)
 
     def enter(self, session: Session, handler: str, message: Any, routed: bool) -> float:
         """The call starts: the clock."""
@@ -187,16 +190,18 @@ class HandlerMetrics:
         """The call ended (``token`` is :meth:`enter`'s clock): observe its duration and
         count an error outcome."""
         elapsed = perf_counter() - token
-        stats = self.handlers.get(handler)
-        if stats is None:
-            stats = self.handlers[handler] = _HandlerStats()
         if outcome is not None:
-            if outcome in stats.errors:
-                stats.errors[outcome] += 1
             if outcome == "unknown_route":
-                return  # no handler ran: nothing to time
-        stats.counts[bisect_left(HANDLER_BUCKETS, elapsed)] += 1
-        stats.sum += elapsed
+                # No handler ran: nothing to time.
+                key = (handler, outcome)
+                self.errors[key] = self.errors.get(key, 0) + 1
+                return
+            if outcome == "exception":
+                self.histogram(handler).failed()
+            elif outcome == "timeout":
+                key = (handler, outcome)
+                self.errors[key] = self.errors.get(key, 0) + 1
+        self.histogram(handler).observe(elapsed)
 
     def collect(self) -> Iterator[Metric]:
         """The ``melody_handler_seconds`` histogram and ``melody_handler_errors_total``."""
@@ -211,16 +216,22 @@ class HandlerMetrics:
             "Handler calls that failed, by route name or handler kind and error.",
             labels=["handler", "error"])
         bounds = [repr(b) for b in HANDLER_BUCKETS] + ["+Inf"]
-        for handler, stats in sorted(self.handlers.items()):
-            if any(stats.counts):
-                total = 0
-                buckets = []
-                for bound, count in zip(bounds, stats.counts, strict=True):
-                    total += count
-                    buckets.append((bound, total))
-                seconds.add_metric([handler], buckets, stats.sum)
-            for error, count in stats.errors.items():
-                errors.add_metric([handler, error], count)
+        labels = set(self.histograms) | {handler for handler, _ in self.errors}
+        for handler in sorted(labels):
+            histogram = self.histograms.get(handler)
+            exceptions = 0
+            if histogram is not None:
+                counts, total, exceptions = histogram.snapshot()
+                if any(counts):
+                    running = 0
+                    buckets = []
+                    for bound, count in zip(bounds, counts, strict=True):
+                        running += count
+                        buckets.append((bound, running))
+                    seconds.add_metric([handler], buckets, total)
+            errors.add_metric([handler, "exception"], exceptions)
+            for error in ("timeout", "unknown_route"):
+                errors.add_metric([handler, error], self.errors.get((handler, error), 0))
         yield seconds
         yield errors
 

@@ -69,7 +69,7 @@ from melody.errors import (
 )
 
 if TYPE_CHECKING:
-    from melody._hubstate import HubState
+    from melody._hubstate import HandlerProbe, HubState
     from melody.codecs import Codec
     from melody.hub import Melody
     from melody.session import Session
@@ -93,7 +93,7 @@ UNKNOWN_LABEL = "_unknown"
 
 
 class _Route:
-    __slots__ = ("fn", "is_async", "label", "timeout", "whole")
+    __slots__ = ("fn", "is_async", "label", "timed", "timeout", "whole")
 
     def __init__(self, fn: Callable[..., Any], timeout: float | None, whole: bool,
                  label: str) -> None:
@@ -103,6 +103,20 @@ class _Route:
         self.whole = whole
         #: The route's registered name as a string: what metrics and spans call it.
         self.label = label
+        #: ``fn`` is the probe's own wrapper (HandlerProbe.wrap): no enter/exit around it.
+        self.timed = False
+
+    def watched(self, probe: HandlerProbe | None) -> _Route:
+        """This route as dispatched under ``probe``: a sync one in the probe's own wrapper
+        when it has one, else itself."""
+        if probe is None or self.is_async:
+            return self
+        wrapped = probe.wrap(self.label, self.fn, (RequestError,))
+        if wrapped is None:
+            return self
+        route = _Route(wrapped, self.timeout, self.whole, self.label)
+        route.timed = True
+        return route
 
 
 class Router:
@@ -112,8 +126,8 @@ class Router:
     ``hub.authorize``.
     """
 
-    __slots__ = ("_authorizer", "_builtins", "_codec", "_fallback", "_hub", "_routes", "_state",
-                 "_table")
+    __slots__ = ("_authorizer", "_builtins", "_codec", "_fallback", "_hub", "_probe", "_routes",
+                 "_state", "_table", "_watched_fallback")
 
     def __init__(self, hub: Melody, codec: Codec) -> None:
         self._hub = hub
@@ -124,16 +138,33 @@ class Router:
         # What dispatch looks up: the built-ins overlaid with the application's routes.
         self._table: dict[Hashable, _Route] = {}
         self._fallback: _Route | None = None
+        self._watched_fallback: _Route | None = None
         self._authorizer: Authorizer | None = None
+        self._probe: HandlerProbe | None = None
 
     # -- registration --------------------------------------------------------------------------
 
     def add(self, key: Hashable, fn: Callable[..., Any], timeout: float | None) -> None:
         self._routes[key] = _Route(fn, timeout, False, str(key))
-        self._table = {**self._builtins, **self._routes}
+        self._rebuild()
 
     def set_fallback(self, fn: Callable[..., Any], timeout: float | None) -> None:
         self._fallback = _Route(fn, timeout, True, FALLBACK_LABEL)
+        self._rebuild()
+
+    def watch(self, probe: HandlerProbe | None) -> None:
+        """Dispatch under ``probe`` (the hub's, after any change): route calls are watched."""
+        self._probe = probe
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        # What dispatch looks up: the built-ins overlaid with the application's routes, each
+        # as watched by the probe.
+        probe = self._probe
+        self._table = {key: route.watched(probe)
+                       for key, route in {**self._builtins, **self._routes}.items()}
+        fallback = self._fallback
+        self._watched_fallback = fallback.watched(probe) if fallback is not None else None
 
     def set_authorizer(self, fn: Authorizer) -> None:
         self._authorizer = fn
@@ -145,7 +176,7 @@ class Router:
             "presence": _Route(self._presence, None, False, "presence"),
             "presence_stats": _Route(self._presence_stats, None, False, "presence_stats"),
         }
-        self._table = {**self._builtins, **self._routes}
+        self._rebuild()
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -154,10 +185,10 @@ class Router:
         key, msg_id, data = self._codec.envelope(msg)
         route = self._table.get(key) if key is not None else None
         if route is None:
-            route = self._fallback
+            route = self._watched_fallback
             if route is None:
                 self._state.message_stats["unroutable"] += 1
-                probe = self._state.probe
+                probe = self._probe
                 if probe is not None:
                     probe.exit(UNKNOWN_LABEL, probe.enter(session, UNKNOWN_LABEL, msg, True),
                                "unknown_route", None)
@@ -167,7 +198,7 @@ class Router:
         arg = msg if route.whole else data
         if route.is_async:
             # Unwatched (no probe), the call runs as the task's coroutine itself.
-            run = self._call_async if self._state.probe is None else self._run_async
+            run = self._call_async if self._probe is None else self._run_async
             self._state.enqueue(session, run, (route, msg, msg_id, arg))
         elif session.inbox:
             # Async calls are pending for this session: keep its arrival order.
@@ -177,9 +208,10 @@ class Router:
 
     def _run_sync(self, session: Session, route: _Route, msg: Any, msg_id: Any,
                   arg: Any) -> None:
-        # With a probe (metrics, tracing) the call is watched, its reply included; without
-        # one this is one attribute read more than the call itself.
-        probe = self._state.probe
+        # With a probe (metrics, tracing) the call is watched, its reply included, unless
+        # the probe's own wrapper is the route's function; without one this is two attribute
+        # reads more than the call itself.
+        probe = self._probe if not route.timed else None
         token = probe.enter(session, route.label, msg, True) if probe is not None else None
         outcome: str | None = None
         error: BaseException | None = None
@@ -201,7 +233,7 @@ class Router:
 
     async def _run_async(self, session: Session, route: _Route, msg: Any, msg_id: Any,
                          arg: Any) -> None:
-        probe = self._state.probe
+        probe = self._probe
         token = probe.enter(session, route.label, msg, True) if probe is not None else None
         outcome: str | None = None
         error: BaseException | None = None

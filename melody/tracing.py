@@ -282,6 +282,10 @@ class Tracing:
         token = self._context.attach(self._trace.set_span_in_context(span))
         return span, token
 
+    def wrap(self, handler: str, fn: Any, ignored: Any = ()) -> None:
+        """None: handler calls go through :meth:`enter` and :meth:`exit`."""
+        return None
+
     def _attributes(self, session: Session, handler: str, message: Any,
                     routed: bool) -> dict[str, Any]:
         attributes: dict[str, Any] = {
