@@ -81,6 +81,8 @@ TITLES = {
     "melody.backplane.redis": "Redis backplane",
     "melody.workers": "Worker processes",
     "melody.logs": "Structured logs",
+    "melody.metrics": "Prometheus metrics",
+    "melody.tracing": "OpenTelemetry traces",
 }
 
 

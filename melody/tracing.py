@@ -6,13 +6,10 @@ configured a tracer provider before serving (``opentelemetry.trace.set_tracer_pr
 the SDK's ``TracerProvider``, or the ``opentelemetry-instrument`` agent): ``melody.serve`` and
 ``hub.serve`` look once, when they start, and do nothing more when there is none. Turn it on
 explicitly, e.g. with a provider of its own or for the ASGI adapter, with
-:func:`enable`. What is recorded is the configured sampler's decision.
-
-Spans
-=====
+:func:`enable`. What is recorded is the configured sampler's decision. The spans:
 
 ``GET`` (or ``GET /ws`` when ``Config.paths`` names the path), kind SERVER, one per upgrade on
-melody's own server, from the request head to the answer; HTTP semantic conventions:
+melody's own server (the ASGI adapter's upgrades are the ASGI server's to trace), from the request head to the answer; HTTP semantic conventions:
 ``http.request.method``, ``url.path``, ``url.scheme``, ``network.peer.address``,
 ``network.peer.port``, ``server.address``, ``server.port``, ``user_agent.original``,
 ``network.protocol.name``/``version``, ``http.response.status_code`` (101 when accepted) and
