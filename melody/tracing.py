@@ -9,14 +9,15 @@ explicitly, e.g. with a provider of its own or for the ASGI adapter, with
 :func:`enable`. What is recorded is the configured sampler's decision. The spans:
 
 ``GET`` (or ``GET /ws`` when ``Config.paths`` names the path), kind SERVER, one per upgrade on
-melody's own server (the ASGI adapter's upgrades are the ASGI server's to trace), from the request head to the answer; HTTP semantic conventions:
-``http.request.method``, ``url.path``, ``url.scheme``, ``network.peer.address``,
-``network.peer.port``, ``server.address``, ``server.port``, ``user_agent.original``,
-``network.protocol.name``/``version``, ``http.response.status_code`` (101 when accepted) and
-``error.type`` (the status, for 4xx and 5xx; 5xx also sets the ERROR status). The query string
-is not recorded (it often carries a token). Its parent is the context the client sent in the
-handshake's ``traceparent``/``tracestate`` headers (the global propagator: W3C Trace Context by
-default), if any.
+melody's own server (the ASGI adapter's upgrades are the ASGI server's to trace), from the
+request head to the answer; HTTP semantic conventions: ``http.request.method``, ``url.path``,
+``url.scheme``, ``network.peer.address``, ``network.peer.port``, ``server.address``,
+``server.port``, ``user_agent.original``, ``network.protocol.name``/``version``,
+``http.response.status_code`` (101 when accepted) and ``error.type`` (the status, for 4xx and
+5xx; 5xx also sets the ERROR status). The query string is not recorded (it often carries a
+token). Its parent is the context the client sent in the handshake's
+``traceparent``/``tracestate`` headers (the global propagator: W3C Trace Context by default),
+if any.
 
 ``melody middleware <Name>``, kind INTERNAL: one per middleware (``hub.use``) the upgrade went
 through, nested as the chain is (the first registered is the outermost); a refusal sets
