@@ -57,7 +57,7 @@ from melody.errors import HandshakeError
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import TextMapPropagator
-    from opentelemetry.trace import Span, SpanContext, TracerProvider
+    from opentelemetry.trace import Link, Span, TracerProvider
 
     from melody._core.protocol import WebSocketProtocol
     from melody.handshake import Request
@@ -126,12 +126,13 @@ def tracing_of(hub: Melody) -> Tracing | None:
 
 
 class _SessionTrace:
-    # What a traced session's message spans start from.
-    __slots__ = ("link", "parent")
+    # What a traced session's message spans start from: the handshake's context, and the
+    # link to the upgrade span (made once, shared by every span of the session).
+    __slots__ = ("links", "parent")
 
-    def __init__(self, parent: Context | None, link: SpanContext | None) -> None:
+    def __init__(self, parent: Context | None, links: tuple[Link, ...] | None) -> None:
         self.parent = parent
-        self.link = link
+        self.links = links
 
 
 class Tracing:
@@ -228,8 +229,9 @@ class Tracing:
             if status >= 500:
                 span.set_status(self._status(self._error))
         if session is not None:
-            link = span.get_span_context()
-            self._sessions[session] = _SessionTrace(parent, link if link.is_valid else None)
+            upgrade = span.get_span_context()
+            self._sessions[session] = _SessionTrace(
+                parent, (self._link(upgrade),) if upgrade.is_valid else None)
         span.end()
 
     def traced_middleware(self, mw: Middleware) -> Middleware:
@@ -272,9 +274,8 @@ class Tracing:
             meta = message.get(META_FIELD)
             if isinstance(meta, Mapping):
                 parent = self.extract(meta) or parent
-        links = [self._link(traced.link)] if traced is not None and traced.link else None
         span = self.tracer.start_span(name, context=parent, kind=self._kind.CONSUMER,
-                                      links=links)
+                                      links=traced.links if traced is not None else None)
         if span.is_recording():
             span.set_attributes(self._attributes(session, handler, message, routed))
         token = self._context.attach(self._trace.set_span_in_context(span))
