@@ -53,7 +53,7 @@ macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 # The C kernels are .pyx; the rest of the engine is Python in Cython's pure-Python mode, each
 # .py compiled with the .pxd beside it (see melody/_core/__init__.py). Plain-Python modules of
 # the engine (constants, views, extensions) and the kernels' interpreted .py are not compiled.
-KERNELS = ("mask", "utf8", "deflate")
+KERNELS = ("mask", "utf8", "deflate", "timing")
 PURE_MODE = ("frames", "connection", "protocol", "fanout", "packet")
 
 

@@ -84,6 +84,8 @@ TITLES = {
     "melody.backplane.nats": "NATS backplane",
     "melody.workers": "Worker processes",
     "melody.logs": "Structured logs",
+    "melody.metrics": "Prometheus metrics",
+    "melody.tracing": "OpenTelemetry traces",
 }
 
 

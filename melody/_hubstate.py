@@ -4,8 +4,9 @@
 topics, the handlers and the dispatch table the compiled connections call, the running of
 handlers (inline, queued behind a session's pending async calls, or concurrently up to
 ``Config.max_concurrent_handlers``), error reporting (``handle_error``), the hub's tasks, and
-the hooks that metrics and backplanes use. ``Melody`` is the public face over it; the
-session, the server, the ASGI adapter, routing, metrics and the backplanes use the names below
+the hooks that metrics, tracing and backplanes use (:class:`HandlerProbe` watches handler
+calls). ``Melody`` is the public face over it; the session, the server, the ASGI adapter,
+routing, metrics, tracing and the backplanes use the names below
 (:func:`state_of` finds a hub's state), never a private attribute of ``Melody`` or ``Session``.
 
 :class:`SessionLink` is what the hub keeps for one session: its connection, its handler calls
@@ -59,8 +60,9 @@ if TYPE_CHECKING:
     from melody.middleware import Middleware
     from melody.routing import Router
     from melody.session import Session
+    from melody.tracing import Tracing
 
-__all__ = ["HubState", "SessionLink", "Deliver", "Lease", "state_of"]
+__all__ = ["HubState", "SessionLink", "Deliver", "HandlerProbe", "Lease", "state_of"]
 
 logger = logging.getLogger("melody")
 
@@ -82,6 +84,64 @@ def state_of(hub: Melody) -> HubState:
 
 def _noop(*_: Any) -> None:
     return None
+
+
+#: The outcomes a :class:`HandlerProbe` hears besides success (None): the handler raised
+#: (``"exception"``), an async route ran past its timeout (``"timeout"``), a route refused with
+#: ``RequestError`` (``"refused"``), the handler's task was cancelled (``"cancelled"``), or a
+#: message named no route and there is no fallback (``"unknown_route"``: no handler ran).
+OUTCOMES = ("exception", "timeout", "refused", "cancelled", "unknown_route")
+
+
+class HandlerProbe(Protocol):
+    """What watches handler calls (``melody.metrics``, ``melody.tracing``): :meth:`enter`
+    before a handler runs, :meth:`exit` once it is done (an async one: once it completed).
+
+    ``handler`` is a bounded label: a route's registered name (``routed``) or a handler kind
+    (``message``, ``message_binary``, ``connect``, ``disconnect``, ``close``, ``pong``), never
+    a string a client chose. Installed with :meth:`HubState.add_probe`; a hub without a probe
+    runs its handlers with no wrapper and no clock read.
+    """
+
+    def enter(self, session: Session, handler: str, message: Any, routed: bool) -> Any:
+        """A handler starts with ``message`` (the decoded one for a route, else the raw
+        message, or None for connect/disconnect); return what :meth:`exit` gets back."""
+        ...
+
+    def exit(self, handler: str, token: Any, outcome: str | None,
+             error: BaseException | None) -> None:
+        """The handler is done: ``outcome`` None (success) or one of :data:`OUTCOMES`,
+        ``error`` the exception when there is one."""
+        ...
+
+    def wrap(self, handler: str, fn: Callable[..., Any],
+             ignored: tuple[type[BaseException], ...] = ()) -> Callable[..., Any] | None:
+        """A wrapper of its own for ``fn``, a synchronous handler, that does what
+        :meth:`enter` and :meth:`exit` would (a compiled one, cheaper than two Python calls),
+        or None to be called through them. An exception of a type in ``ignored`` (a route's
+        ``RequestError``) is the outcome ``"refused"``, not ``"exception"``."""
+        ...
+
+
+class _Probes:
+    """Several probes as one: entered in order, exited in reverse (contexts nest)."""
+
+    __slots__ = ("probes",)
+
+    def __init__(self, probes: list[HandlerProbe]) -> None:
+        self.probes = probes
+
+    def enter(self, session: Session, handler: str, message: Any, routed: bool) -> Any:
+        return [p.enter(session, handler, message, routed) for p in self.probes]
+
+    def exit(self, handler: str, token: Any, outcome: str | None,
+             error: BaseException | None) -> None:
+        for probe, t in zip(reversed(self.probes), reversed(token), strict=True):
+            probe.exit(handler, t, outcome, error)
+
+    def wrap(self, handler: str, fn: Callable[..., Any],
+             ignored: tuple[type[BaseException], ...] = ()) -> Callable[..., Any] | None:
+        return None
 
 
 class Deliver(Protocol):
@@ -287,6 +347,14 @@ class HubState:
         self.middleware: list[Middleware] = []
         self.router: Router | None = None
         self._any_async = False
+        #: What watches handler calls (metrics, tracing), or None: see :meth:`add_probe`.
+        self.probe: HandlerProbe | None = None
+        self._probes: list[HandlerProbe] = []
+        #: The connect and disconnect handlers as run (wrapped for the probe, if any).
+        self.run_connect: Callable[..., Any] | None = None
+        self.run_disconnect: Callable[..., Any] | None = None
+        #: The hub's OpenTelemetry tracing once ``melody.tracing.enable`` ran, else None.
+        self.tracing: Tracing | None = None
 
         d = Dispatch()
         d.write_wait = config.write_wait
@@ -354,15 +422,67 @@ class HubState:
         # With no async handler no session ever has pending calls: hand the compiled
         # connection the user's functions themselves, no wrapper in between.
         self._any_async = any(inspect.iscoroutinefunction(h) for h in handlers if h is not None)
-        d.on_text = self._wrap_event(self.on_text)
-        d.on_binary = self._wrap_event(self.on_binary)
+        probed = self._probed
+        d.on_text = self._wrap_event(probed("message", self.on_text))
+        d.on_binary = self._wrap_event(probed("message_binary", self.on_binary))
         if self.codec is not None:
             # Decoded inline, then handed on exactly as a raw message would have been. Without
-            # a codec nothing of this runs: the raw path keeps no wrapper.
-            d.on_text = d.on_binary = self._decoding(
-                self._wrap_event(self.router if self.router is not None else self.on_text))
-        d.on_close = self._wrap_event(self.on_close) if self.on_close else None
-        d.on_pong = self._wrap_event(self.on_pong) if self.on_pong else None
+            # a codec nothing of this runs: the raw path keeps no wrapper. The router probes
+            # each route call itself (by route name).
+            d.on_text = d.on_binary = self._decoding(self._wrap_event(
+                self.router if self.router is not None else probed("message", self.on_text)))
+        d.on_close = self._wrap_event(probed("close", self.on_close)) if self.on_close else None
+        d.on_pong = self._wrap_event(probed("pong", self.on_pong)) if self.on_pong else None
+        if self.router is not None:
+            self.router.watch(self.probe)
+        self.run_connect = probed("connect", self.on_connect)
+        self.run_disconnect = probed("disconnect", self.on_disconnect)
+
+    def add_probe(self, probe: HandlerProbe) -> None:
+        """Watch every handler call with ``probe`` from now on (metrics, tracing); the
+        dispatch table is rebuilt with the handlers wrapped. Until the first probe, handlers
+        run unwrapped: hubs without metrics or tracing pay nothing."""
+        self._probes.append(probe)
+        self.probe = probe if len(self._probes) == 1 else _Probes(list(self._probes))
+        self.rebuild_dispatch()
+
+    def _probed(self, kind: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        # ``fn`` wrapped for the probe (itself without one); async stays async, so that it is
+        # timed to its completion and still goes through the session's queue.
+        probe = self.probe
+        if fn is None or probe is None:
+            return fn
+        enter, leave = probe.enter, probe.exit
+        handler: Callable[..., Any] = fn
+        if inspect.iscoroutinefunction(fn):
+            async def probed_async(session: Session, *args: Any) -> None:
+                token = enter(session, kind, args[0] if args else None, False)
+                try:
+                    await handler(session, *args)
+                except asyncio.CancelledError:
+                    leave(kind, token, "cancelled", None)
+                    raise
+                except Exception as exc:
+                    leave(kind, token, "exception", exc)
+                    raise
+                leave(kind, token, None, None)
+
+            return probed_async
+
+        wrapped = probe.wrap(kind, fn)
+        if wrapped is not None:
+            return wrapped
+
+        def probed_sync(session: Session, *args: Any) -> None:
+            token = enter(session, kind, args[0] if args else None, False)
+            try:
+                handler(session, *args)
+            except Exception as exc:
+                leave(kind, token, "exception", exc)
+                raise
+            leave(kind, token, None, None)
+
+        return probed_sync
 
     def _wrap_event(self, fn: Callable[..., Any] | None) -> Callable[..., Any]:
         if fn is None:
@@ -553,7 +673,7 @@ class HubState:
         user = session.user
         if user is not None:
             self.users.setdefault(user, set()).add(session)
-        self.call(session, self.on_connect)
+        self.call(session, self.run_connect)
 
     def disconnected(self, proto: WebSocketProtocol) -> None:
         """A connection ended: remove it, its topics; run the end hooks and
@@ -581,7 +701,7 @@ class HubState:
                         future.set_exception(SessionClosed("session closed before replying"))
             for hook in self.on_session_end:
                 hook(session)
-            self.call(session, self.on_disconnect)
+            self.call(session, self.run_disconnect)
 
     def sent(self, session: Session, msg: Any, binary: bool) -> None:
         """Run ``handle_sent_message`` (or its binary twin) for ``msg`` written to ``session``."""

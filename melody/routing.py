@@ -69,7 +69,7 @@ from melody.errors import (
 )
 
 if TYPE_CHECKING:
-    from melody._hubstate import HubState
+    from melody._hubstate import HandlerProbe, HubState
     from melody.codecs import Codec
     from melody.hub import Melody
     from melody.session import Session
@@ -86,14 +86,37 @@ BUILTIN_TYPES = ("subscribe", "unsubscribe", "publish", "presence", "presence_st
 _REPLIED_LATER: Any = object()
 
 
-class _Route:
-    __slots__ = ("fn", "is_async", "timeout", "whole")
+#: The handler label (metrics, spans) of the fallback route and of messages that named no
+#: route: fixed, never the type a client sent, so that the label set stays the routes'.
+FALLBACK_LABEL = "_fallback"
+UNKNOWN_LABEL = "_unknown"
 
-    def __init__(self, fn: Callable[..., Any], timeout: float | None, whole: bool) -> None:
+
+class _Route:
+    __slots__ = ("fn", "is_async", "label", "timed", "timeout", "whole")
+
+    def __init__(self, fn: Callable[..., Any], timeout: float | None, whole: bool,
+                 label: str) -> None:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self.timeout = timeout
         self.whole = whole
+        #: The route's registered name as a string: what metrics and spans call it.
+        self.label = label
+        #: ``fn`` is the probe's own wrapper (HandlerProbe.wrap): no enter/exit around it.
+        self.timed = False
+
+    def watched(self, probe: HandlerProbe | None) -> _Route:
+        """This route as dispatched under ``probe``: a sync one in the probe's own wrapper
+        when it has one, else itself."""
+        if probe is None or self.is_async:
+            return self
+        wrapped = probe.wrap(self.label, self.fn, (RequestError,))
+        if wrapped is None:
+            return self
+        route = _Route(wrapped, self.timeout, self.whole, self.label)
+        route.timed = True
+        return route
 
 
 class Router:
@@ -103,8 +126,8 @@ class Router:
     ``hub.authorize``.
     """
 
-    __slots__ = ("_authorizer", "_builtins", "_codec", "_fallback", "_hub", "_routes", "_state",
-                 "_table")
+    __slots__ = ("_authorizer", "_builtins", "_codec", "_fallback", "_hub", "_probe", "_routes",
+                 "_state", "_table", "_watched_fallback")
 
     def __init__(self, hub: Melody, codec: Codec) -> None:
         self._hub = hub
@@ -115,28 +138,45 @@ class Router:
         # What dispatch looks up: the built-ins overlaid with the application's routes.
         self._table: dict[Hashable, _Route] = {}
         self._fallback: _Route | None = None
+        self._watched_fallback: _Route | None = None
         self._authorizer: Authorizer | None = None
+        self._probe: HandlerProbe | None = None
 
     # -- registration --------------------------------------------------------------------------
 
     def add(self, key: Hashable, fn: Callable[..., Any], timeout: float | None) -> None:
-        self._routes[key] = _Route(fn, timeout, False)
-        self._table = {**self._builtins, **self._routes}
+        self._routes[key] = _Route(fn, timeout, False, str(key))
+        self._rebuild()
 
     def set_fallback(self, fn: Callable[..., Any], timeout: float | None) -> None:
-        self._fallback = _Route(fn, timeout, True)
+        self._fallback = _Route(fn, timeout, True, FALLBACK_LABEL)
+        self._rebuild()
+
+    def watch(self, probe: HandlerProbe | None) -> None:
+        """Dispatch under ``probe`` (the hub's, after any change): route calls are watched."""
+        self._probe = probe
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        # What dispatch looks up: the built-ins overlaid with the application's routes, each
+        # as watched by the probe.
+        probe = self._probe
+        self._table = {key: route.watched(probe)
+                       for key, route in {**self._builtins, **self._routes}.items()}
+        fallback = self._fallback
+        self._watched_fallback = fallback.watched(probe) if fallback is not None else None
 
     def set_authorizer(self, fn: Authorizer) -> None:
         self._authorizer = fn
         self._builtins = {
             # Whole message: a subscribe to a topic with history answers by itself, later.
-            "subscribe": _Route(self._subscribe, None, True),
-            "unsubscribe": _Route(self._unsubscribe, None, False),
-            "publish": _Route(self._publish, None, False),
-            "presence": _Route(self._presence, None, False),
-            "presence_stats": _Route(self._presence_stats, None, False),
+            "subscribe": _Route(self._subscribe, None, True, "subscribe"),
+            "unsubscribe": _Route(self._unsubscribe, None, False, "unsubscribe"),
+            "publish": _Route(self._publish, None, False, "publish"),
+            "presence": _Route(self._presence, None, False, "presence"),
+            "presence_stats": _Route(self._presence_stats, None, False, "presence_stats"),
         }
-        self._table = {**self._builtins, **self._routes}
+        self._rebuild()
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -145,15 +185,21 @@ class Router:
         key, msg_id, data = self._codec.envelope(msg)
         route = self._table.get(key) if key is not None else None
         if route is None:
-            route = self._fallback
+            route = self._watched_fallback
             if route is None:
                 self._state.message_stats["unroutable"] += 1
+                probe = self._probe
+                if probe is not None:
+                    probe.exit(UNKNOWN_LABEL, probe.enter(session, UNKNOWN_LABEL, msg, True),
+                               "unknown_route", None)
                 what = f"unknown type: {key!r}" if key is not None else "message has no type"
                 self._reply(session, msg, msg_id, False, what)
                 return
         arg = msg if route.whole else data
         if route.is_async:
-            self._state.enqueue(session, self._run_async, (route, msg, msg_id, arg))
+            # Unwatched (no probe), the call runs as the task's coroutine itself.
+            run = self._call_async if self._probe is None else self._run_async
+            self._state.enqueue(session, run, (route, msg, msg_id, arg))
         elif session.inbox:
             # Async calls are pending for this session: keep its arrival order.
             self._state.enqueue(session, self._run_sync, (route, msg, msg_id, arg))
@@ -162,43 +208,72 @@ class Router:
 
     def _run_sync(self, session: Session, route: _Route, msg: Any, msg_id: Any,
                   arg: Any) -> None:
+        # With a probe (metrics, tracing) the call is watched, its reply included, unless
+        # the probe's own wrapper is the route's function; without one this is two attribute
+        # reads more than the call itself.
+        probe = self._probe if not route.timed else None
+        token = probe.enter(session, route.label, msg, True) if probe is not None else None
+        outcome: str | None = None
+        error: BaseException | None = None
         try:
             result = route.fn(session, arg)
         except RequestError as exc:
+            outcome = "refused"
             self._reply(session, msg, msg_id, False, str(exc))
-            return
         except Exception as exc:
+            outcome, error = "exception", exc
             self._state.report(session, exc)
             self._reply(session, msg, msg_id, False, "internal error")
-            return
-        if msg_id is not None and result is not _REPLIED_LATER:
-            self._reply(session, msg, msg_id, True, result)
+        else:
+            if msg_id is not None and result is not _REPLIED_LATER:
+                self._reply(session, msg, msg_id, True, result)
+        finally:
+            if probe is not None:
+                probe.exit(route.label, token, outcome, error)
 
     async def _run_async(self, session: Session, route: _Route, msg: Any, msg_id: Any,
                          arg: Any) -> None:
+        probe = self._probe
+        token = probe.enter(session, route.label, msg, True) if probe is not None else None
+        outcome: str | None = None
+        error: BaseException | None = None
+        try:
+            outcome, error = await self._call_async(session, route, msg, msg_id, arg)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if probe is not None:
+                probe.exit(route.label, token, outcome, error)
+
+    async def _call_async(self, session: Session, route: _Route, msg: Any, msg_id: Any,
+                          arg: Any) -> tuple[str | None, BaseException | None]:
+        # The call and its reply; returns the outcome for the probe (None: success).
         deadline = asyncio.timeout(route.timeout)
         try:
             async with deadline:
                 result = await route.fn(session, arg)
         except RequestError as exc:
             self._reply(session, msg, msg_id, False, str(exc))
-            return
+            return "refused", None
         except TimeoutError as exc:
             if not deadline.expired():
                 self._state.report(session, exc)
                 self._reply(session, msg, msg_id, False, "internal error")
-                return
+                return "exception", exc
             self._state.message_stats["ack_timeouts"] += 1
-            self._state.report(session, AckTimeout(
-                f"handler for {self._codec.envelope(msg)[0]!r} ran past {route.timeout} s"))
+            timeout = AckTimeout(
+                f"handler for {self._codec.envelope(msg)[0]!r} ran past {route.timeout} s")
+            self._state.report(session, timeout)
             self._reply(session, msg, msg_id, False, "timeout")
-            return
+            return "timeout", timeout
         except Exception as exc:
             self._state.report(session, exc)
             self._reply(session, msg, msg_id, False, "internal error")
-            return
+            return "exception", exc
         if msg_id is not None:
             self._reply(session, msg, msg_id, True, result)
+        return None, None
 
     def _reply(self, session: Session, request: Any, msg_id: Any, ok: bool,
                value: Any) -> None:

@@ -135,6 +135,7 @@ def test_a_server_that_is_not_there_is_reported_not_measured(tmp_path: Path) -> 
     [str(ROOT / "bench" / "scaling.py"), "--help"],
     [str(ROOT / "bench" / "history.py"), "--help"],
     [str(ROOT / "bench" / "history.py"), "hub", "--help"],
+    [str(ROOT / "bench" / "handler_overhead.py"), "--help"],
     *([str(p), "--help"] for p in sorted(SERVERS.glob("*_hub.py"))),
 ])
 def test_every_script_has_help(script: list[str]) -> None:
@@ -142,6 +143,25 @@ def test_every_script_has_help(script: list[str]) -> None:
                           timeout=60, env=_env())
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the server's CPU time is read from /proc")
+def test_handler_overhead_measures_every_case_and_checks_the_echoes() -> None:
+    # A tiny run of bench/handler_overhead.py: real hub processes, every case, both workloads.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "handler_overhead.py"), "-m", "2000",
+         "--warmup", "200", "-c", "2", "--rounds", "1"],
+        capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    cases = {(s["workload"], s["case"]) for s in report["summary"]}
+    assert cases == {(w, c) for w in ("echo", "route")
+                     for c in ("off", "metrics", "otel-unsampled", "otel-sampled",
+                               "metrics+otel")}
+    for row in report["summary"]:
+        assert row["lost"] == 0 and row["bad"] == 0, row
+    assert all(r["messages"] == 2000 for r in report["runs"])
 
 
 def test_sampler_keeps_a_bounded_uniform_sample() -> None:

@@ -27,6 +27,6 @@ def test_mypy_strict_on_the_package() -> None:
 def test_stubs_match_the_compiled_modules() -> None:
     # The C kernels have .pyi stubs; the pure-mode modules are their own typed source (mypy
     # reads the .py), checked by test_mypy_strict_on_the_package.
-    modules = [f"melody._core.{name}" for name in ("mask", "utf8", "deflate")]
+    modules = [f"melody._core.{name}" for name in ("mask", "utf8", "deflate", "timing")]
     result = _run("mypy.stubtest", "--allowlist", "tests/core/stubtest-allowlist.txt", *modules)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,7 +7,8 @@ over it in ``melody/``. Every engine module is written once:
   files in Cython's pure-Python mode: the build compiles each ``.py`` with the ``.pxd`` beside
   it (C fields, C method calls, C types for the hot locals), and the same file runs as it is
   where no compiled module exists.
-* ``mask``, ``utf8`` and ``deflate`` are the C kernels (pointer loops, zlib's C API), written
+* ``mask``, ``utf8``, ``deflate`` and ``timing`` are the C kernels (pointer loops, zlib's C
+  API, the monotonic clock for handler metrics), written
   as ``.pyx``; each has a short interpreted version, the ``.py`` of the same name.
 * ``constants``, ``views``, ``zlib_params`` and ``extensions`` (permessage-deflate
   negotiation, once per connection) are plain Python in every build.
@@ -40,11 +41,11 @@ from importlib.machinery import EXTENSION_SUFFIXES
 
 #: The engine's modules, in import order (each imports only those before it).
 MODULES = ("constants", "views", "zlib_params", "mask", "utf8", "deflate", "extensions",
-           "frames", "connection", "protocol", "fanout", "packet")
+           "frames", "connection", "protocol", "fanout", "packet", "timing")
 
 #: The modules a build compiles (the others are plain Python in every build).
 COMPILED_MODULES = ("mask", "utf8", "deflate", "frames", "connection", "protocol", "fanout",
-                    "packet")
+                    "packet", "timing")
 
 #: ``MELODY_NO_EXTENSIONS=1``: the interpreted engine was asked for.
 NO_EXTENSIONS: bool = os.environ.get("MELODY_NO_EXTENSIONS", "") == "1"

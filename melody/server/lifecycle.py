@@ -16,6 +16,7 @@ from melody.errors import CLOSE_GOING_AWAY
 from melody.metrics import enable as enable_metrics
 from melody.reload import install_sighup
 from melody.server.native import Upgrader
+from melody.tracing import enable_if_configured as enable_tracing_if_configured
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -57,6 +58,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     if metrics:
         enable_metrics(hub)
+    # Spans only when the application configured a tracer provider (looked up once, here).
+    enable_tracing_if_configured(hub)
     state = state_of(hub)
     state.attach(loop)
     dispatch = state.dispatch

@@ -114,6 +114,11 @@ class Upgrader(UpgradeDecision):
             return self._refuse(proto, exc)
         if not is_upgrade_request(request):
             return self._plain(proto, request)
+        tracing = state.tracing
+        if tracing is not None:
+            transport = proto.transport
+            tracing.upgrade_started(proto, request, transport is not None
+                                    and transport.get_extra_info("sslcontext") is not None)
         if state.middleware:
             return self._start_chain(proto, request)
         # The decision inline, in the read callback, unless handle_upgrade is async.
@@ -251,6 +256,10 @@ class Upgrader(UpgradeDecision):
         proto = pending.proto
         handshake = pending.handshake
         assert handshake is not None
+        tracing = self.state.tracing
+        if tracing is not None:
+            # The middleware spans are children of the upgrade's (this task's context).
+            tracing.activate_upgrade(proto)
         try:
             await chain(handshake)
             if self.state.closed:
@@ -324,8 +333,13 @@ class Upgrader(UpgradeDecision):
         response = build_accept_response(key, subprotocol, extensions)
         user = handshake.user if handshake is not None else None
         session = Session(self.state.hub, proto, request, keys, subprotocol, user)
+        tracing = self.state.tracing
         if not proto.accept(response, session, inflater, deflater, min_size):
+            if tracing is not None:
+                tracing.upgrade_ended(proto, 0)
             return None
+        if tracing is not None:
+            tracing.upgrade_ended(proto, 101, session)
         self.admit(proto, session, cleanups,
                    handshake.take_on_open() if handshake is not None else None)
         return session
@@ -333,6 +347,9 @@ class Upgrader(UpgradeDecision):
     def _refuse(self, proto: WebSocketProtocol, exc: HandshakeError) -> None:
         logger.debug("upgrade refused: %s", exc)
         self.refused(exc.status)
+        tracing = self.state.tracing
+        if tracing is not None:
+            tracing.upgrade_ended(proto, exc.status)
         try:
             response = error_response(exc)
         except ValueError:

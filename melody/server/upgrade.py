@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from melody._hubstate import HubState
     from melody.metrics import HubMetrics
     from melody.session import Session
+    from melody.tracing import Tracing
 
 __all__ = ["UpgradeDecision", "keys_of"]
 
@@ -67,7 +68,7 @@ class UpgradeDecision:
         #: Async ``handle_http`` answers cut off at their deadline.
         self.http_deadline_exceeded = 0
         # The middleware chain built around each endpoint, with the middleware it was built of.
-        self._chains: dict[CallNext, tuple[list[Middleware], CallNext]] = {}
+        self._chains: dict[CallNext, tuple[list[Middleware], Tracing | None, CallNext]] = {}
         # Per accepted session: (time.monotonic() at accept, on_close callbacks or None).
         self._live: dict[Session, tuple[float, Cleanups | None]] = {}
         state.on_session_end.append(self._ended)
@@ -117,11 +118,15 @@ class UpgradeDecision:
         middleware = self.state.middleware
         if not middleware:
             return endpoint
+        tracing = self.state.tracing
         built = self._chains.get(endpoint)
-        if built is None or built[0] != middleware:
+        if built is None or built[0] != middleware or built[1] is not tracing:
             snapshot = list(middleware)
-            built = self._chains[endpoint] = (snapshot, build_chain(snapshot, endpoint))
-        return built[1]
+            # Traced, each middleware runs in a span of its own.
+            links = snapshot if tracing is None else [tracing.traced_middleware(mw)
+                                                      for mw in snapshot]
+            built = self._chains[endpoint] = (snapshot, tracing, build_chain(links, endpoint))
+        return built[2]
 
     def subprotocol(self, request: Request) -> str | None:
         """The subprotocol to agree on (``Config.subprotocols``), or None."""

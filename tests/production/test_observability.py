@@ -126,18 +126,22 @@ async def test_user_http_handler_still_answers_other_paths(serve_hub: Serve) -> 
     assert (await http_get(url, "/metrics")).status == 200
 
 
-async def test_metrics_add_no_per_message_python_work(serve_hub: Serve) -> None:
+async def test_the_message_path_is_wrapped_only_with_metrics_on(serve_hub: Serve) -> None:
     hub = Melody()
 
     def on_message(session: Session, msg: str) -> None:
         pass
 
     hub.handle_message(on_message)
-    enable(hub)
-    _, _url = await serve_hub(hub, metrics=True)
-    # The compiled core calls the user's function itself: nothing wraps the message path.
+    _, _url = await serve_hub(hub)
+    # Without metrics the compiled core calls the user's function itself: no wrapper.
     assert state_of(hub).dispatch.on_text is on_message
-    assert enable(hub) is enable(hub)  # idempotent
+    assert state_of(hub).probe is None
+    # With them, the handler is timed (melody_handler_seconds): the one wrapper is the probe's.
+    metrics = enable(hub)
+    assert enable(hub) is metrics  # idempotent
+    assert state_of(hub).probe is metrics.handlers
+    assert state_of(hub).dispatch.on_text is not on_message
 
 
 async def test_metrics_on_a_given_registry(serve_hub: Serve) -> None:
