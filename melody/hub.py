@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from melody._core.fanout import Group
@@ -209,11 +211,15 @@ class Melody:
         """
         return self._reloader().reload(source)
 
-    def reconfigure(self, settings: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    def reconfigure(self, settings: Mapping[str, Any], *,
+                    relative_to: str | os.PathLike[str] | None = None,
+                    ) -> dict[str, tuple[Any, Any]]:
         """Apply reloadable ``settings`` given as a mapping (the shape of the TOML file), as
-        :meth:`reload` does from a source; returns what changed. Raises
+        :meth:`reload` does from a source; returns what changed. ``key_files`` are read
+        relative to ``relative_to`` (a folder; default the current directory). Raises
         :class:`~melody.errors.ConfigError` and changes nothing when a value is refused."""
-        return self._reloader().apply(settings, None, "hub.reconfigure")
+        folder = Path(relative_to) if relative_to is not None else None
+        return self._reloader().apply(settings, folder, "hub.reconfigure")
 
     @property
     def config_source(self) -> Source | None:

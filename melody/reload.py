@@ -380,11 +380,11 @@ def _rate(limit: RateLimit | None) -> Any:
             if getattr(limit, f.name) is not None}
 
 
-def reload_logged(hub: Melody) -> bool:
-    """``hub.reload()`` from its source, for a signal handler: True when it applied; a
-    refusal is logged (by the reload) rather than raised, and changes nothing."""
+def reload_logged(hub: Melody, source: Source | None = None) -> bool:
+    """``hub.reload(source)`` (default: the hub's source), for a signal handler: True when it
+    applied; a refusal is logged (by the reload) rather than raised, and changes nothing."""
     try:
-        hub.reload()
+        hub.reload(source)
     except ConfigError:
         return False  # logged by the reload, and the hub is as it was
     except Exception:
@@ -394,16 +394,19 @@ def reload_logged(hub: Melody) -> bool:
 
 
 def install_sighup(hub: Melody, loop: asyncio.AbstractEventLoop,
-                   on_reloaded: Callable[[], None] | None = None) -> bool:
-    """Reload ``hub`` from its source on SIGHUP (``melody serve`` and its workers); a refused
-    reload is logged (ERROR) and changes nothing; ``on_reloaded`` is called after one that
-    applied. False, and nothing installed, when the hub has no source or the platform has no
-    SIGHUP."""
-    if hub.config_source is None or not hasattr(signal, "SIGHUP"):
+                   on_reloaded: Callable[[], None] | None = None,
+                   source: Source | None = None) -> bool:
+    """Reload ``hub`` from ``source`` (default: its own) on SIGHUP (``melody serve`` and its
+    workers); a refused reload is logged (ERROR) and changes nothing; ``on_reloaded`` is
+    called after one that applied. False, and nothing installed, when there is no source or
+    the platform has no SIGHUP."""
+    if source is None:
+        source = hub.config_source
+    if source is None or not hasattr(signal, "SIGHUP"):
         return False
 
     def reload() -> None:
-        if reload_logged(hub) and on_reloaded is not None:
+        if reload_logged(hub, source) and on_reloaded is not None:
             on_reloaded()
 
     try:

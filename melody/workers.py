@@ -98,6 +98,9 @@ _POLL = 0.05
 _early_stop = False
 # Set by a SIGHUP that arrives in a worker before its event loop handles it.
 _early_reload = False
+# The settings file a restarted worker could not apply (it runs on the last good settings):
+# what its SIGHUP reads again.
+_fallback_source: str | None = None
 # Where this melody was imported from, and where installed packages live.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SITE_DIRS = {os.path.abspath(p) for p in (*site.getsitepackages(),
@@ -362,19 +365,17 @@ def _apply_config(hub: Melody, spec: str, apply: Any) -> None:
                 last_good):
             raise
         import tomllib
-        from pathlib import Path
 
         from melody.errors import ConfigError
         try:
             with open(last_good, "rb") as f:
                 settings = tomllib.load(f)
             # Relative key_files resolve against the real file's folder, as they did.
-            reloader = hub._reloader()
-            reloader.apply(settings, Path(os.path.abspath(spec)).parent,
-                           f"{spec} (the last settings the workers accepted)")
-            reloader.source = os.path.abspath(spec)  # SIGHUP reads the file again
+            hub.reconfigure(settings, relative_to=os.path.dirname(os.path.abspath(spec)))
         except (OSError, ValueError, ConfigError):
             raise exc from None
+        global _fallback_source
+        _fallback_source = os.path.abspath(spec)  # SIGHUP reads the file again
         logger.error("%s; this restarted worker applies the last settings the workers "
                      "accepted instead: fix the file and send SIGHUP", exc)
         return
@@ -436,14 +437,14 @@ async def _serve_worker(hub: Melody, sock: socket.socket, ssl: _ssl.SSLContext |
     if _early_stop:
         stop.set()
     last_good = os.environ.get(LAST_GOOD_ENV)
-    config = hub.config_source
+    config = hub.config_source or _fallback_source
 
     def remember() -> None:
         if last_good is not None and isinstance(config, str):
             _remember_settings(config, last_good)
 
-    if install_sighup(hub, loop, on_reloaded=remember) and _early_reload:
-        if reload_logged(hub):  # a SIGHUP came while the hub was loading
+    if install_sighup(hub, loop, on_reloaded=remember, source=config) and _early_reload:
+        if reload_logged(hub, config):  # a SIGHUP came while the hub was loading
             remember()
     name = sock.getsockname()
     logger.info("worker %d (pid %d) serving on %s://%s:%s", worker_id, os.getpid(),
