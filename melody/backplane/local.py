@@ -101,6 +101,7 @@ from melody.backplane.base import (
     encode_user_envelope,
     new_node_id,
 )
+from melody.backplane.reporting import ReportsTrouble
 from melody.delivery.history import HistoryPage, MemoryHistory, StoredPublication, StreamPosition
 from melody.errors import BackplaneError
 from melody.limits import MAX_BUFFER_BYTES, MAX_COUNT, MAX_MESSAGE_SIZE, check_int, check_seconds
@@ -219,7 +220,7 @@ class _Link(asyncio.Protocol):
             self.transport.abort()
 
 
-class WorkerBus(Backplane):
+class WorkerBus(ReportsTrouble, Backplane):
     """A :class:`~melody.backplane.Backplane` between the workers of one machine (see the
     module docstring).
 
@@ -240,6 +241,8 @@ class WorkerBus(Backplane):
     ValueError for a bad setting. Listening and dialing happen in :meth:`start`, which the hub
     calls when it starts serving.
     """
+
+    _drop_prefix = "worker bus: "
 
     #: Presence is kept by each worker for its own sessions and read from all.
     keeps_presence = True
@@ -545,12 +548,6 @@ class WorkerBus(Backplane):
             return False
         return True
 
-    def _drop(self, reason: str, why: str, count: int = 1) -> None:
-        counters = self._counters
-        counters[reason] += count
-        counters["dropped_outgoing"] += count
-        self._complain(BackplaneError(f"worker bus: {why}: message dropped"))
-
     def _schedule_flush(self) -> None:
         if self._flush_handle is None and self._loop is not None:
             self._flush_handle = self._loop.call_soon(self._flush)
@@ -794,21 +791,6 @@ class WorkerBus(Backplane):
         """Nothing to wait for: a topic's publications and its history pages come from its
         owner on one link, in order, so the publications sent before a page have been
         delivered here when the page arrives."""
-
-    def _complain(self, error: BackplaneError) -> None:
-        loop = self._loop
-        state = self._state
-        if loop is None or state is None or self._stopping:
-            return
-        now = loop.time()
-        if now - self._last_report < self._report_interval:
-            self._suppressed += 1
-            return
-        self._last_report = now
-        if self._suppressed:
-            error.args = (f"{error.args[0]} ({self._suppressed} more since the last report)",)
-            self._suppressed = 0
-        state.report(None, error)
 
     def stats(self) -> dict[str, int]:
         """Counters (``backplane_<name>`` in ``hub.stats()``).

@@ -76,7 +76,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -98,6 +97,7 @@ from melody.backplane.nats_options import write_topic_options
 from melody.backplane.nats_presence import NatsPresence
 from melody.backplane.nats_streams import NatsStreams
 from melody.backplane.nats_subjects import NatsNames
+from melody.backplane.reporting import ReportsTrouble
 from melody.delivery.history import HistoryPage
 from melody.delivery.options import TopicOptions
 from melody.errors import BackplaneError
@@ -126,7 +126,7 @@ _DROP_REASONS = ("dropped_outgoing_queue_full", "dropped_outgoing_queue_bytes",
                  "dropped_outgoing_too_large")
 
 
-class NatsBackplane(Backplane):
+class NatsBackplane(ReportsTrouble, Backplane):
     """A :class:`~melody.backplane.Backplane` over NATS and JetStream (see the module
     docstring).
 
@@ -381,11 +381,6 @@ class NatsBackplane(Backplane):
         wake = self._write_wake
         if wake is not None and not wake.is_set():
             wake.set()
-
-    def _drop(self, reason: str, why: str) -> None:
-        self._counters[reason] += 1
-        self._counters["dropped_outgoing"] += 1
-        self._complain(BackplaneError(f"{why}: message dropped"))
 
     # -- topics with history (melody.delivery.streams' HistoryStore) ------------------------
 
@@ -840,10 +835,6 @@ class NatsBackplane(Backplane):
     def _where(self) -> str:
         return ",".join(u.rpartition("@")[2] for u in self._urls)
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self._reconnect_max, self._reconnect_min * 2 ** min(attempt, 30))
-        return random.uniform(delay / 2, delay)
-
     async def _connect(self, closed: asyncio.Event) -> Any:
         async def on_closed() -> None:
             closed.set()
@@ -975,23 +966,6 @@ class NatsBackplane(Backplane):
             return
         self._complain(BackplaneError(
             f"cannot reach nats at {self._where()} (attempt {attempt + 1}): {error}"), error)
-
-    def _complain(self, error: BackplaneError, cause: BaseException | None = None) -> None:
-        loop = self._loop
-        state = self._state
-        if loop is None or state is None or self._stopping:
-            return
-        now = loop.time()
-        if now - self._last_report < self._report_interval:
-            self._suppressed += 1
-            return
-        self._last_report = now
-        if self._suppressed:
-            error.args = (f"{error.args[0]} ({self._suppressed} more since the last report)",)
-            self._suppressed = 0
-        if cause is not None:
-            error.__cause__ = cause
-        state.report(None, error)
 
     def _stream_failed(self, error: BaseException) -> None:
         self._complain(BackplaneError(f"storing a publication failed: {error}"), error)

@@ -115,7 +115,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -142,6 +141,7 @@ from melody.backplane.redis_streams import (
     parse_stream_payload,
     stream_head,
 )
+from melody.backplane.reporting import ReportsTrouble
 from melody.delivery.history import HistoryPage
 from melody.delivery.options import TopicOptions
 from melody.errors import BackplaneError
@@ -184,7 +184,7 @@ _DROP_REASONS = ("dropped_outgoing_queue_full", "dropped_outgoing_queue_bytes",
                  "dropped_outgoing_too_large")
 
 
-class RedisBackplane(Backplane):
+class RedisBackplane(ReportsTrouble, Backplane):
     """A :class:`~melody.backplane.Backplane` over Redis pub/sub (see the module docstring).
 
     ``url`` is a redis-py URL (``redis://[[user]:password@]host:port/db``, ``rediss://`` for
@@ -624,12 +624,6 @@ class RedisBackplane(Backplane):
         if self._admit(len(envelope)):
             self._push(self._user_channel, envelope, len(envelope))
 
-    def _drop(self, reason: str, why: str) -> None:
-        counters = self._counters
-        counters[reason] += 1
-        counters["dropped_outgoing"] += 1
-        self._complain(BackplaneError(f"{why}: message dropped"))
-
     def subscribe(self, topic: str) -> None:
         """Start receiving ``topic`` from Redis (this node has a subscriber for it now).
 
@@ -780,10 +774,6 @@ class RedisBackplane(Backplane):
             kwargs["maint_notifications_config"] = _MAINT_OFF
         return self._connection_class(**kwargs)
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self._reconnect_max, self._reconnect_min * 2 ** min(attempt, 30))
-        return random.uniform(delay / 2, delay)
-
     async def _supervise(self) -> None:
         attempt = 0
         while not self._stopping:
@@ -905,24 +895,6 @@ class RedisBackplane(Backplane):
             return
         self._complain(BackplaneError(
             f"cannot reach redis at {self._where()} (attempt {attempt + 1}): {error}"), error)
-
-    def _complain(self, error: BackplaneError, cause: BaseException | None = None) -> None:
-        # Report to handle_error, at most once per report_interval (an outage retries often).
-        loop = self._loop
-        state = self._state
-        if loop is None or state is None or self._stopping:
-            return
-        now = loop.time()
-        if now - self._last_report < self._report_interval:
-            self._suppressed += 1
-            return
-        self._last_report = now
-        if self._suppressed:
-            error.args = (f"{error.args[0]} ({self._suppressed} more since the last report)",)
-            self._suppressed = 0
-        if cause is not None:
-            error.__cause__ = cause
-        state.report(None, error)
 
     async def _serve(self, subscriber: Any, publisher: Any, commands: Any) -> None:
         loop = self._loop
