@@ -93,11 +93,11 @@ from melody.backplane.base import (
     is_from,
     new_node_id,
 )
+from melody.backplane.broker import BrokerLink
 from melody.backplane.nats_options import write_topic_options
 from melody.backplane.nats_presence import NatsPresence
 from melody.backplane.nats_streams import NatsStreams
 from melody.backplane.nats_subjects import NatsNames
-from melody.backplane.reporting import ReportsTrouble
 from melody.delivery.history import HistoryPage
 from melody.delivery.options import TopicOptions
 from melody.errors import BackplaneError
@@ -126,7 +126,7 @@ _DROP_REASONS = ("dropped_outgoing_queue_full", "dropped_outgoing_queue_bytes",
                  "dropped_outgoing_too_large")
 
 
-class NatsBackplane(ReportsTrouble, Backplane):
+class NatsBackplane(BrokerLink, Backplane):
     """A :class:`~melody.backplane.Backplane` over NATS and JetStream (see the module
     docstring).
 
@@ -155,6 +155,20 @@ class NatsBackplane(ReportsTrouble, Backplane):
     One connection per node. Raises ValueError for a bad setting; connecting happens in
     :meth:`start`, which the hub calls when it starts serving.
     """
+
+    _broker_name = "nats"
+
+    def _interest_key(self, topic: str) -> str:
+        return self.names.topic(topic)
+
+    def _is_subscribed(self, key: Any) -> bool:
+        return key in self._subs
+
+    def _message_limit(self) -> tuple[int, str]:
+        if self._max_payload < self.max_message_bytes:
+            return self._max_payload, "the server's max_payload"
+        return self.max_message_bytes, "max_message_bytes"
+
 
     #: Topics configured with history are numbered and stored by JetStream.
     stores_history = True
@@ -244,7 +258,7 @@ class NatsBackplane(ReportsTrouble, Backplane):
         # Subject -> topic of every topic this node wants; lingering subjects (deadline, in
         # the order left); subscriptions the server has (subject -> nats-py Subscription);
         # subjects whose wanted state differs from it; subjects the server confirmed.
-        self._subject_topics: dict[str, str] = {}
+        self._wanted: dict[str, str | None] = {}
         self._lingering: dict[str, float] = {}
         self._subs: dict[str, Any] = {}
         # Subject -> topic of the topic subscriptions the server has (to unfollow their
@@ -354,26 +368,6 @@ class NatsBackplane(ReportsTrouble, Backplane):
         envelope = encode_disconnect_envelope(self.node_id, user, code, reason)
         if self._admit(len(envelope)):
             self._push(self.names.user, envelope)
-
-    def _admit(self, size: int) -> bool:
-        if not self._up:
-            self._counters["lost_while_down"] += 1
-            return False
-        limit = min(self.max_message_bytes, self._max_payload)
-        if size > limit:
-            self._drop("dropped_outgoing_too_large",
-                       f"message of {size} bytes over the limit of {limit} bytes")
-            return False
-        if len(self._queue) + self._in_flight >= self._max_queue:
-            self._drop("dropped_outgoing_queue_full",
-                       f"outgoing queue full ({self._max_queue} messages)")
-            return False
-        if self._queued_bytes + size > self.max_queue_bytes:
-            self._drop("dropped_outgoing_queue_bytes",
-                       f"outgoing queue full ({self._queued_bytes} of max_queue_bytes="
-                       f"{self.max_queue_bytes} bytes held)")
-            return False
-        return True
 
     def _push(self, subject: str, envelope: bytes) -> None:
         self._queue.append((subject, envelope))
@@ -528,50 +522,6 @@ class NatsBackplane(ReportsTrouble, Backplane):
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    def subscribe(self, topic: str) -> None:
-        """Start receiving ``topic`` (this node has a subscriber for it now). O(1)."""
-        subject = self.names.topic(topic)
-        self._subject_topics[subject] = topic
-        if self._lingering.pop(subject, None) is not None:
-            self._counters["linger_resumed"] += 1
-        self._mark(subject)
-
-    def unsubscribe(self, topic: str) -> None:
-        """Stop receiving ``topic`` (this node's last subscriber left). O(1); the subject
-        lingers ``unsubscribe_linger`` seconds."""
-        subject = self.names.topic(topic)
-        if self._subject_topics.pop(subject, None) is None:
-            return
-        loop = self._loop
-        if (self._up and loop is not None and self._linger > 0 and self._max_lingering > 0
-                and subject in self._subs):
-            lingering = self._lingering
-            lingering[subject] = loop.time() + self._linger
-            wake = self._control_wake
-            if wake is not None:
-                wake.set()  # the control task lets it go at its deadline
-            if len(lingering) > self._max_lingering:
-                oldest = next(iter(lingering))
-                del lingering[oldest]
-                self._counters["linger_evicted"] += 1
-                self._mark(oldest)
-        self._mark(subject)
-
-    def _mark(self, subject: str) -> None:
-        if not self._up:
-            return  # _went_up resubscribes everything wanted
-        wanted = subject in self._subject_topics or subject in self._lingering
-        dirty = self._dirty
-        if wanted == (subject in self._subs):
-            if subject in dirty:
-                dirty.discard(subject)
-                self._counters["subscribe_coalesced"] += 1
-            return
-        dirty.add(subject)
-        wake = self._control_wake
-        if wake is not None and not wake.is_set():
-            wake.set()
-
     def _history_options(self, topic: str) -> TopicOptions | None:
         state = self._state
         return state.streams.options(topic) if state is not None else None
@@ -597,7 +547,7 @@ class NatsBackplane(ReportsTrouble, Backplane):
                 dirty, self._dirty = self._dirty, set()
                 added: list[str] = []
                 for subject in dirty:
-                    topic = self._subject_topics.get(subject)
+                    topic = self._wanted.get(subject)
                     wanted = topic is not None or subject in self._lingering
                     if wanted and subject not in self._subs:
                         self._subs[subject] = await nc.subscribe(subject, cb=self._on_topic)
@@ -617,7 +567,7 @@ class NatsBackplane(ReportsTrouble, Backplane):
                             await self._streams.unfollow(gone)
                 counters["subscribe_batches"] += 1
                 for subject in added:
-                    topic = self._subject_topics.get(subject)
+                    topic = self._wanted.get(subject)
                     options = self._history_options(topic) if topic is not None else None
                     if topic is not None and options is not None:
                         try:
@@ -668,7 +618,7 @@ class NatsBackplane(ReportsTrouble, Backplane):
         if is_from(data, self.node_id):
             counters["ignored_own"] += 1
             return
-        topic = self._subject_topics.get(msg.subject)
+        topic = self._wanted.get(msg.subject)
         if topic is None:
             counters["ignored_unwanted"] += 1  # lingering, or left while on the way
             return
@@ -906,10 +856,10 @@ class NatsBackplane(ReportsTrouble, Backplane):
         assert loop is not None and self._control_wake is not None
         self._nc = nc
         self._streams.bind(nc, self._deliver_publication)
-        self._streams.retain(set(self._subject_topics.values()))
+        self._streams.retain({t for t in self._wanted.values() if t is not None})
         self._confirmed = {self.names.broadcast}
         self._lingering.clear()
-        self._dirty = set(self._subject_topics)
+        self._dirty = set(self._wanted)
         self._written = {}
         self._written_all = float("-inf")
         self._up = True
@@ -952,20 +902,6 @@ class NatsBackplane(ReportsTrouble, Backplane):
         logger.warning("nats backplane lost %s: %s; serving local sessions only until it is "
                        "back (%d queued messages lost)", self._where(), error, lost)
         self._complain(BackplaneError(f"nats at {self._where()} unreachable: {error}"), error)
-
-    def _connect_failed(self, error: BaseException, attempt: int) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._counters["connect_failures"] += 1
-        logger.debug("nats backplane: connecting to %s failed (attempt %d): %s",
-                     self._where(), attempt + 1, error)
-        first = self._first
-        if first is not None and not first.done():
-            first.set_exception(error)
-            self._down_since = self._last_report = loop.time()
-            return
-        self._complain(BackplaneError(
-            f"cannot reach nats at {self._where()} (attempt {attempt + 1}): {error}"), error)
 
     def _stream_failed(self, error: BaseException) -> None:
         self._complain(BackplaneError(f"storing a publication failed: {error}"), error)

@@ -133,6 +133,7 @@ from melody.backplane import (
     new_node_id,
 )
 from melody.backplane.base import NODE_ID_SIZE
+from melody.backplane.broker import BrokerLink
 from melody.backplane.redis_keys import RedisKeys
 from melody.backplane.redis_presence import RedisPresence
 from melody.backplane.redis_streams import (
@@ -141,7 +142,6 @@ from melody.backplane.redis_streams import (
     parse_stream_payload,
     stream_head,
 )
-from melody.backplane.reporting import ReportsTrouble
 from melody.delivery.history import HistoryPage
 from melody.delivery.options import TopicOptions
 from melody.errors import BackplaneError
@@ -184,7 +184,7 @@ _DROP_REASONS = ("dropped_outgoing_queue_full", "dropped_outgoing_queue_bytes",
                  "dropped_outgoing_too_large")
 
 
-class RedisBackplane(ReportsTrouble, Backplane):
+class RedisBackplane(BrokerLink, Backplane):
     """A :class:`~melody.backplane.Backplane` over Redis pub/sub (see the module docstring).
 
     ``url`` is a redis-py URL (``redis://[[user]:password@]host:port/db``, ``rediss://`` for
@@ -219,6 +219,15 @@ class RedisBackplane(ReportsTrouble, Backplane):
     subscriber, publisher, commands (presence). Raises ValueError for a bad URL or setting;
     connecting happens in :meth:`start`, which the hub calls when it starts serving.
     """
+
+    _broker_name = "redis"
+
+    def _interest_key(self, topic: str) -> bytes:
+        return self._topic_channel(topic)
+
+    def _is_subscribed(self, key: Any) -> bool:
+        return key in self._sent
+
 
     def __init__(
         self,
@@ -317,12 +326,12 @@ class RedisBackplane(ReportsTrouble, Backplane):
         self._ever_up = False
 
         # Channel -> topic (None for the broadcast channel) of everything this node wants.
-        self._channel_topics: dict[bytes, str | None] = {self._broadcast_channel: None}
+        self._wanted: dict[bytes, str | None] = {self._broadcast_channel: None}
         # Channels with no local subscriber kept subscribed until a deadline (loop time), in
         # the order they were left, which is the order of their deadlines.
         self._lingering: dict[bytes, float] = {}
         # Channels Redis was told to subscribe (on this connection), and the channels whose
-        # wanted state (in _channel_topics or _lingering) differs from it: what is to be sent.
+        # wanted state (in _wanted or _lingering) differs from it: what is to be sent.
         self._sent: set[bytes] = set()
         self._dirty: set[bytes] = set()
         # Channels Redis confirmed (subscribe replies seen on the subscriber connection).
@@ -455,28 +464,6 @@ class RedisBackplane(ReportsTrouble, Backplane):
             return
         channel = self._broadcast_channel if topic is None else self._topic_channel(topic)
         self._push(channel, encode_envelope(self.node_id, binary, payload), size)
-
-    def _admit(self, size: int) -> bool:
-        # Whether an envelope of ``size`` bytes may be queued; if not, it is counted as lost
-        # or dropped, with its reason.
-        if not self._up:
-            self._counters["lost_while_down"] += 1
-            return False
-        if size > self.max_message_bytes:
-            self._drop("dropped_outgoing_too_large",
-                       f"message of {size} bytes over max_message_bytes="
-                       f"{self.max_message_bytes}")
-            return False
-        if len(self._queue) + self._in_flight >= self._max_queue:
-            self._drop("dropped_outgoing_queue_full",
-                       f"outgoing queue full ({self._max_queue} messages)")
-            return False
-        if self._queued_bytes + size > self.max_queue_bytes:
-            self._drop("dropped_outgoing_queue_bytes",
-                       f"outgoing queue full ({self._queued_bytes} of max_queue_bytes="
-                       f"{self.max_queue_bytes} bytes held)")
-            return False
-        return True
 
     def _push(self, channel: bytes, envelope: bytes, size: int) -> None:
         # Queue an admitted envelope for the writer task.
@@ -623,54 +610,6 @@ class RedisBackplane(ReportsTrouble, Backplane):
         envelope = encode_disconnect_envelope(self.node_id, user, code, reason)
         if self._admit(len(envelope)):
             self._push(self._user_channel, envelope, len(envelope))
-
-    def subscribe(self, topic: str) -> None:
-        """Start receiving ``topic`` from Redis (this node has a subscriber for it now).
-
-        O(1); the SUBSCRIBE, if one is needed at all, goes with the next batch.
-        """
-        channel = self._topic_channel(topic)
-        self._channel_topics[channel] = topic
-        if self._lingering.pop(channel, None) is not None:
-            self._counters["linger_resumed"] += 1  # still subscribed: nothing to send
-        self._mark(channel)
-
-    def unsubscribe(self, topic: str) -> None:
-        """Stop receiving ``topic`` (this node's last subscriber left).
-
-        O(1). The channel stays subscribed ``unsubscribe_linger`` seconds, unless Redis was
-        never told to subscribe it.
-        """
-        channel = self._topic_channel(topic)
-        if self._channel_topics.pop(channel, None) is None:
-            return
-        loop = self._loop
-        if (self._up and loop is not None and self._linger > 0 and self._max_lingering > 0
-                and channel in self._sent):
-            lingering = self._lingering
-            lingering[channel] = loop.time() + self._linger
-            if len(lingering) > self._max_lingering:
-                oldest = next(iter(lingering))
-                del lingering[oldest]
-                self._counters["linger_evicted"] += 1
-                self._mark(oldest)
-        self._mark(channel)
-
-    def _mark(self, channel: bytes) -> None:
-        # Note that ``channel``'s wanted state changed; what is sent is the net change.
-        if not self._up:
-            return  # _went_up resubscribes everything wanted
-        wanted = channel in self._channel_topics or channel in self._lingering
-        dirty = self._dirty
-        if wanted == (channel in self._sent):
-            if channel in dirty:
-                dirty.discard(channel)
-                self._counters["subscribe_coalesced"] += 1
-            return
-        dirty.add(channel)
-        wake = self._control_wake
-        if wake is not None and not wake.is_set():
-            wake.set()
 
     async def cluster_topic_len(self, topic: str) -> int:
         """Subscribers of ``topic`` on all live nodes: this node's exact count plus the
@@ -835,7 +774,7 @@ class RedisBackplane(ReportsTrouble, Backplane):
         # Resubscribe everything wanted (lingering channels are let go: this connection never
         # had them); the topics' presence is rewritten in full.
         self._lingering.clear()
-        self._dirty = set(self._channel_topics)
+        self._dirty = set(self._wanted)
         self._dirty.discard(self._broadcast_channel)
         self._pong_seen = self._ping_sent
         self._sync_wanted = False
@@ -881,21 +820,6 @@ class RedisBackplane(ReportsTrouble, Backplane):
                        "back (%d queued messages lost)", self._where(), error, lost)
         self._complain(BackplaneError(f"redis at {self._where()} unreachable: {error}"), error)
 
-    def _connect_failed(self, error: BaseException, attempt: int) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._counters["connect_failures"] += 1
-        logger.debug("redis backplane: connecting to %s failed (attempt %d): %s",
-                     self._where(), attempt + 1, error)
-        first = self._first
-        if first is not None and not first.done():
-            # start() raises this one to the hub, which reports it: not twice.
-            first.set_exception(error)
-            self._down_since = self._last_report = loop.time()
-            return
-        self._complain(BackplaneError(
-            f"cannot reach redis at {self._where()} (attempt {attempt + 1}): {error}"), error)
-
     async def _serve(self, subscriber: Any, publisher: Any, commands: Any) -> None:
         loop = self._loop
         assert loop is not None
@@ -928,7 +852,7 @@ class RedisBackplane(ReportsTrouble, Backplane):
         wake = self._control_wake
         assert loop is not None and state is not None and wake is not None
         read = subscriber.read_response
-        topics = self._channel_topics
+        topics = self._wanted
         node_id = self.node_id
         counters = self._counters
         deliver = state.deliver_remote
@@ -1079,7 +1003,7 @@ class RedisBackplane(ReportsTrouble, Backplane):
     def _changes_to_send(self) -> list[tuple[bytes, ...]]:
         # The net changes, as SUBSCRIBE/UNSUBSCRIBE commands of up to _SUBSCRIBE_CHUNK channels.
         dirty, self._dirty = self._dirty, set()
-        sent, topics, lingering = self._sent, self._channel_topics, self._lingering
+        sent, topics, lingering = self._sent, self._wanted, self._lingering
         add = [c for c in dirty if c not in sent and (c in topics or c in lingering)]
         remove = [c for c in dirty if c in sent and c not in topics and c not in lingering]
         sent.update(add)
