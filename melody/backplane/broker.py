@@ -13,12 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Protocol
 
 from melody.backplane.reporting import ReportsTrouble
 from melody.errors import BackplaneError
 
 __all__ = ["BrokerLink"]
+
+
+class _ForgetsEntries(Protocol):
+    def clear(self) -> None: ...
+
+
+class _DropsFollowed(Protocol):
+    def clear(self) -> int:
+        """Drop what is on its way; return how many publications that loses."""
+        ...
 
 logger = logging.getLogger("melody.backplane")
 
@@ -46,6 +56,11 @@ class BrokerLink(ReportsTrouble):
     _linger: float
     _max_lingering: int
     _control_wake: asyncio.Event | None
+    _ever_up: bool
+    _confirmed: set[Any]
+    _presence: _ForgetsEntries  # the broker's presence engine
+    _streams: _DropsFollowed  # the broker's history engine
+    node_id: bytes
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -63,6 +78,10 @@ class BrokerLink(ReportsTrouble):
 
     def _where(self) -> str:
         raise NotImplementedError
+
+    def _forget_connection(self, error: BaseException) -> None:
+        """What the broker's own code drops with a lost connection (its waiters, its
+        subscription objects): called by :meth:`_went_down`."""
 
     # -- the outgoing queue ------------------------------------------------------------------
 
@@ -158,3 +177,51 @@ class BrokerLink(ReportsTrouble):
             return
         self._complain(BackplaneError(
             f"cannot reach {name} at {self._where()} (attempt {attempt + 1}): {error}"), error)
+
+    def _announce_up(self) -> None:
+        # The end of a (re)connect: publishing admitted again, the first start() released.
+        loop = self._loop
+        assert loop is not None
+        self._up = True
+        wake = self._control_wake
+        if wake is not None:
+            wake.set()
+        name = self._broker_name
+        if self._down_since is not None:
+            self._counters["reconnects"] += 1
+            logger.warning("%s backplane reconnected to %s after %.1fs (%d messages lost "
+                           "while down so far)", name, self._where(),
+                           loop.time() - self._down_since, self._counters["lost_while_down"])
+            self._down_since = None
+        elif not self._ever_up:
+            logger.info("%s backplane connected to %s as node %s", name, self._where(),
+                        self.node_id.hex())
+        self._ever_up = True
+        first = self._first
+        if first is not None and not first.done():
+            first.set_result(None)
+
+    def _went_down(self, error: BaseException) -> None:
+        # The connection is lost: what was queued is lost (counted), presence entries and
+        # followed streams go with it, and the hub hears of it (throttled).
+        loop = self._loop
+        assert loop is not None
+        self._up = False
+        self._down_since = loop.time()
+        self._counters["outages"] += 1
+        self._presence.clear()
+        lost = len(self._queue) + self._in_flight + self._streams.clear()
+        self._counters["lost_while_down"] += lost
+        self._forget_connection(error)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._in_flight = 0
+        self._confirmed = set()
+        self._dirty = set()
+        self._lingering.clear()
+        if self._stopping:
+            return
+        name = self._broker_name
+        logger.warning("%s backplane lost %s: %s; serving local sessions only until it is "
+                       "back (%d queued messages lost)", name, self._where(), error, lost)
+        self._complain(BackplaneError(f"{name} at {self._where()} unreachable: {error}"), error)

@@ -236,11 +236,11 @@ class NatsBackplane(BrokerLink, Backplane):
         self._presence_interval = float(presence_interval)
         self._presence_ttl = float(presence_ttl)
         self._report_interval = float(report_interval)
-        self._streams = NatsStreams(names, storage=history_storage, max_queue=max_queue,
-                                    max_batch=max_batch, timeout=timeout,
-                                    heartbeat=health_check_interval)
-        self._presence = NatsPresence(names, ttl=presence_ttl, max_queue=max_queue,
-                                      max_batch=max_batch, timeout=timeout)
+        self._streams: NatsStreams = NatsStreams(
+            names, storage=history_storage, max_queue=max_queue, max_batch=max_batch,
+            timeout=timeout, heartbeat=health_check_interval)
+        self._presence: NatsPresence = NatsPresence(
+            names, ttl=presence_ttl, max_queue=max_queue, max_batch=max_batch, timeout=timeout)
         self._pid = os.getpid()
 
         self._hub: Melody | None = None
@@ -862,46 +862,13 @@ class NatsBackplane(BrokerLink, Backplane):
         self._dirty = set(self._wanted)
         self._written = {}
         self._written_all = float("-inf")
-        self._up = True
-        self._control_wake.set()
-        if self._down_since is not None:
-            self._counters["reconnects"] += 1
-            logger.warning("nats backplane reconnected to %s after %.1fs (%d messages lost "
-                           "while down so far)", self._where(), loop.time() - self._down_since,
-                           self._counters["lost_while_down"])
-            self._down_since = None
-        elif not self._ever_up:
-            logger.info("nats backplane connected to %s as node %s", self._where(),
-                        self.node_id.hex())
-        self._ever_up = True
-        first = self._first
-        if first is not None and not first.done():
-            first.set_result(None)
+        self._announce_up()
 
-    def _went_down(self, error: BaseException) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._up = False
-        self._down_since = loop.time()
-        self._counters["outages"] += 1
-        self._presence.clear()
-        lost = len(self._queue) + self._in_flight + self._streams.clear()
-        self._counters["lost_while_down"] += lost
+    def _forget_connection(self, error: BaseException) -> None:
         self._fail_waiters(None, error)
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._in_flight = 0
         self._in_flight_bytes = 0
-        self._confirmed = set()
         self._subs = {}
         self._sub_topics = {}
-        self._dirty = set()
-        self._lingering.clear()
-        if self._stopping:
-            return
-        logger.warning("nats backplane lost %s: %s; serving local sessions only until it is "
-                       "back (%d queued messages lost)", self._where(), error, lost)
-        self._complain(BackplaneError(f"nats at {self._where()} unreachable: {error}"), error)
 
     def _stream_failed(self, error: BaseException) -> None:
         self._complain(BackplaneError(f"storing a publication failed: {error}"), error)

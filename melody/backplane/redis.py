@@ -301,12 +301,12 @@ class RedisBackplane(BrokerLink, Backplane):
         #: The channels and keys of ``channel_prefix`` (shared with ``melody.Publisher``).
         self.keys = keys = RedisKeys(channel_prefix)
         # Topics with history (hub.configure_topic): stored and numbered in Redis.
-        self._streams = RedisStreams(keys, max_queue=max_queue, max_batch=max_batch,
-                                     meta_ttl=history_meta_ttl)
+        self._streams: RedisStreams = RedisStreams(
+            keys, max_queue=max_queue, max_batch=max_batch, meta_ttl=history_meta_ttl)
         self._confirm_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         # Topics with presence: who is subscribed, written by each node for its sessions.
-        self._presence = RedisPresence(keys, ttl=presence_ttl, max_queue=max_queue,
-                                       max_batch=max_batch)
+        self._presence: RedisPresence = RedisPresence(
+            keys, ttl=presence_ttl, max_queue=max_queue, max_batch=max_batch)
         self._broadcast_channel = keys.broadcast
         self._user_channel = keys.user
         self._topic_prefix = keys.topic_prefix
@@ -781,44 +781,11 @@ class RedisBackplane(BrokerLink, Backplane):
         self._fail_sync_waiters(BackplaneError("redis reconnected"))
         self._written = {}
         self._last_rx = loop.time()
-        self._up = True
-        self._control_wake.set()
-        if self._down_since is not None:
-            self._counters["reconnects"] += 1
-            logger.warning("redis backplane reconnected to %s after %.1fs (%d messages lost "
-                           "while down so far)", self._where(), loop.time() - self._down_since,
-                           self._counters["lost_while_down"])
-            self._down_since = None
-        elif not self._ever_up:
-            logger.info("redis backplane connected to %s as node %s", self._where(),
-                        self._node_hex.decode())
-        self._ever_up = True
-        first = self._first
-        if first is not None and not first.done():
-            first.set_result(None)
+        self._announce_up()
 
-    def _went_down(self, error: BaseException) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._up = False
-        self._down_since = loop.time()
-        self._counters["outages"] += 1
-        self._presence.clear()
-        lost = len(self._queue) + self._in_flight + self._streams.clear()
-        self._counters["lost_while_down"] += lost
+    def _forget_connection(self, error: BaseException) -> None:
         self._fail_confirm_waiters(error)
         self._fail_sync_waiters(BackplaneError(f"redis went away: {error}"))
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._in_flight = 0
-        self._confirmed = set()
-        self._dirty = set()
-        self._lingering.clear()
-        if self._stopping:
-            return
-        logger.warning("redis backplane lost %s: %s; serving local sessions only until it is "
-                       "back (%d queued messages lost)", self._where(), error, lost)
-        self._complain(BackplaneError(f"redis at {self._where()} unreachable: {error}"), error)
 
     async def _serve(self, subscriber: Any, publisher: Any, commands: Any) -> None:
         loop = self._loop
