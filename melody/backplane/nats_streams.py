@@ -88,9 +88,14 @@ def _status(msg: Any) -> str | None:
 async def fetch(nc: Any, js: Any, stream: str, timeout: float, batch: int | None = None,
                 **config: Any) -> list[Any]:
     """The messages of ``stream`` an ephemeral pull consumer made with ``config`` holds
-    when made (at most ``batch``), oldest first: one consumer, one batch request, then the
-    consumer is deleted. Raises ``BackplaneError`` when the server does not answer within
-    ``timeout``."""
+    when made (at most ``batch``), oldest first: one consumer, batch requests until the
+    server says it has no more, then the consumer is deleted. Raises ``BackplaneError`` when
+    the server does not answer within ``timeout``.
+
+    The end is the server's "no messages" status, never the consumer's ``num_pending``: under
+    load nats-server 2.9 reported fewer pending than a last-per-subject consumer then held,
+    and a read that stopped at that count returned part of the presence (a CI run saw one of
+    two live entries)."""
     queue: asyncio.Queue[Any] = asyncio.Queue()
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=queue.put)
@@ -100,25 +105,32 @@ async def fetch(nc: Any, js: Any, stream: str, timeout: float, batch: int | None
             ack_policy=AckPolicy.NONE, mem_storage=True, inactive_threshold=max(timeout, 1.0),
             **config))
         name = info.name
-        want = info.num_pending or 0
-        if batch is not None:
-            want = min(want, batch)
-        if want <= 0:
+        limit = batch if batch is not None else None
+        if limit is not None and limit <= 0:
             return []
-        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
-                         json.dumps({"batch": want, "no_wait": True}).encode(), reply=inbox)
+        # A request a little larger than what the server says it has: it answers with what
+        # it has and, when that is fewer, the "no messages" status that ends the read.
+        chunk = max(int(info.num_pending or 0) + 16, 64)
         out: list[Any] = []
         try:
             async with asyncio.timeout(timeout):
-                while len(out) < want:
-                    msg = await queue.get()
-                    if _status(msg) is not None:
-                        break  # no more: some expired since the consumer was made
-                    out.append(msg)
+                while True:
+                    ask = chunk if limit is None else min(chunk, limit - len(out))
+                    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+                                     json.dumps({"batch": ask, "no_wait": True}).encode(),
+                                     reply=inbox)
+                    got = 0
+                    while got < ask:
+                        msg = await queue.get()
+                        if _status(msg) is not None:
+                            break  # the consumer has no more
+                        out.append(msg)
+                        got += 1
+                    if got < ask or (limit is not None and len(out) >= limit):
+                        return out
         except TimeoutError:
             raise BackplaneError(f"nats did not deliver a history page of {stream} within "
                                  f"{timeout} s") from None
-        return out
     finally:
         await sub.unsubscribe()
         if name is not None:
