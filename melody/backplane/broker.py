@@ -61,6 +61,8 @@ class BrokerLink(ReportsTrouble):
     _presence: _ForgetsEntries  # the broker's presence engine
     _streams: _DropsFollowed  # the broker's history engine
     node_id: bytes
+    _timeout: float
+    _task: asyncio.Task[None] | None
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -200,6 +202,28 @@ class BrokerLink(ReportsTrouble):
         first = self._first
         if first is not None and not first.done():
             first.set_result(None)
+
+    async def _end_task(self, deadline: float) -> None:
+        # Stop the connection task by ``deadline`` (loop time), whatever the client library
+        # does. A client library may swallow one cancellation (nats-py's flush path catches
+        # CancelledError and carries on), which left ``await task`` waiting forever and a hub
+        # that never finished its SIGTERM; so cancel again until it ends, and past the deadline
+        # say so and leave it (the loop is about to end anyway).
+        task = self._task
+        if task is None or task.done():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = max(deadline, loop.time() + 0.5)
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+            if loop.time() >= deadline and not task.done():
+                logger.warning("%s backplane: the connection task did not end within %.1fs of "
+                               "stop(); leaving it", self._broker_name, self._timeout)
+                return
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("%s backplane: the connection task ended with %r", self._broker_name,
+                         task.exception())
 
     def _went_down(self, error: BaseException) -> None:
         # The connection is lost: what was queued is lost (counted), presence entries and

@@ -327,24 +327,23 @@ class NatsBackplane(BrokerLink, Backplane):
                                  "the background)") from exc
 
     async def stop(self) -> None:
-        """Write 0 for this node's counts, then disconnect; publish nothing more."""
+        """Write 0 for this node's counts, then disconnect; publish nothing more.
+        Takes at most ``timeout`` seconds (half of it for the goodbye), whatever the broker
+        does: a hub's shutdown must not hang on it."""
         if self._stopping:
             return
         self._stopping = True
+        deadline = asyncio.get_running_loop().time() + self._timeout
         was_up, self._up = self._up, False
         if was_up and self._nc is not None:
             node = self.node_id.hex()
             goodbye = [(self.names.count(node, topic), b"0") for topic in self._written]
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._presence.publish_now(goodbye), self._timeout)
+                await asyncio.wait_for(self._presence.publish_now(goodbye), self._timeout / 2)
         first = self._first
         if first is not None and not first.done():
             first.set_exception(BackplaneError("stopped before connecting"))
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._end_task(deadline)
         self._queue.clear()
         self._queued_bytes = 0
 

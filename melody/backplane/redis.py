@@ -429,10 +429,13 @@ class RedisBackplane(BrokerLink, Backplane):
             ) from exc
 
     async def stop(self) -> None:
-        """Remove this node's presence, unsubscribe and disconnect; publish nothing more."""
+        """Remove this node's presence, unsubscribe and disconnect; publish nothing more.
+        Takes at most ``timeout`` seconds (half of it for the goodbye), whatever the broker
+        does: a hub's shutdown must not hang on it."""
         if self._stopping:
             return
         self._stopping = True
+        deadline = asyncio.get_running_loop().time() + self._timeout
         was_up = self._up
         self._up = False
         if was_up and self._command_conn is not None:
@@ -440,15 +443,11 @@ class RedisBackplane(BrokerLink, Backplane):
                 await asyncio.wait_for(self._command([
                     (b"DEL", self._alive_key, self._topics_key),
                     (b"SREM", self._nodes_key, self._node_hex),
-                ]), self._timeout)
+                ]), self._timeout / 2)
         first = self._first
         if first is not None and not first.done():
             first.set_exception(BackplaneError("stopped before connecting"))
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._end_task(deadline)
         self._queue.clear()
         self._queued_bytes = 0
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
 import signal
@@ -157,6 +158,20 @@ def make_hub() -> melody.Melody:
 hub = make_hub()
 
 
+def _watch_shutdown(loop: asyncio.AbstractEventLoop) -> None:
+    # The test stops this process with SIGTERM and kills it after 10 s; a stop that hangs
+    # should say where: the asyncio tasks at 5 s (if the loop still runs), every thread's
+    # stack at 7 s (if it does not, or asyncio.run is stuck ending).
+    def dump_tasks() -> None:
+        print("shutdown still running after 5 s; asyncio tasks:", file=sys.stderr, flush=True)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+
+    loop.call_later(5, dump_tasks)
+    faulthandler.dump_traceback_later(7, exit=False)
+
+
 async def _main() -> int:
     server: Any = await hub.serve(HOST, 0)  # asyncio's or uvloop's Server: both have sockets
     port = server.sockets[0].getsockname()[1]
@@ -174,6 +189,7 @@ async def _main() -> int:
             await asyncio.sleep(0.01)
     print(f"READY {port}", flush=True)
     await stop.wait()
+    _watch_shutdown(loop)
     server.close()
     hub.close_with_msg(melody.errors.CLOSE_GOING_AWAY, "stopping")
     await hub.wait_closed(timeout=2)
