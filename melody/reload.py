@@ -13,8 +13,9 @@ what changed, dropping no connection. The reloadable settings, and their TOML ke
 ``[connection_limit]``       ``max_total``, ``max_per_ip``, ``retry_after`` of the hub's
                              :class:`~melody.middleware.ConnectionLimit`
 ``[jwt]``                    ``keys`` (secrets or PEM text) and ``key_files`` (PEM files,
-                             relative to the TOML file), tried in order, and ``algorithms``,
-                             of the hub's :class:`~melody.middleware.JWTAuth`
+                             relative to the TOML file), tried in order, ``algorithms``,
+                             ``audience`` (a string or a list), ``issuer`` and ``leeway``
+                             (seconds), of the hub's :class:`~melody.middleware.JWTAuth`
 ===========================  ===============================================================
 
 A key the source leaves out keeps the value the application gave it (the value it had when
@@ -28,8 +29,9 @@ listing what changed (JWT keys by fingerprint, never their text).
 
 Where each change takes effect:
 
-* origins, connection limits, JWT keys and algorithms: on the next upgrade; the ``refresh`` of
-  a session already open checks its fresh token against the new keys;
+* origins, connection limits and the JWT settings: on the next upgrade; the ``refresh`` of a
+  session already open checks its fresh token against the new keys, audience, issuer and
+  leeway;
 * the rate limit: at once, for every session (the buckets are the hub's, read per message);
 * nothing closes a connection: a session that a lower limit would now refuse stays.
 """
@@ -72,7 +74,7 @@ LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.W
 _TOP_KEYS = ("log_level", "allowed_origins", "rate_limit", "connection_limit", "jwt")
 _RATE_KEYS = tuple(f.name for f in dataclasses.fields(RateLimit))
 _CONNECTION_KEYS = ("max_total", "max_per_ip", "retry_after")
-_JWT_KEYS = ("keys", "key_files", "algorithms")
+_JWT_KEYS = ("keys", "key_files", "algorithms", "audience", "issuer", "leeway")
 
 
 def load_source(spec: str) -> Source:
@@ -190,7 +192,8 @@ class Reloader:
             "rate_limit": config.rate_limit,
             "connection_limit": [(m.max_total, m.max_per_ip, m.retry_after)
                                  for m in self._limits],
-            "jwt": [(m.key, list(m.algorithms)) for m in self._jwt],
+            "jwt": [(m.key, list(m.algorithms), m.audience, m.issuer, m.leeway)
+                    for m in self._jwt],
         }
 
     # -- validation: everything is built before anything changes -----------------------------
@@ -269,7 +272,7 @@ class Reloader:
         return planned
 
     def _jwt_keys(self, settings: Mapping[str, Any],
-                  folder: Path | None) -> list[tuple[Any, list[str]]]:
+                  folder: Path | None) -> list[tuple[Any, ...]]:
         fields = _table(settings, "jwt", _JWT_KEYS)
         if not self._jwt:
             raise ConfigError("[jwt] needs a melody.middleware.JWTAuth registered with hub.use")
@@ -286,16 +289,32 @@ class Reloader:
             raise ConfigError("jwt: keys and key_files name no key")
         if any(not k for k in keys):
             raise ConfigError("jwt: a key is empty")
+        audience = fields.get("audience")
+        if "audience" in fields and not (isinstance(audience, str) and audience) and not (
+                isinstance(audience, list) and audience
+                and all(isinstance(a, str) and a for a in audience)):
+            raise ConfigError(f"jwt.audience is a string or a list of strings, not {audience!r}")
+        issuer = fields.get("issuer")
+        if "issuer" in fields and not (isinstance(issuer, str) and issuer):
+            raise ConfigError(f"jwt.issuer is a string, not {issuer!r}")
+        leeway = fields.get("leeway", 0.0)
+        if isinstance(leeway, bool) or not isinstance(leeway, (int, float)):
+            raise ConfigError(f"jwt.leeway is a number of seconds, not {leeway!r}")
         planned = []
-        for key, algorithms in self._base["jwt"]:
-            new_key = (keys if len(keys) > 1 else keys[0]) if keys else key
-            new_algorithms = (_strings("jwt.algorithms", fields["algorithms"])
-                              if "algorithms" in fields else algorithms)
+        for key, algorithms, base_audience, base_issuer, base_leeway in self._base["jwt"]:
+            new = (
+                (keys if len(keys) > 1 else keys[0]) if keys else key,
+                (_strings("jwt.algorithms", fields["algorithms"])
+                 if "algorithms" in fields else algorithms),
+                audience if "audience" in fields else base_audience,
+                issuer if "issuer" in fields else base_issuer,
+                float(leeway) if "leeway" in fields else base_leeway)
             try:
-                JWTAuth(new_key, algorithms=new_algorithms)
+                JWTAuth(new[0], algorithms=new[1], audience=new[2], issuer=new[3],
+                        leeway=new[4])
             except ValueError as exc:
                 raise ConfigError(f"jwt: {exc}") from None
-            planned.append((new_key, new_algorithms))
+            planned.append(new)
         return planned
 
     # -- applying -----------------------------------------------------------------------------
@@ -336,7 +355,8 @@ class Reloader:
                 if getattr(limit, name) != value:
                     changes[f"connection_limit.{name}"] = (getattr(limit, name), value)
                     setattr(limit, name, value)
-        for auth, (key, algorithms) in zip(self._jwt, plan["jwt"], strict=True):
+        for auth, (key, algorithms, audience, issuer, leeway) in zip(self._jwt, plan["jwt"],
+                                                                     strict=True):
             old_names, new_names = _key_names(auth.key), _key_names(key)
             if old_names != new_names:
                 changes["jwt.keys"] = (old_names, new_names)
@@ -344,6 +364,11 @@ class Reloader:
             if auth.algorithms != algorithms:
                 changes["jwt.algorithms"] = (auth.algorithms, list(algorithms))
                 auth.algorithms = list(algorithms)
+            for name, value in (("audience", audience), ("issuer", issuer),
+                                ("leeway", leeway)):
+                if getattr(auth, name) != value:
+                    changes[f"jwt.{name}"] = (getattr(auth, name), value)
+                    setattr(auth, name, value)
         text = "; ".join(f"{name}: {old} -> {new}" for name, (old, new) in changes.items())
         logger.info("reloaded %s: %s", origin, text or "nothing changed",
                     extra={"event": "reload", "outcome": "applied",

@@ -111,6 +111,45 @@ async def test_jwt_rotation_new_upgrades_and_refresh_of_an_open_session(
     assert len(hub) == 3
 
 
+async def test_jwt_audience_issuer_and_leeway_reload_for_upgrades_and_refresh(
+        serve_hub: Serve, ws_connect: Connect, tmp_path: Path) -> None:
+    def claimed(aud: str, iss: str, lifetime: float = 600) -> str:
+        return jwt.encode({"sub": "ada", "aud": aud, "iss": iss,
+                           "exp": int(time.time() + lifetime)}, OLD, algorithm="HS256")
+
+    auth = JWTAuth(OLD, algorithms=["HS256"], audience="chat", issuer="https://a.example")
+    hub, url = await serve_hub(app(auth))
+    open_one = await ws_connect(url, additional_headers={
+        "Authorization": f"Bearer {claimed('chat', 'https://a.example')}"})
+    moved = claimed("chat-v2", "https://b.example")
+    assert await refused(url, ws_connect,
+                         additional_headers={"Authorization": f"Bearer {moved}"}) == 401
+
+    settings = write(tmp_path / "s.toml", '[jwt]\naudience = ["chat-v2", "chat"]\n'
+                     'issuer = "https://b.example"\nleeway = 30\n')
+    changes = hub.reload(settings)
+    assert changes == {"jwt.audience": ("chat", ["chat-v2", "chat"]),
+                       "jwt.issuer": ("https://a.example", "https://b.example"),
+                       "jwt.leeway": (0.0, 30.0)}
+    # New upgrades are checked against the new audience and issuer; the open session stays,
+    # and its refresh is verified against them too.
+    await ws_connect(url, additional_headers={"Authorization": f"Bearer {moved}"})
+    assert (await request(open_one, "refresh",
+                          {"token": claimed("chat", "https://a.example")}))["ok"] is False
+    assert (await request(open_one, "refresh", {"token": moved}))["ok"] is True
+    # The leeway: a token that expired 10 s ago is still inside 30 s of it.
+    late = claimed("chat", "https://b.example", lifetime=-10)
+    await ws_connect(url, additional_headers={"Authorization": f"Bearer {late}"})
+
+    # Left out again, each comes back to the application's value.
+    write(settings, "")
+    assert set(hub.reload()) == {"jwt.audience", "jwt.issuer", "jwt.leeway"}
+    assert (auth.audience, auth.issuer, auth.leeway) == ("chat", "https://a.example", 0.0)
+    assert await refused(url, ws_connect,
+                         additional_headers={"Authorization": f"Bearer {moved}"}) == 401
+    assert len(hub) == 3
+
+
 async def test_rate_limit_applies_to_a_session_already_open(
         serve_hub: Serve, ws_connect: Connect) -> None:
     hub, url = await serve_hub(app())
@@ -195,6 +234,10 @@ async def test_a_callable_source_and_the_log_level(serve_hub: Serve) -> None:
     ("[connection_limit]\nmax_per_ip = 0\n", "max_per_ip must be 1.."),
     ('[jwt]\nkeys = ["x"]\nalgorithms = ["none"]\n', "not 'none'"),
     ('[jwt]\nkey_files = ["missing.pem"]\n', "cannot read"),
+    ("[jwt]\naudience = 3\n", "jwt.audience is a string or a list of strings"),
+    ('[jwt]\nissuer = ""\n', "jwt.issuer is a string"),
+    ('[jwt]\nleeway = "long"\n', "jwt.leeway is a number of seconds"),
+    ("[jwt]\nleeway = -5\n", "leeway"),
     ("allowed_origins = [\n", "is not valid TOML"),
     # One good change and one bad one: the good one is not applied either.
     ('log_level = "debug"\n[rate_limit]\nburst_messages = "lots"\n', "burst_messages must be"),
