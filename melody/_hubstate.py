@@ -350,9 +350,12 @@ class HubState:
         #: What watches handler calls (metrics, tracing), or None: see :meth:`add_probe`.
         self.probe: HandlerProbe | None = None
         self._probes: list[HandlerProbe] = []
-        #: The connect and disconnect handlers as run (wrapped for the probe, if any).
+        #: The connect, disconnect and sent-message handlers as run (wrapped for the probe,
+        #: if any).
         self.run_connect: Callable[..., Any] | None = None
         self.run_disconnect: Callable[..., Any] | None = None
+        self.run_sent_text: Callable[..., Any] | None = None
+        self.run_sent_binary: Callable[..., Any] | None = None
         #: The hub's OpenTelemetry tracing once ``melody.tracing.enable`` ran, else None.
         self.tracing: Tracing | None = None
 
@@ -437,6 +440,8 @@ class HubState:
             self.router.watch(self.probe)
         self.run_connect = probed("connect", self.on_connect)
         self.run_disconnect = probed("disconnect", self.on_disconnect)
+        self.run_sent_text = probed("sent_message", self.on_sent_text)
+        self.run_sent_binary = probed("sent_message_binary", self.on_sent_binary)
 
     def add_probe(self, probe: HandlerProbe) -> None:
         """Watch every handler call with ``probe`` from now on (metrics, tracing); the
@@ -705,7 +710,7 @@ class HubState:
 
     def sent(self, session: Session, msg: Any, binary: bool) -> None:
         """Run ``handle_sent_message`` (or its binary twin) for ``msg`` written to ``session``."""
-        self.call(session, self.on_sent_binary if binary else self.on_sent_text, msg)
+        self.call(session, self.run_sent_binary if binary else self.run_sent_text, msg)
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -917,7 +922,7 @@ class HubState:
         predicate: Callable[[Session], bool] | None = None,
     ) -> int:
         # Every broadcast and publish variant, local or from another node, comes here once.
-        sent_handler = self.on_sent_binary if binary else self.on_sent_text
+        sent_handler = self.run_sent_binary if binary else self.run_sent_text
         recipients: list[WebSocketProtocol] | None = [] if sent_handler is not None else None
         d = self.dispatch
         d.broadcasts += 1

@@ -18,7 +18,8 @@ The ``handler`` label is bounded by the application's code, never by what client
 route's registered name for routed messages (``hub.route``; ``subscribe``, ``publish``, ... for
 the built-in topic routes; ``_fallback`` for ``hub.route_fallback``; ``_unknown`` counts, in the
 error counter only, messages that named no route when there is no fallback), else the handler
-kind: ``message``, ``message_binary``, ``connect``, ``disconnect``, ``close``, ``pong``. An async
+kind: ``message``, ``message_binary``, ``connect``, ``disconnect``, ``close``, ``pong``,
+``sent_message``, ``sent_message_binary``. An async
 handler is timed from its start to its completion (not its wait in the session's queue).
 
 =========================================  =========  ==========================================

@@ -203,6 +203,40 @@ async def test_handler_kinds_without_a_router(serve_hub: Serve, ws_connect: Conn
     assert handler_labels(samples) == {"message", "message_binary", "connect", "disconnect"}
 
 
+async def test_sent_message_handlers_are_timed(serve_hub: Serve, ws_connect: Connect) -> None:
+    hub = Melody()
+    sent: list[Any] = []
+
+    @hub.handle_message
+    def text(session: Session, msg: str) -> None:
+        session.write(msg)  # one sent_message
+        hub.broadcast_binary(msg.encode())  # one sent_message_binary per session
+
+    @hub.handle_sent_message
+    def sent_text(session: Session, msg: str) -> None:
+        sent.append(msg)
+
+    @hub.handle_sent_message_binary
+    async def sent_binary(session: Session, msg: bytes) -> None:
+        sent.append(msg)
+
+    _, url = await serve_hub(hub, metrics=True)
+    ws = await ws_connect(url)
+    other = await ws_connect(url)
+    await wait_until(lambda: len(hub) == 2, "both sessions are registered")
+    for i in range(3):
+        await ws.send(f"m{i}")
+        assert await ws.recv() == f"m{i}"
+        assert await ws.recv() == f"m{i}".encode()
+        assert await other.recv() == f"m{i}".encode()
+    await wait_until(lambda: len(sent) == 9, "every sent handler ran")
+
+    samples = await scrape(url)
+    assert value(samples, "melody_handler_seconds_count", handler="sent_message") == 3
+    assert value(samples, "melody_handler_seconds_count", handler="sent_message_binary") == 6
+    assert handler_labels(samples) == {"message", "sent_message", "sent_message_binary"}
+
+
 async def test_metrics_off_leaves_handlers_unwrapped(serve_hub: Serve,
                                                      ws_connect: Connect) -> None:
     hub = routed_hub()
