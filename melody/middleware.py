@@ -39,7 +39,7 @@ each upgrade runs the chain in a task (reading from that client pauses meanwhile
 microseconds plus what the middlewares do; messages never pass through middleware.
 
 Shipped: :class:`JWTAuth` (needs ``pip install melody[jwt]``), :class:`OriginAllowList`,
-:class:`ConnectionLimit`, :class:`AccessLog`.
+:class:`ConnectionLimit`, :class:`HandshakeRateLimit`, :class:`AccessLog`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from http.cookies import CookieError, SimpleCookie
@@ -55,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from melody.errors import CLOSE_TOKEN_EXPIRED, HandshakeError, RequestError
 from melody.handshake import Request, origin_allowed
-from melody.limits import MAX_COUNT, MAX_SECONDS, check_int, check_seconds
+from melody.limits import MAX_COUNT, MAX_SECONDS, check_int, check_rate, check_seconds
 from melody.logs import peer_text
 
 if TYPE_CHECKING:
@@ -70,6 +72,8 @@ __all__ = [
     "TokenLease",
     "OriginAllowList",
     "ConnectionLimit",
+    "HandshakeRateLimit",
+    "RateTable",
     "AccessLog",
     "MAX_LEEWAY",
 ]
@@ -583,6 +587,178 @@ class ConnectionLimit:
             self._by_ip[ip] = left
         else:
             del self._by_ip[ip]
+
+
+# -- handshake rate ------------------------------------------------------------------------------
+
+
+#: The addresses a :class:`HandshakeRateLimit` remembers by default.
+DEFAULT_MAX_ADDRESSES = 65536
+
+
+class RateTable:
+    """Token buckets by key, with no clock and no I/O: the arithmetic of
+    :class:`HandshakeRateLimit` (tested with explicit times).
+
+    Each key holds up to ``burst`` tokens and gains ``rate`` per second; :meth:`take` spends
+    one. At most ``max_keys`` keys are remembered, the least recently seen forgotten first,
+    and a key whose bucket has refilled is forgotten as soon as it is seen full: memory is
+    bounded by ``max_keys`` whatever the number of addresses a client sprays from (a
+    forgotten key starts full again, which is why a per-address limit wants a total one
+    beside it).
+    """
+
+    __slots__ = ("rate", "burst", "max_keys", "_buckets")
+
+    def __init__(self, rate: float, burst: int, max_keys: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        # key -> (tokens after the last take, when), least recently seen first.
+        self._buckets: OrderedDict[Any, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: Any, now: float, spend: bool = True) -> float:
+        """Spend one of ``key``'s tokens at time ``now`` (seconds, any monotonic origin):
+        0.0 if there was one, else the seconds until there will be (nothing is spent).
+        ``spend=False`` only asks."""
+        buckets = self._buckets
+        entry = buckets.pop(key, None)
+        if entry is None:
+            tokens = float(self.burst)
+        else:
+            held, stamp = entry
+            tokens = min(float(self.burst), held + max(0.0, now - stamp) * self.rate)
+        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+        if spend and not wait:
+            tokens -= 1.0
+        if tokens < self.burst:  # a full bucket is not worth remembering
+            buckets[key] = (tokens, now)
+            while len(buckets) > self.max_keys:
+                buckets.popitem(last=False)
+        return wait
+
+
+class HandshakeRateLimit:
+    """Cap the *rate* of upgrades: ``per_ip`` per second from one client address (at most
+    ``burst`` at once), refused with 429, and ``total`` per second in all (at most
+    ``total_burst`` at once), refused with 503; both with ``Retry-After`` (whole seconds until
+    the next upgrade would pass, at least 1).
+
+    :class:`ConnectionLimit` caps how many connections are open; this caps how fast they
+    arrive: a client that reconnects in a loop, a reconnect storm after a deploy, a scanner.
+    Refused upgrades cost no token. Bursts default to one second's worth (at least 1). The
+    per-address table remembers at most ``max_addresses`` addresses (least recently seen
+    forgotten first, see :class:`RateTable`): with addresses sprayed past that, ``total`` is
+    what still holds. Behind a proxy, pass ``client_ip`` as for :class:`ConnectionLimit`.
+    Register it before :class:`JWTAuth`, so that a refused client costs no signature check.
+    Raises ``ValueError`` unless the rates are positive and finite, the bursts integers in
+    1..2**31 and at least one limit is given. ``per_ip``, ``burst``, ``total`` and
+    ``total_burst`` may be reassigned (``melody serve --config``'s ``[handshake_rate_limit]``
+    does): buckets already filled keep their tokens.
+    """
+
+    def __init__(self, per_ip: float | None = None, *, burst: int | None = None,
+                 total: float | None = None, total_burst: int | None = None,
+                 max_addresses: int = DEFAULT_MAX_ADDRESSES,
+                 client_ip: Callable[[Handshake], str | None] | None = None) -> None:
+        self.max_addresses = check_int("HandshakeRateLimit max_addresses", max_addresses, 1,
+                                       MAX_COUNT)
+        self._per_ip: RateTable | None = None
+        self._total: RateTable | None = None
+        self.configure(per_ip, burst, total, total_burst)
+        self._client_ip = client_ip
+        #: Upgrades refused, by reason (``per_ip``, ``total``).
+        self.refused = {"per_ip": 0, "total": 0}
+
+    def configure(self, per_ip: float | None, burst: int | None = None,
+                  total: float | None = None, total_burst: int | None = None) -> None:
+        """Set the limits (all checked first: a ValueError changes nothing). A table whose
+        limit stays keeps its buckets; a burst left None is one second's worth."""
+        if per_ip is None and total is None:
+            raise ValueError("HandshakeRateLimit needs per_ip, total or both")
+        if per_ip is None and burst is not None:
+            raise ValueError("HandshakeRateLimit burst needs per_ip")
+        if total is None and total_burst is not None:
+            raise ValueError("HandshakeRateLimit total_burst needs total")
+        ip_plan = _bucket_plan("per_ip", "burst", per_ip, burst)
+        total_plan = _bucket_plan("total", "total_burst", total, total_burst)
+        self._per_ip = _retuned(self._per_ip, ip_plan, self.max_addresses)
+        self._total = _retuned(self._total, total_plan, 1)
+
+    @property
+    def per_ip(self) -> float | None:
+        """Upgrades per second from one address (None: no per-address limit)."""
+        return self._per_ip.rate if self._per_ip is not None else None
+
+    @property
+    def burst(self) -> int | None:
+        """Upgrades at once from one address."""
+        return self._per_ip.burst if self._per_ip is not None else None
+
+    @property
+    def total(self) -> float | None:
+        """Upgrades per second in all (None: no total limit)."""
+        return self._total.rate if self._total is not None else None
+
+    @property
+    def total_burst(self) -> int | None:
+        """Upgrades at once in all."""
+        return self._total.burst if self._total is not None else None
+
+    @property
+    def addresses(self) -> int:
+        """Addresses remembered now (bounded by ``max_addresses``)."""
+        return len(self._per_ip) if self._per_ip is not None else 0
+
+    async def __call__(self, handshake: Handshake, call_next: CallNext) -> None:
+        now = time.monotonic()
+        per_ip, total = self._per_ip, self._total
+        ip = None
+        if per_ip is not None:
+            ip = (self._client_ip(handshake) if self._client_ip is not None
+                  else handshake.client_ip) or "?"
+            # Asked first, spent only when both limits pass: a refusal costs no token.
+            wait = per_ip.take(ip, now, spend=False)
+            if wait:
+                self.refused["per_ip"] += 1
+                raise HandshakeError(429, "too many connection attempts from this address",
+                                     _retry_after(wait))
+        if total is not None:
+            wait = total.take(None, now)
+            if wait:
+                self.refused["total"] += 1
+                raise HandshakeError(503, "too many connection attempts, retry later",
+                                     _retry_after(wait))
+        if per_ip is not None:
+            per_ip.take(ip, now)
+        await call_next(handshake)
+
+
+def _bucket_plan(name: str, burst_name: str, rate: float | None,
+                 burst: int | None) -> tuple[float, int] | None:
+    if rate is None:
+        return None
+    rate = check_rate(f"HandshakeRateLimit {name}", rate)
+    if burst is None:
+        burst = max(1, math.ceil(rate))
+    return rate, check_int(f"HandshakeRateLimit {burst_name}", burst, 1, MAX_COUNT)
+
+
+def _retuned(table: RateTable | None, plan: tuple[float, int] | None,
+             max_keys: int) -> RateTable | None:
+    if plan is None:
+        return None
+    if table is None:
+        return RateTable(plan[0], plan[1], max_keys)
+    table.rate, table.burst = plan
+    return table
+
+
+def _retry_after(wait: float) -> list[tuple[str, str]]:
+    return [("Retry-After", str(max(1, math.ceil(wait))))]
 
 
 # -- access log -----------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ what changed, dropping no connection. The reloadable settings, and their TOML ke
                              (``rate_limit = false`` turns it off)
 ``[connection_limit]``       ``max_total``, ``max_per_ip``, ``retry_after`` of the hub's
                              :class:`~melody.middleware.ConnectionLimit`
+``[handshake_rate_limit]``   ``per_ip``, ``burst``, ``total``, ``total_burst`` of the hub's
+                             :class:`~melody.middleware.HandshakeRateLimit`
 ``[jwt]``                    ``keys`` (secrets or PEM text) and ``key_files`` (PEM files,
                              relative to the TOML file), tried in order, ``algorithms``,
                              ``audience`` (a string or a list), ``issuer`` and ``leeway``
@@ -29,9 +31,9 @@ listing what changed (JWT keys by fingerprint, never their text).
 
 Where each change takes effect:
 
-* origins, connection limits and the JWT settings: on the next upgrade; the ``refresh`` of a
-  session already open checks its fresh token against the new keys, audience, issuer and
-  leeway;
+* origins, connection and handshake-rate limits and the JWT settings: on the next upgrade;
+  the ``refresh`` of a session already open checks its fresh token against the new keys,
+  audience, issuer and leeway;
 * the rate limit: at once, for every session (the buckets are the hub's, read per message);
 * nothing closes a connection: a session that a lower limit would now refuse stays.
 """
@@ -52,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from melody._hubstate import state_of
 from melody.config import RateLimit
 from melody.errors import ConfigError
-from melody.middleware import ConnectionLimit, JWTAuth, OriginAllowList
+from melody.middleware import ConnectionLimit, HandshakeRateLimit, JWTAuth, OriginAllowList
 
 if TYPE_CHECKING:
     import asyncio
@@ -71,9 +73,11 @@ Source = str | os.PathLike[str] | Callable[[], Mapping[str, Any]]
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR, "critical": logging.CRITICAL}
 
-_TOP_KEYS = ("log_level", "allowed_origins", "rate_limit", "connection_limit", "jwt")
+_TOP_KEYS = ("log_level", "allowed_origins", "rate_limit", "connection_limit",
+             "handshake_rate_limit", "jwt")
 _RATE_KEYS = tuple(f.name for f in dataclasses.fields(RateLimit))
 _CONNECTION_KEYS = ("max_total", "max_per_ip", "retry_after")
+_HANDSHAKE_RATE_KEYS = ("per_ip", "burst", "total", "total_burst")
 _JWT_KEYS = ("keys", "key_files", "algorithms", "audience", "issuer", "leeway")
 
 
@@ -181,6 +185,7 @@ class Reloader:
         middleware = self._state.middleware
         self._jwt = [m for m in middleware if isinstance(m, JWTAuth)]
         self._limits = [m for m in middleware if isinstance(m, ConnectionLimit)]
+        self._rates = [m for m in middleware if isinstance(m, HandshakeRateLimit)]
         self._origins = [m for m in middleware if isinstance(m, OriginAllowList)]
         melody_logger = logging.getLogger("melody")
         config = hub.config
@@ -192,6 +197,8 @@ class Reloader:
             "rate_limit": config.rate_limit,
             "connection_limit": [(m.max_total, m.max_per_ip, m.retry_after)
                                  for m in self._limits],
+            "handshake_rate_limit": [tuple(getattr(m, k) for k in _HANDSHAKE_RATE_KEYS)
+                                     for m in self._rates],
             "jwt": [(m.key, list(m.algorithms), m.audience, m.issuer, m.leeway)
                     for m in self._jwt],
         }
@@ -208,7 +215,8 @@ class Reloader:
         plan: dict[str, Any] = {
             "log_level": base["log_level"], "allowed_origins": base["allowed_origins"],
             "origin_lists": base["origin_lists"], "rate_limit": base["rate_limit"],
-            "connection_limit": base["connection_limit"], "jwt": base["jwt"]}
+            "connection_limit": base["connection_limit"],
+            "handshake_rate_limit": base["handshake_rate_limit"], "jwt": base["jwt"]}
         if "log_level" in settings:
             level = settings["log_level"]
             if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
@@ -224,6 +232,8 @@ class Reloader:
             plan["rate_limit"] = self._rate_limit(settings)
         if "connection_limit" in settings:
             plan["connection_limit"] = self._connection_limit(settings)
+        if "handshake_rate_limit" in settings:
+            plan["handshake_rate_limit"] = self._handshake_rate(settings)
         if "jwt" in settings:
             plan["jwt"] = self._jwt_keys(settings, folder)
         try:
@@ -268,6 +278,27 @@ class Reloader:
                 ConnectionLimit(values[0], values[1], retry_after=values[2])
             except ValueError as exc:
                 raise ConfigError(f"connection_limit: {exc}") from None
+            planned.append(values)
+        return planned
+
+    def _handshake_rate(self, settings: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        fields = _table(settings, "handshake_rate_limit", _HANDSHAKE_RATE_KEYS)
+        if not self._rates:
+            raise ConfigError("[handshake_rate_limit] needs a "
+                              "melody.middleware.HandshakeRateLimit registered with hub.use")
+        planned = []
+        for base in self._base["handshake_rate_limit"]:
+            values = tuple(fields.get(k, v) for k, v in zip(_HANDSHAKE_RATE_KEYS, base,
+                                                              strict=True))
+            if "per_ip" in fields and "burst" not in fields:
+                values = (values[0], None, *values[2:])  # one second's worth of the new rate
+            if "total" in fields and "total_burst" not in fields:
+                values = (*values[:3], None)
+            try:
+                HandshakeRateLimit(*values[:1], burst=values[1], total=values[2],
+                                   total_burst=values[3])
+            except ValueError as exc:
+                raise ConfigError(f"handshake_rate_limit: {exc}") from None
             planned.append(values)
         return planned
 
@@ -355,6 +386,13 @@ class Reloader:
                 if getattr(limit, name) != value:
                     changes[f"connection_limit.{name}"] = (getattr(limit, name), value)
                     setattr(limit, name, value)
+        for rate, values in zip(self._rates, plan["handshake_rate_limit"], strict=True):
+            before = tuple(getattr(rate, k) for k in _HANDSHAKE_RATE_KEYS)
+            rate.configure(*values)
+            after = tuple(getattr(rate, k) for k in _HANDSHAKE_RATE_KEYS)
+            for name, old, new in zip(_HANDSHAKE_RATE_KEYS, before, after, strict=True):
+                if old != new:
+                    changes[f"handshake_rate_limit.{name}"] = (old, new)
         for auth, (key, algorithms, audience, issuer, leeway) in zip(self._jwt, plan["jwt"],
                                                                      strict=True):
             old_names, new_names = _key_names(auth.key), _key_names(key)

@@ -26,6 +26,7 @@ from melody.middleware import (
     CallNext,
     ConnectionLimit,
     Handshake,
+    HandshakeRateLimit,
     JWTAuth,
     OriginAllowList,
 )
@@ -353,6 +354,59 @@ async def test_origin_allow_list_checks_entries_at_construction() -> None:
         OriginAllowList("https://app.example.com")
     with pytest.raises(ValueError):
         OriginAllowList([])
+
+
+# -- HandshakeRateLimit ---------------------------------------------------------------------------
+
+
+async def test_handshake_rate_limit_per_ip_429_with_retry_after(serve_hub: Serve) -> None:
+    hub = echo(Melody())
+    # 3 at once, then one every 100 s: the refusals below do not depend on how fast this runs.
+    limit = HandshakeRateLimit(per_ip=0.01, burst=3)
+    hub.use(limit)
+    _, url = await serve_hub(hub)
+    held = []
+    for _ in range(3):
+        response, client = await upgrade_status(url, source="127.0.0.2")
+        assert response.status == 101
+        held.append(client)
+    for _ in range(2):  # refusals spend nothing: still refused, still ~100 s to wait
+        response, client = await upgrade_status(url, source="127.0.0.2")
+        client.close()
+        assert response.status == 429
+        assert 90 <= int(response.headers["retry-after"]) <= 100
+    # Another address has its own bucket; closing connections gives no token back (a rate,
+    # not a count of open connections).
+    for client in held:
+        client.close()
+    response, other = await upgrade_status(url, source="127.0.0.3")
+    other.close()
+    assert response.status == 101
+    response, client = await upgrade_status(url, source="127.0.0.2")
+    client.close()
+    assert response.status == 429
+    assert limit.refused == {"per_ip": 3, "total": 0}
+    assert limit.addresses == 2
+
+
+async def test_handshake_rate_limit_total_503_spends_no_per_ip_token(serve_hub: Serve) -> None:
+    hub = echo(Melody())
+    limit = HandshakeRateLimit(per_ip=0.01, burst=2, total=0.01, total_burst=3)
+    hub.use(limit)
+    _, url = await serve_hub(hub)
+
+    async def status(source: str) -> int:
+        response, client = await upgrade_status(url, source=source)
+        client.close()
+        return int(response.status)
+
+    assert [await status(s) for s in ("127.0.0.2", "127.0.0.3", "127.0.0.4")] == [101] * 3
+    assert await status("127.0.0.2") == 503  # the total is spent; 127.0.0.2 has one left
+    assert limit.refused == {"per_ip": 0, "total": 1}
+    # Without the total limit, 127.0.0.2 still has the token the 503 did not spend, and
+    # only that one.
+    limit.configure(0.01, 2)
+    assert [await status("127.0.0.2") for _ in range(2)] == [101, 429]
 
 
 # -- ConnectionLimit ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 import jwt
 import pytest
+from prod_support import upgrade_status
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -26,7 +27,7 @@ from melody import Melody, RateLimit
 from melody.codecs import JSON
 from melody.config import Config
 from melody.errors import ConfigError
-from melody.middleware import ConnectionLimit, JWTAuth, OriginAllowList
+from melody.middleware import ConnectionLimit, HandshakeRateLimit, JWTAuth, OriginAllowList
 
 pytestmark = pytest.mark.asyncio
 
@@ -150,6 +151,35 @@ async def test_jwt_audience_issuer_and_leeway_reload_for_upgrades_and_refresh(
     assert len(hub) == 3
 
 
+async def test_handshake_rate_limit_reloads_and_left_out_keys_come_back(
+        serve_hub: Serve, tmp_path: Path) -> None:
+    limit = HandshakeRateLimit(per_ip=1000.0, burst=1000)
+    hub, url = await serve_hub(app(limit))
+
+    async def status() -> int:
+        response, client = await upgrade_status(url, source="127.0.0.5")
+        client.close()
+        return int(response.status)
+
+    assert [await status() for _ in range(3)] == [101] * 3
+    settings = write(tmp_path / "s.toml", "[handshake_rate_limit]\nper_ip = 0.01\nburst = 2\n")
+    changes = hub.reload(settings)
+    assert changes == {"handshake_rate_limit.per_ip": (1000.0, 0.01),
+                       "handshake_rate_limit.burst": (1000, 2)}
+    # The address's bucket kept its tokens (capped at the new burst of 2), then refills at
+    # one per 100 s.
+    assert [await status() for _ in range(3)] == [101, 101, 429]
+    write(settings, "")
+    assert set(hub.reload()) == {"handshake_rate_limit.per_ip", "handshake_rate_limit.burst"}
+    assert (limit.per_ip, limit.burst) == (1000.0, 1000)
+    await asyncio.sleep(0.01)  # the empty bucket refills at the restored 1000/s: 10 tokens
+    assert await status() == 101
+    # A hub without the middleware refuses the table.
+    needs = re.escape("needs a melody.middleware.HandshakeRateLimit")
+    with pytest.raises(ConfigError, match=needs):
+        app().reconfigure({"handshake_rate_limit": {"per_ip": 1}})
+
+
 async def test_rate_limit_applies_to_a_session_already_open(
         serve_hub: Serve, ws_connect: Connect) -> None:
     hub, url = await serve_hub(app())
@@ -234,6 +264,9 @@ async def test_a_callable_source_and_the_log_level(serve_hub: Serve) -> None:
     ("[connection_limit]\nmax_per_ip = 0\n", "max_per_ip must be 1.."),
     ('[jwt]\nkeys = ["x"]\nalgorithms = ["none"]\n', "not 'none'"),
     ('[jwt]\nkey_files = ["missing.pem"]\n', "cannot read"),
+    ("[handshake_rate_limit]\nper_ip = 0\n", "per_ip must be a finite number"),
+    ("[handshake_rate_limit]\nburst = 1.5\n", "burst must be"),
+    ("[handshake_rate_limit]\nper_minute = 3\n", "unknown key handshake_rate_limit.per_minute"),
     ("[jwt]\naudience = 3\n", "jwt.audience is a string or a list of strings"),
     ('[jwt]\nissuer = ""\n', "jwt.issuer is a string"),
     ('[jwt]\nleeway = "long"\n', "jwt.leeway is a number of seconds"),
@@ -248,7 +281,8 @@ async def test_refused_settings_change_nothing(serve_hub: Serve, ws_connect: Con
     auth = JWTAuth(OLD, algorithms=["HS256"])
     limit = ConnectionLimit(max_per_ip=5)
     config = Config(allowed_origins=["https://a.example"])
-    hub, url = await serve_hub(app(limit, auth, config=config))
+    rate = HandshakeRateLimit(per_ip=1000.0)
+    hub, url = await serve_hub(app(limit, rate, auth, config=config))
     good = write(tmp_path / "s.toml", 'allowed_origins = ["https://a.example"]\n')
     hub.reload(good)
     ws = await ws_connect(url, origin="https://a.example",
@@ -262,6 +296,7 @@ async def test_refused_settings_change_nothing(serve_hub: Serve, ws_connect: Con
     assert hub.config is config
     assert (auth.key, auth.algorithms) == (OLD, ["HS256"])
     assert (limit.max_total, limit.max_per_ip, limit.retry_after) == (None, 5, 5)
+    assert (rate.per_ip, rate.burst, rate.total) == (1000.0, 1000, None)
     assert logging.getLogger("melody").level == logging.NOTSET
     assert hub.config_source == good.resolve() or hub.config_source == good
     assert (await request(ws, "echo", "alive"))["data"] == "alive"
